@@ -1,0 +1,39 @@
+# kiln: the two commands a fresh Debian 12 machine (with the Rust toolchain) needs.
+#   make demo   installs what is missing, builds, runs the example jobs through `kiln run`
+#   make test   installs what is missing, builds, runs every test (what .ci/run calls)
+
+CARGO ?= cargo
+DEMO_STORE := $(CURDIR)/data/demo-store
+
+.PHONY: setup demo test bench-thumbnail fixtures build-release clean
+
+setup:
+	@bash scripts/setup.sh
+
+fixtures: setup
+	@bash scripts/fetch-tools.sh
+	@bash scripts/fetch-photos.sh
+	@bash scripts/make-corpus.sh
+
+build-release: setup
+	$(CARGO) build --release -p kiln-worker
+
+demo: build-release
+	@bash scripts/fetch-photos.sh
+	@rm -rf $(DEMO_STORE)
+	@echo "== kiln run examples/thumbnails.jsonl"
+	@KILN_STORE_URL=file://$(DEMO_STORE)/ ./target/release/kiln run examples/thumbnails.jsonl | tee data/demo-results.jsonl
+	@echo
+	@echo "== results: data/demo-results.jsonl (one JSON result per job)"
+	@echo "== outputs: $(DEMO_STORE)/outputs/<job id>/"
+	@ls $(DEMO_STORE)/outputs/*/ | head -40
+
+test: fixtures
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace
+
+bench-thumbnail: build-release fixtures
+	bash benches/thumbnail.sh --write
+
+clean:
+	rm -rf data target

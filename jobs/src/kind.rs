@@ -1,0 +1,91 @@
+//! The job-kind trait and the registry of kinds. Adding a kind touches its own module and one
+//! line in [`Registry::builtin`].
+
+use crate::context::{JobContext, Limits};
+use crate::envelope::OutputInfo;
+use crate::error::JobError;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What a finished job hands back besides its status.
+#[derive(Debug, Default)]
+pub struct JobOutput {
+    pub outputs: Vec<OutputInfo>,
+    /// Kind-specific result fields, merged into the result's top level.
+    pub extra: serde_json::Map<String, Value>,
+    /// Whether the job continued from a checkpoint.
+    pub resumed: bool,
+}
+
+/// A job kind: parses and validates specs, and warms itself up.
+pub trait JobKind: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// Parses and validates a spec against the limits. Cheap and free of I/O: it runs at
+    /// admission, so a bad spec is refused before it takes a queue slot.
+    fn prepare(&self, input: &Value, limits: &Limits) -> Result<Box<dyn PreparedJob>, JobError>;
+
+    /// Run once at start, before the worker reports ready: load codecs, prime caches.
+    fn warm_up(&self) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// A validated job, ready to run on a blocking thread.
+pub trait PreparedJob: Send + 'static {
+    fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError>;
+}
+
+/// The job kinds this build knows, by name.
+#[derive(Clone)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn JobKind>>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Registry { kinds: BTreeMap::new() }
+    }
+
+    /// Every kind built into kiln.
+    pub fn builtin() -> Self {
+        let mut r = Self::empty();
+        r.register(Arc::new(crate::thumbnail::Thumbnail));
+        r
+    }
+
+    pub fn register(&mut self, kind: Arc<dyn JobKind>) {
+        self.kinds.insert(kind.name(), kind);
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn JobKind>, JobError> {
+        self.kinds.get(name).ok_or_else(|| {
+            let known: Vec<_> = self.kinds.keys().copied().collect();
+            JobError::unsupported(format!("unknown job kind {name:?}; this worker runs {}", known.join(", ")))
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn JobKind>> + '_ {
+        self.kinds.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn unknown_kinds_are_unsupported() {
+        let r = Registry::builtin();
+        assert!(r.get("thumbnail").is_ok());
+        let e = r.get("teleport").err().unwrap();
+        assert_eq!(e.code, ErrorCode::Unsupported);
+        assert!(e.message.contains("thumbnail"));
+    }
+}

@@ -1,0 +1,25 @@
+//! kiln-jobs: the job kinds kiln runs, and the types every tier shares with them.
+//!
+//! This crate knows nothing of Kafka, HTTP or Lambda. A job kind parses and validates its
+//! spec up front ([`JobKind::prepare`]), then runs on a blocking thread against a
+//! [`JobContext`] that gives it the object store, the event stream and the cancel signal.
+//!
+//! - [`envelope`]: the wire formats (envelope, result, events) from DESIGN.md.
+//! - [`error`]: [`JobError`] with its DESIGN.md result code and a retryable flag.
+//! - [`store`]: the [`ObjectStore`] trait jobs read sources from and write outputs to.
+//! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
+//! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds.
+//! - [`thumbnail`]: the thumbnail job.
+
+pub mod context;
+pub mod envelope;
+pub mod error;
+pub mod kind;
+pub mod store;
+pub mod thumbnail;
+
+pub use context::{CancelSignal, EventSink, JobContext, Limits};
+pub use envelope::{Envelope, ErrorBody, Event, JobResult, JobStatus, OutputInfo, Priority, Timings, WorkerInfo};
+pub use error::{ErrorCode, JobError};
+pub use kind::{JobKind, JobOutput, PreparedJob, Registry};
+pub use store::{ObjectMeta, ObjectStore, StoreError};

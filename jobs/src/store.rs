@@ -1,0 +1,193 @@
+//! The object store as jobs see it: objects named by URI (`file://…`, later `s3://…`).
+//!
+//! Backends live in kiln-worker (`worker/src/store`); jobs only hold an
+//! `Arc<dyn ObjectStore>`, so a new backend never touches a job.
+
+use crate::error::{ErrorCode, JobError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::path::Path;
+use std::pin::Pin;
+use tokio::io::AsyncRead;
+use url::Url;
+
+/// What a store knows of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub uri: Url,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object not found: {0}")]
+    NotFound(String),
+    #[error("object {uri} is larger than the limit of {limit} bytes")]
+    TooLarge { uri: String, limit: u64 },
+    #[error("access denied: {0}")]
+    Denied(String),
+    #[error("unsupported URI {0}")]
+    UnsupportedUri(String),
+    #[error("object already exists: {0}")]
+    Exists(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store I/O error on {uri}: {source}")]
+    Io {
+        uri: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    pub fn io(uri: &Url, source: std::io::Error) -> StoreError {
+        match source.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound(uri.to_string()),
+            std::io::ErrorKind::PermissionDenied => StoreError::Denied(uri.to_string()),
+            _ => StoreError::Io { uri: uri.to_string(), source },
+        }
+    }
+
+    /// Transient failures that a retry may cure.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// The job error for a failure reading a job's input.
+    pub fn into_input_error(self) -> JobError {
+        let code = match &self {
+            StoreError::NotFound(_) => ErrorCode::InputNotFound,
+            StoreError::TooLarge { .. } => ErrorCode::InputTooLarge,
+            StoreError::UnsupportedUri(_) => ErrorCode::InvalidSpec,
+            StoreError::Denied(_) => ErrorCode::InputNotFound,
+            _ => ErrorCode::Internal,
+        };
+        let retryable = self.is_retryable();
+        JobError::new(code, self.to_string()).retryable(retryable)
+    }
+
+    /// The job error for a failure writing a job's output.
+    pub fn into_output_error(self) -> JobError {
+        let code = match &self {
+            StoreError::UnsupportedUri(_) => ErrorCode::InvalidSpec,
+            _ => ErrorCode::Internal,
+        };
+        let retryable = self.is_retryable();
+        JobError::new(code, format!("writing output: {self}")).retryable(retryable)
+    }
+}
+
+pub type ByteStream = Pin<Box<dyn AsyncRead + Send + Unpin>>;
+
+/// An object store. Writes are atomic: a reader sees the whole old object or the whole new
+/// one, never a part.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Whole object, refused with [`StoreError::TooLarge`] before reading when it exceeds
+    /// `limit` bytes.
+    async fn get(&self, uri: &Url, limit: u64) -> Result<Bytes, StoreError>;
+    /// A stream over the object, for objects too large to hold in memory.
+    async fn open(&self, uri: &Url) -> Result<ByteStream, StoreError>;
+    /// Size of the object, or `None` when it does not exist.
+    async fn head(&self, uri: &Url) -> Result<Option<ObjectMeta>, StoreError>;
+    async fn put(&self, uri: &Url, data: Bytes, content_type: &str) -> Result<(), StoreError>;
+    /// Streams a local file into the store without holding it in memory.
+    async fn put_file(&self, uri: &Url, path: &Path, content_type: &str) -> Result<(), StoreError>;
+    /// Creates the object only if it does not exist yet; `Ok(false)` when it did.
+    async fn put_if_absent(&self, uri: &Url, data: Bytes, content_type: &str) -> Result<bool, StoreError>;
+    async fn delete(&self, uri: &Url) -> Result<(), StoreError>;
+    /// Objects whose URI starts with `prefix`, in lexicographic order.
+    async fn list(&self, prefix: &Url) -> Result<Vec<ObjectMeta>, StoreError>;
+}
+
+/// Parses a URI as jobs accept it: `file://`, `s3://`, or a plain filesystem path (absolute,
+/// or relative to the working directory).
+pub fn parse_uri(s: &str) -> Result<Url, JobError> {
+    if s.is_empty() {
+        return Err(JobError::invalid_spec("empty URI"));
+    }
+    match Url::parse(s) {
+        Ok(u) if u.scheme().len() > 1 => match u.scheme() {
+            "file" | "s3" => Ok(u),
+            other => Err(JobError::new(ErrorCode::Unsupported, format!("URI scheme {other:?} is not supported ({s})"))),
+        },
+        // No scheme (or a one-letter "scheme" such as a Windows drive): a path.
+        _ => {
+            let p = Path::new(s);
+            let abs = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                std::env::current_dir().map_err(|e| JobError::internal(format!("no working directory: {e}")))?.join(p)
+            };
+            Url::from_file_path(&abs).map_err(|_| JobError::invalid_spec(format!("not a usable path: {s}")))
+        }
+    }
+}
+
+/// Joins an output name onto an output prefix (`file:///out/job/` + `256.webp`). Names may
+/// not climb out of the prefix.
+pub fn join_output(prefix: &Url, name: &str) -> Result<Url, JobError> {
+    let bad = name.is_empty()
+        || name.starts_with('/')
+        || name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || name.contains('\\')
+        || name.contains('?')
+        || name.contains('#');
+    if bad {
+        return Err(JobError::invalid_spec(format!("output name {name:?} is not a relative file name")));
+    }
+    let mut base = prefix.clone();
+    if !base.path().ends_with('/') {
+        let p = format!("{}/", base.path());
+        base.set_path(&p);
+    }
+    base.join(name).map_err(|e| JobError::invalid_spec(format!("output name {name:?}: {e}")))
+}
+
+/// Joins a folder name onto a prefix, giving a prefix that ends with `/`.
+pub fn join_dir(prefix: &Url, name: &str) -> Result<Url, JobError> {
+    let mut u = join_output(prefix, name.trim_end_matches('/'))?;
+    let p = format!("{}/", u.path());
+    u.set_path(&p);
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_and_paths() {
+        assert_eq!(parse_uri("file:///tmp/a.jpg").unwrap().path(), "/tmp/a.jpg");
+        assert_eq!(parse_uri("s3://bucket/k/a.jpg").unwrap().host_str(), Some("bucket"));
+        assert_eq!(parse_uri("/tmp/x y.png").unwrap().to_file_path().unwrap(), Path::new("/tmp/x y.png"));
+        let rel = parse_uri("examples/a.jpg").unwrap();
+        assert!(rel.path().ends_with("/examples/a.jpg"));
+        assert_eq!(parse_uri("http://x/y").unwrap_err().code, ErrorCode::Unsupported);
+        assert_eq!(parse_uri("").unwrap_err().code, ErrorCode::InvalidSpec);
+    }
+
+    #[test]
+    fn output_names_stay_inside_the_prefix() {
+        let p = Url::parse("file:///out/job1").unwrap();
+        assert_eq!(join_output(&p, "256.webp").unwrap().as_str(), "file:///out/job1/256.webp");
+        assert_eq!(join_output(&p, "a/b.png").unwrap().as_str(), "file:///out/job1/a/b.png");
+        for bad in ["", "../x", "/abs", "a/../../b", "a//b", "x?y"] {
+            assert!(join_output(&p, bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(join_dir(&p, "outputs/j/").unwrap().as_str(), "file:///out/job1/outputs/j/");
+        assert!(join_dir(&p, "../j").is_err());
+    }
+
+    #[test]
+    fn store_errors_map_to_codes() {
+        let u = Url::parse("file:///nope").unwrap();
+        let e = StoreError::io(&u, std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(e.into_input_error().code, ErrorCode::InputNotFound);
+        let e = StoreError::TooLarge { uri: "x".into(), limit: 1 };
+        assert_eq!(e.into_input_error().code, ErrorCode::InputTooLarge);
+        let e = StoreError::Unavailable("down".into()).into_input_error();
+        assert!(e.retryable);
+    }
+}

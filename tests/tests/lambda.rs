@@ -1,0 +1,214 @@
+//! End-to-end tests of `kiln lambda` under a real Lambda Runtime API emulator (cargo-lambda's,
+//! installed by scripts/fetch-tools.sh into .tools/bin).
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn kiln_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_BIN") {
+        return p.into();
+    }
+    let p = root().join("target/debug/kiln");
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    p
+}
+
+fn emulator_bin() -> PathBuf {
+    let p = root().join(".tools/bin/cargo-lambda");
+    assert!(p.exists(), "{} is missing: run `bash scripts/fetch-tools.sh` (make test does)", p.display());
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The emulator and one kiln function process attached to it.
+struct Function {
+    port: u16,
+    _emulator: Killed,
+    kiln: Killed,
+    dir: tempfile::TempDir,
+    client: reqwest::blocking::Client,
+}
+
+impl Function {
+    fn start(env: &[(&str, &str)]) -> Function {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        // The emulator reads `cargo metadata` of the folder it starts in: give it a stub package.
+        std::fs::create_dir_all(dir.path().join("fn/src")).unwrap();
+        std::fs::write(dir.path().join("fn/Cargo.toml"), "[package]\nname = \"f\"\nversion = \"0.0.0\"\nedition = \"2021\"\n[workspace]\n").unwrap();
+        std::fs::write(dir.path().join("fn/src/main.rs"), "fn main() {}\n").unwrap();
+        let emulator = Command::new(emulator_bin())
+            .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
+            .current_dir(dir.path().join("fn"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cargo-lambda emulator");
+        let emulator = Killed(emulator);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "emulator did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut cmd = Command::new(kiln_bin());
+        cmd.env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}/.rt"))
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
+            .env("KILN_STORE_URL", format!("file://{}/store/", dir.path().display()))
+            .env("KILN_DEBUG_KINDS", "1")
+            .env("KILN_LAMBDA_KINDS", "thumbnail,debug")
+            .env("KILN_LOG", "warn")
+            .env_remove("KILN_MODE")
+            .env_remove("KILN_CONFIG")
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let kiln = Killed(cmd.spawn().expect("start kiln"));
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+        Function { port, _emulator: emulator, kiln, dir, client }
+    }
+
+    fn invoke_raw(&self, event: &Value) -> reqwest::blocking::Response {
+        self.client
+            .post(format!("http://127.0.0.1:{}/2015-03-31/functions/_/invocations", self.port))
+            .body(event.to_string())
+            .send()
+            .unwrap()
+    }
+
+    fn invoke(&self, event: &Value) -> Value {
+        let r = self.invoke_raw(event);
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    }
+}
+
+fn photo() -> PathBuf {
+    let p = root().join("data/mate-backgrounds/usr/share/backgrounds/mate/nature/Dune.jpg");
+    assert!(p.exists(), "{} is missing: run `bash scripts/fetch-photos.sh` (make test does)", p.display());
+    p
+}
+
+fn thumb_job(id: &str) -> Value {
+    json!({"id": id, "kind": "thumbnail", "input": {"source": photo(),
+        "outputs": [{"name": "128.jpg", "width": 128, "height": 128, "fit": "inside", "format": "jpeg"}]}})
+}
+
+#[test]
+fn buffered_invocations_reuse_the_warm_instance() {
+    let f = Function::start(&[]);
+    let first = f.invoke(&thumb_job("lt-1"));
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(first["worker"]["tier"], "serverless");
+    assert_eq!(first["lambda"]["cold_start"], true);
+    let out = first["outputs"][0]["uri"].as_str().unwrap().strip_prefix("file://").unwrap().to_owned();
+    assert!(std::fs::read(&out).unwrap().starts_with(&[0xFF, 0xD8]), "a JPEG was stored");
+
+    let second = f.invoke(&thumb_job("lt-2"));
+    assert_eq!(second["status"], "succeeded");
+    assert_eq!(second["lambda"]["cold_start"], false);
+    assert_eq!(second["lambda"]["invocation"], 2);
+    assert_eq!(second["lambda"]["init_ms"], first["lambda"]["init_ms"], "same instance");
+    assert_eq!(second["worker"]["id"], first["worker"]["id"]);
+
+    // A function-URL / API Gateway request carrying the envelope gets an HTTP-shaped answer.
+    let http = f.invoke(&json!({"requestContext": {"http": {"method": "POST"}}, "isBase64Encoded": false,
+        "body": thumb_job("lt-3").to_string()}));
+    assert_eq!(http["statusCode"], 200, "{http}");
+    let body: Value = serde_json::from_str(http["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["id"], "lt-3");
+    assert_eq!(body["status"], "succeeded");
+}
+
+#[test]
+fn jobs_that_do_not_fit_are_refused_up_front() {
+    let f = Function::start(&[("KILN_LAMBDA_MAX_INPUT_BYTES", "1000")]);
+    let r = f.invoke(&thumb_job("big"));
+    assert_eq!(r["error"]["code"], "too_long_for_tier", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("bytes"), "{r}");
+    let r = f.invoke(&json!({"id": "tc", "kind": "transcode", "input": {"source": "x.mp4"}}));
+    assert_eq!(r["error"]["code"], "too_long_for_tier");
+    let r = f.invoke(&json!({"id": "g", "kind": "debug", "input": {"accel": "gpu"}}));
+    assert_eq!(r["error"]["code"], "too_long_for_tier");
+    // Bad events are results too, and the instance keeps serving.
+    let r = f.invoke(&json!({"hello": "world"}));
+    assert_eq!(r["error"]["code"], "invalid_spec");
+    let r = f.invoke(&json!({"id": "ok", "kind": "debug", "input": {}}));
+    assert_eq!(r["status"], "succeeded");
+    assert!(f.dir.path().join("store/jobs/ok/result.json").exists());
+}
+
+#[test]
+fn streaming_sends_events_as_ndjson_then_the_result() {
+    let f = Function::start(&[("KILN_LAMBDA_RESPONSE", "stream")]);
+    let gate = f.dir.path().join("gate");
+    let job = json!({"id": "st", "kind": "debug", "input": {"hold_until": gate, "output": "o.txt"}});
+    let resp = f.invoke_raw(&job);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["lambda-runtime-function-response-mode"], "streaming");
+    let mut lines = BufReader::new(resp).lines();
+    // The first event arrives while the job is still held: the stream is live, not buffered.
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["event"], "progress", "{first}");
+    std::fs::write(&gate, b"open").unwrap();
+    let rest: Vec<Value> = lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    let names: Vec<_> = rest.iter().map(|e| e["event"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(names, ["output", "progress", "result"], "{rest:?}");
+    assert_eq!(rest[2]["status"], "succeeded");
+    assert_eq!(rest[2]["lambda"]["cold_start"], true);
+
+    let thumb = f.invoke_raw(&thumb_job("st-thumb"));
+    let events: Vec<Value> = BufReader::new(thumb).lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "result");
+    assert_eq!(last["status"], "succeeded", "{last}");
+    assert!(events.iter().any(|e| e["event"] == "output"));
+}
+
+#[test]
+fn without_lambda_variables_the_same_binary_serves_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(kiln_bin())
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .env_remove("KILN_MODE")
+        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
+        .env("KILN_STORE_URL", format!("file://{}/", dir.path().display()))
+        .env("KILN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("kiln listening on ").expect("serve mode").to_owned();
+    let r = reqwest::blocking::get(format!("{base}/healthz")).unwrap();
+    assert_eq!(r.status(), 200);
+
+    // KILN_MODE=lambda without the Runtime API is a clear error, not a panic.
+    let out = Command::new(kiln_bin()).env("KILN_MODE", "lambda").env_remove("AWS_LAMBDA_RUNTIME_API").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_LAMBDA_RUNTIME_API"));
+}

@@ -1,0 +1,105 @@
+//! Builds the capacity report from live state, and publishes it to the router on an interval
+//! and on every state change.
+
+use crate::runtime::Runtime;
+use kiln_router_client::{CapacityReport, GpuCapacity, HttpPublisher, KindCapacity, Tier, WarmSet, WorkerState};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Report sequence numbers and the last GPU probe.
+pub struct Reporter {
+    seq: AtomicU64,
+    gpus: Mutex<Vec<GpuCapacity>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Reporter {
+    pub fn new() -> Self {
+        let r = Reporter { seq: AtomicU64::new(0), gpus: Mutex::new(Vec::new()) };
+        r.refresh_gpus();
+        r
+    }
+
+    /// Re-reads GPU memory and utilisation through NVML.
+    pub fn refresh_gpus(&self) {
+        let probe = kiln_kernels::probe::gpus();
+        let gpus = probe
+            .devices
+            .into_iter()
+            .map(|g| GpuCapacity {
+                index: g.index,
+                name: g.name,
+                mem_total_mb: g.mem_total_mb,
+                mem_free_mb: g.mem_free_mb,
+                util_pct: g.util_pct,
+                nvenc: g.nvenc,
+                nvdec: g.nvdec,
+            })
+            .collect();
+        *self.gpus.lock().unwrap_or_else(|p| p.into_inner()) = gpus;
+    }
+
+    pub fn report(&self, rt: &Runtime) -> CapacityReport {
+        let snap = rt.scheduler().snapshot();
+        let mut kinds = BTreeMap::new();
+        for name in rt.kinds().names() {
+            let (running, queued, cap) = snap.by_kind.get(name).copied().unwrap_or((0, 0, rt.scheduler().cap(name)));
+            let (p50, p95) = rt.metrics.percentiles(name);
+            kinds.insert(
+                name.to_owned(),
+                KindCapacity { slots: cap as u32, busy: running as u32, queued: queued as u32, p50_ms: p50, p95_ms: p95 },
+            );
+        }
+        let cfg = rt.config();
+        CapacityReport {
+            worker_id: rt.worker().id.clone(),
+            tier: if cfg.worker.tier == "serverless" { Tier::Serverless } else { Tier::Container },
+            region: cfg.worker.region.clone(),
+            state: rt.state(),
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            ts_ms: now_ms(),
+            ttl_ms: cfg.router.interval_ms * 5 / 2,
+            kinds,
+            gpus: self.gpus.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            warm: WarmSet { models: Vec::new(), kernels: rt.warm_kinds() },
+        }
+    }
+}
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Publishes reports to `router.url` until `stop` fires, then one last (draining) report.
+pub async fn publish_loop(rt: Arc<Runtime>, reporter: Arc<Reporter>, url: String, stop: CancellationToken) {
+    let publisher = match HttpPublisher::new(url) {
+        Ok(p) => p,
+        Err(e) => return warn!(error = %e, "capacity publisher disabled"),
+    };
+    let mut state = rt.subscribe_state();
+    let mut tick = tokio::time::interval(Duration::from_millis(rt.config().router.interval_ms));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => reporter.refresh_gpus(),
+            r = state.changed() => if r.is_err() { break },
+            _ = stop.cancelled() => break,
+        }
+        let report = reporter.report(&rt);
+        match publisher.publish(&report).await {
+            Ok(()) => debug!(seq = report.seq, "capacity report sent"),
+            Err(e) => warn!(error = %e, "capacity report failed"),
+        }
+    }
+    let mut last = reporter.report(&rt);
+    last.state = WorkerState::Draining;
+    let _ = publisher.publish(&last).await;
+}

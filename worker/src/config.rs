@@ -1,0 +1,500 @@
+//! One typed Config: defaults < config file < `KILN_*` environment variables, validated at
+//! start with messages that name the offending key.
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use kiln_jobs::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Serve,
+    Lambda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mode: Option<Mode>,
+    pub accel: Accel,
+    pub worker: WorkerConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub scheduler: SchedulerConfig,
+    pub limits: Limits,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub router: RouterConfig,
+    pub kafka: KafkaConfig,
+    pub checkpoint: CheckpointConfig,
+    pub lambda: LambdaConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Defaults to `{hostname}-{pid}`.
+    pub id: Option<String>,
+    pub tier: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `file:///…` or `s3://bucket/prefix`; defaults to the per-user data dir.
+    pub url: Option<String>,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Jobs running at once; 0 means one per logical core.
+    pub cpu_slots: usize,
+    /// Jobs waiting for a slot; past this, submissions are refused (`overloaded`).
+    pub queue_depth: usize,
+    /// Per-kind caps on running jobs (kind → slots), under `cpu_slots`.
+    pub per_kind: BTreeMap<String, usize>,
+    /// Finished jobs kept in memory for GET /v1/jobs/{id} and their events.
+    pub retain_finished: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM waits for accepted work before cancelling it.
+    pub grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `kiln_worker=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    pub url: Option<String>,
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap servers; the Kafka source runs when set.
+    pub brokers: Option<String>,
+    pub group: String,
+    pub topics: KafkaTopics,
+    pub session_timeout_ms: u64,
+    /// Tries of a job that fails with a retryable error before it goes to the DLQ.
+    pub max_attempts: u32,
+    /// First retry delay; doubled on each further try.
+    pub retry_backoff_ms: u64,
+    /// How long a revoke waits for the revoked partitions' jobs (below the session timeout).
+    pub revoke_drain_ms: u64,
+    /// librdkafka's prefetch buffer per partition (queued.max.messages.kbytes): the memory
+    /// bound on a backlog.
+    pub prefetch_kbytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaTopics {
+    pub jobs: String,
+    pub results: String,
+    pub events: String,
+    pub dlq: String,
+}
+
+impl Default for KafkaTopics {
+    fn default() -> Self {
+        KafkaTopics { jobs: "kiln.jobs".into(), results: "kiln.results".into(), events: "kiln.events".into(), dlq: "kiln.dlq".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LambdaConfig {
+    /// `buffered` (the result) or `stream` (NDJSON events, then the result).
+    pub response: String,
+    /// Job kinds this tier takes; others are refused with `too_long_for_tier`.
+    pub kinds: Vec<String>,
+    /// Largest source a function accepts; larger ones go to the container tier.
+    pub max_input_bytes: u64,
+    /// Least time the invocation must have left to start a job.
+    pub min_remaining_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: None,
+            accel: Accel::Auto,
+            worker: WorkerConfig { id: None, tier: "container".into(), region: "local".into() },
+            store: StoreConfig { url: None, s3: S3Config::default() },
+            http: HttpConfig { addr: "0.0.0.0:8080".into(), max_body_bytes: 1024 * 1024 },
+            scheduler: SchedulerConfig { cpu_slots: 0, queue_depth: 256, per_kind: BTreeMap::new(), retain_finished: 4096 },
+            limits: Limits::default(),
+            shutdown: ShutdownConfig { grace_ms: 30_000 },
+            log: LogConfig { level: "info".into(), format: LogFormat::Auto },
+            router: RouterConfig { url: None, interval_ms: 2_000 },
+            kafka: KafkaConfig {
+                brokers: None,
+                group: "kiln".into(),
+                topics: KafkaTopics::default(),
+                session_timeout_ms: 10_000,
+                max_attempts: 3,
+                retry_backoff_ms: 500,
+                revoke_drain_ms: 5_000,
+                prefetch_kbytes: 1024,
+            },
+            checkpoint: CheckpointConfig { lease_ms: 30_000 },
+            lambda: LambdaConfig {
+                response: "buffered".into(),
+                kinds: vec!["thumbnail".into(), "infer".into()],
+                max_input_bytes: 64 * 1024 * 1024,
+                min_remaining_ms: 1000,
+            },
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Config::default().worker
+    }
+}
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Config::default().store
+    }
+}
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Config::default().http
+    }
+}
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Config::default().scheduler
+    }
+}
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Config::default().shutdown
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        Config::default().log
+    }
+}
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Config::default().router
+    }
+}
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Config::default().kafka
+    }
+}
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Config::default().checkpoint
+    }
+}
+impl Default for LambdaConfig {
+    fn default() -> Self {
+        Config::default().lambda
+    }
+}
+
+/// `KILN_*` variables and the config keys they set. Explicit, because DESIGN.md's names do
+/// not follow one splitting rule (`KILN_S3_ENDPOINT` is `store.s3.endpoint`).
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("MODE", "mode"),
+    ("ACCEL", "accel"),
+    ("WORKER_ID", "worker.id"),
+    ("TIER", "worker.tier"),
+    ("REGION", "worker.region"),
+    ("STORE_URL", "store.url"),
+    ("S3_ENDPOINT", "store.s3.endpoint"),
+    ("S3_PATH_STYLE", "store.s3.path_style"),
+    ("S3_REGION", "store.s3.region"),
+    ("HTTP_ADDR", "http.addr"),
+    ("HTTP_MAX_BODY_BYTES", "http.max_body_bytes"),
+    ("CPU_SLOTS", "scheduler.cpu_slots"),
+    ("QUEUE_DEPTH", "scheduler.queue_depth"),
+    ("MAX_INPUT_BYTES", "limits.max_input_bytes"),
+    ("MAX_PIXELS", "limits.max_pixels"),
+    ("MAX_OUTPUTS", "limits.max_outputs"),
+    ("SHUTDOWN_GRACE_MS", "shutdown.grace_ms"),
+    ("LOG", "log.level"),
+    ("LOG_FORMAT", "log.format"),
+    ("ROUTER_URL", "router.url"),
+    ("ROUTER_INTERVAL_MS", "router.interval_ms"),
+    ("KAFKA_BROKERS", "kafka.brokers"),
+    ("KAFKA_GROUP", "kafka.group"),
+    ("KAFKA_SESSION_TIMEOUT_MS", "kafka.session_timeout_ms"),
+    ("KAFKA_MAX_ATTEMPTS", "kafka.max_attempts"),
+    ("KAFKA_RETRY_BACKOFF_MS", "kafka.retry_backoff_ms"),
+    ("KAFKA_REVOKE_DRAIN_MS", "kafka.revoke_drain_ms"),
+    ("KAFKA_JOBS_TOPIC", "kafka.topics.jobs"),
+    ("KAFKA_RESULTS_TOPIC", "kafka.topics.results"),
+    ("KAFKA_EVENTS_TOPIC", "kafka.topics.events"),
+    ("KAFKA_DLQ_TOPIC", "kafka.topics.dlq"),
+    ("CHECKPOINT_LEASE_MS", "checkpoint.lease_ms"),
+    ("LAMBDA_RESPONSE", "lambda.response"),
+    ("LAMBDA_MAX_INPUT_BYTES", "lambda.max_input_bytes"),
+    ("LAMBDA_MIN_REMAINING_MS", "lambda.min_remaining_ms"),
+    ("LAMBDA_KINDS", "lambda.kinds"),
+];
+
+impl Config {
+    /// Loads defaults < file < environment. `file` is `--config`; else `KILN_CONFIG`; else
+    /// `./kiln.toml` when present.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &vars)
+    }
+
+    /// As [`Config::load`], with the environment given (tests).
+    pub fn load_from(file: Option<&Path>, vars: &[(String, String)]) -> Result<Config, ConfigError> {
+        let env_file = vars.iter().find(|(k, _)| k == "KILN_CONFIG").map(|(_, v)| PathBuf::from(v));
+        let path = match file.map(Path::to_path_buf).or(env_file) {
+            Some(p) if !p.exists() => return Err(ConfigError::MissingFile(p)),
+            Some(p) => Some(p),
+            None => Some(PathBuf::from("kiln.toml")).filter(|p| p.exists()),
+        };
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = &path {
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        // Map each known variable to its key; unknown KILN_* variables are ignored (and
+        // KILN_CONFIG, KILN_BIN are not config keys).
+        for (suffix, key) in ENV_KEYS {
+            let var = format!("KILN_{suffix}");
+            if let Some((_, value)) = vars.iter().find(|(k, _)| *k == var) {
+                let v = if LIST_KEYS.contains(key) { env_list(value) } else { env_value(value) };
+                fig = fig.merge((key.to_string(), v));
+            }
+        }
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http.addr.parse::<SocketAddr>().map_err(|e| invalid("http.addr", format!("{:?} is not host:port ({e})", self.http.addr)))?;
+        if let Some(u) = &self.store.url {
+            let url = Url::parse(u).map_err(|e| invalid("store.url", format!("{u:?} is not a URL ({e})")))?;
+            match url.scheme() {
+                "file" => {}
+                "s3" => return Err(invalid("store.url", "s3:// stores are not built into this version yet; use file://")),
+                s => return Err(invalid("store.url", format!("scheme {s:?} is not supported (file://)"))),
+            }
+        }
+        if self.scheduler.queue_depth == 0 {
+            return Err(invalid("scheduler.queue_depth", "must be at least 1"));
+        }
+        if self.scheduler.cpu_slots > 4096 {
+            return Err(invalid("scheduler.cpu_slots", "at most 4096"));
+        }
+        for (kind, n) in &self.scheduler.per_kind {
+            if *n == 0 {
+                return Err(invalid("scheduler.per_kind", format!("{kind} = 0 would never run a {kind} job")));
+            }
+        }
+        if self.limits.max_pixels == 0 || self.limits.max_input_bytes == 0 || self.limits.max_outputs == 0 {
+            return Err(invalid("limits", "max_pixels, max_input_bytes and max_outputs must be positive"));
+        }
+        if self.worker.tier != "container" && self.worker.tier != "serverless" {
+            return Err(invalid("worker.tier", format!("{:?} is not container or serverless", self.worker.tier)));
+        }
+        if let Some(u) = &self.router.url {
+            Url::parse(u).map_err(|e| invalid("router.url", format!("{u:?} is not a URL ({e})")))?;
+        }
+        if self.router.interval_ms < 100 {
+            return Err(invalid("router.interval_ms", "at least 100"));
+        }
+        if self.lambda.response != "buffered" && self.lambda.response != "stream" {
+            return Err(invalid("lambda.response", "buffered or stream"));
+        }
+        if self.kafka.brokers.is_some() {
+            if self.kafka.revoke_drain_ms >= self.kafka.session_timeout_ms {
+                return Err(invalid("kafka.revoke_drain_ms", "must be below kafka.session_timeout_ms"));
+            }
+            if self.kafka.max_attempts == 0 {
+                return Err(invalid("kafka.max_attempts", "at least 1"));
+            }
+        }
+        if self.checkpoint.lease_ms < 1000 {
+            return Err(invalid("checkpoint.lease_ms", "at least 1000"));
+        }
+        Ok(())
+    }
+
+    /// Slots for running jobs, sized to the machine when not set.
+    pub fn cpu_slots(&self) -> usize {
+        match self.scheduler.cpu_slots {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// The store URL, defaulting to the per-user data dir.
+    pub fn store_url(&self) -> Url {
+        if let Some(u) = self.store.url.as_deref().and_then(|u| Url::parse(u).ok()) {
+            return u;
+        }
+        let dir = dirs::data_local_dir().unwrap_or_else(std::env::temp_dir).join("kiln");
+        Url::from_directory_path(&dir).unwrap_or_else(|_| Url::parse("file:///tmp/kiln/").expect("static URL"))
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.worker.id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "kiln".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+/// Keys whose variables hold comma-separated lists.
+const LIST_KEYS: &[&str] = &["lambda.kinds"];
+
+fn env_list(v: &str) -> figment::value::Value {
+    let items: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    figment::value::Value::from(items)
+}
+
+/// Environment values are typed the way TOML would type them: numbers and booleans as such,
+/// everything else a string.
+fn env_value(v: &str) -> figment::value::Value {
+    use figment::value::Value;
+    if let Ok(n) = v.parse::<u64>() {
+        return Value::from(n);
+    }
+    match v {
+        "true" => Value::from(true),
+        "false" => Value::from(false),
+        _ => Value::from(v.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load_from(None, &[]).unwrap();
+        assert_eq!(c.http.addr, "0.0.0.0:8080");
+        assert!(c.cpu_slots() >= 1);
+        assert_eq!(c.store_url().scheme(), "file");
+    }
+
+    #[test]
+    fn env_beats_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("kiln.toml");
+        std::fs::write(&f, "[http]\naddr = \"127.0.0.1:9000\"\n[scheduler]\nqueue_depth = 7\ncpu_slots = 3\n[scheduler.per_kind]\nthumbnail = 2\n").unwrap();
+        let c = Config::load_from(Some(&f), &vars(&[("KILN_QUEUE_DEPTH", "9"), ("KILN_S3_PATH_STYLE", "true")])).unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:9000");
+        assert_eq!(c.scheduler.queue_depth, 9);
+        assert_eq!(c.cpu_slots(), 3);
+        assert!(c.store.s3.path_style);
+        assert_eq!(c.scheduler.per_kind["thumbnail"], 2);
+        let c = Config::load_from(None, &vars(&[("KILN_LAMBDA_KINDS", "thumbnail, debug")])).unwrap();
+        assert_eq!(c.lambda.kinds, ["thumbnail", "debug"]);
+        let c = Config::load_from(None, &vars(&[("KILN_CONFIG", f.to_str().unwrap())])).unwrap();
+        assert_eq!(c.scheduler.queue_depth, 7);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = Config::load_from(None, &vars(&[("KILN_HTTP_ADDR", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("http.addr"), "{e}");
+        let e = Config::load_from(None, &vars(&[("KILN_QUEUE_DEPTH", "0")])).unwrap_err();
+        assert!(e.to_string().contains("queue_depth"), "{e}");
+        let e = Config::load_from(None, &vars(&[("KILN_ACCEL", "quantum")])).unwrap_err();
+        assert!(e.to_string().contains("quantum"), "{e}");
+        let e = Config::load_from(None, &vars(&[("KILN_STORE_URL", "ftp://x/")])).unwrap_err();
+        assert!(e.to_string().contains("store.url"), "{e}");
+        let e = Config::load_from(Some(Path::new("/nonexistent/kiln.toml")), &[]).unwrap_err();
+        assert!(matches!(e, ConfigError::MissingFile(_)));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k.toml");
+        std::fs::write(&f, "[htp]\naddr = 1\n").unwrap();
+        let e = Config::load_from(Some(&f), &[]).unwrap_err();
+        assert!(e.to_string().contains("htp"), "{e}");
+    }
+}

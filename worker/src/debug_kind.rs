@@ -1,0 +1,83 @@
+//! The `debug` job kind, registered only when `KILN_DEBUG_KINDS=1`: a job that holds its slot
+//! for a while or until a gate file appears, panics, or writes a small output. End-to-end
+//! tests use it to exercise the scheduler (overload, priority, deadlines, cancellation,
+//! drain, panic isolation) with exact control over when a job ends.
+
+use kiln_jobs::context::ensure;
+use kiln_jobs::{JobContext, JobError, JobKind, JobOutput, Limits, PreparedJob};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Longest a debug job may hold its slot.
+const MAX_HOLD: Duration = Duration::from_secs(60);
+
+pub struct DebugKind;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spec {
+    /// Hold the slot this long (cooperatively: cancel and deadline end it early).
+    #[serde(default)]
+    hold_ms: u64,
+    /// Hold the slot until this file exists (at most 60 s).
+    #[serde(default)]
+    hold_until: Option<PathBuf>,
+    /// Panic instead of finishing.
+    #[serde(default)]
+    panic: bool,
+    /// Write an output of this name with the job id as content.
+    #[serde(default)]
+    output: Option<String>,
+    /// Append the job id to this file when the run starts (tests count reruns with it).
+    #[serde(default)]
+    log: Option<PathBuf>,
+}
+
+impl JobKind for DebugKind {
+    fn name(&self) -> &'static str {
+        "debug"
+    }
+
+    fn prepare(&self, input: &Value, _limits: &Limits) -> Result<Box<dyn PreparedJob>, JobError> {
+        let spec: Spec = serde_json::from_value(input.clone()).map_err(|e| JobError::invalid_spec(format!("debug spec: {e}")))?;
+        ensure(spec.hold_ms <= MAX_HOLD.as_millis() as u64, || "hold_ms is at most 60000".into())?;
+        Ok(Box::new(spec))
+    }
+}
+
+impl PreparedJob for Spec {
+    fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
+        if let Some(log) = &self.log {
+            use std::io::Write;
+            let line = format!("{}\n", ctx.job_id);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .map_err(|e| JobError::internal(format!("run log: {e}")))?;
+        }
+        let start = Instant::now();
+        let hold = Duration::from_millis(self.hold_ms);
+        ctx.progress(0, 1, "hold");
+        loop {
+            ctx.check()?;
+            let gate_open = self.hold_until.as_ref().is_none_or(|p| p.exists());
+            if (start.elapsed() >= hold && gate_open) || start.elapsed() >= MAX_HOLD {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if self.panic {
+            panic!("debug job {} panicked on purpose", ctx.job_id);
+        }
+        let mut out = JobOutput::default();
+        if let Some(name) = &self.output {
+            out.outputs.push(ctx.write_output(name, bytes::Bytes::from(ctx.job_id.clone()), "text/plain", None)?);
+        }
+        ctx.progress(1, 1, "hold");
+        Ok(out)
+    }
+}

@@ -1,0 +1,24 @@
+//! kiln-worker: the runtime behind the `kiln` binary. It knows nothing of pixels.
+//!
+//! - [`config`]: one typed Config (defaults < file < `KILN_*`).
+//! - [`scheduler`]: admission, priorities, slots.
+//! - [`runtime`]: submit → queue → run → store result → report; drain.
+//! - [`pool`]: the job threads, one per CPU slot.
+//! - [`jobtable`]: live jobs and their event logs.
+//! - [`store`]: object store backends.
+//! - [`sources`]: HTTP and file/stdin.
+//! - [`capacity`]: the capacity report and its publisher.
+//! - [`telemetry`]: logs and metrics.
+//! - [`modes`]: `run`, `serve`, `probe`.
+
+pub mod capacity;
+pub mod config;
+pub mod debug_kind;
+pub mod jobtable;
+pub mod modes;
+pub mod pool;
+pub mod runtime;
+pub mod scheduler;
+pub mod sources;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,99 @@
+//! The `kiln` binary: parses the command line, loads the config, and starts a mode.
+
+use clap::{Parser, Subcommand};
+use kiln_worker::config::{Config, Mode};
+use kiln_worker::{modes, telemetry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// kiln: a media-processing compute worker (thumbnails first; transcode, infer and render to come).
+#[derive(Parser)]
+#[command(name = "kiln", version, about)]
+struct Cli {
+    /// Config file (TOML); else KILN_CONFIG, else ./kiln.toml when present.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs jobs from a JSON/JSONL file, or stdin with `-`; prints results as JSONL.
+    /// Exits 0 when every job succeeded, 1 when any did not.
+    Run {
+        /// JSON or JSONL file of job envelopes, or `-` for stdin.
+        file: String,
+    },
+    /// Serves the HTTP API until SIGTERM, then drains.
+    Serve,
+    /// Serves Lambda invocations through the Runtime API (chosen by default when
+    /// AWS_LAMBDA_RUNTIME_API is set).
+    Lambda,
+    /// Prints what this host offers, as JSON.
+    Probe,
+}
+
+fn main() -> ExitCode {
+    let started = std::time::Instant::now();
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut log = cfg.log.clone();
+    if matches!(cli.command, Some(Command::Run { .. })) && std::env::var_os("KILN_LOG").is_none() {
+        // `kiln run` keeps stderr for its progress bar and real problems.
+        log.level = "warn".into();
+    }
+    telemetry::init_logging(&log);
+    // A panicking job is reported as `internal` by the runtime; log the panic as an event too.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "a job panicked")));
+    let command = match cli.command {
+        Some(c) => c,
+        None => match mode_from_env(&cfg) {
+            Mode::Serve => Command::Serve,
+            Mode::Lambda => Command::Lambda,
+        },
+    };
+    if matches!(command, Command::Lambda) {
+        if let Err(e) = modes::prepare_lambda_env() {
+            eprintln!("kiln: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kiln-io").build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match command {
+        Command::Run { file } => rt.block_on(modes::run(cfg, &file)).map(|ok| if ok { 0 } else { 1 }),
+        Command::Serve => rt.block_on(modes::serve(cfg)).map(|()| 0),
+        Command::Lambda => rt.block_on(modes::lambda(cfg, started)).map(|()| 0),
+        Command::Probe => serde_json::to_string_pretty(&modes::probe(&cfg)).map_err(Into::into).map(|s| {
+            println!("{s}");
+            0
+        }),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// With no subcommand: KILN_MODE, else Lambda when AWS_LAMBDA_RUNTIME_API is set, else serve.
+fn mode_from_env(cfg: &Config) -> Mode {
+    cfg.mode.unwrap_or(if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() { Mode::Lambda } else { Mode::Serve })
+}

@@ -1,0 +1,217 @@
+//! The modes of the one binary: `run` (file or stdin → JSONL on stdout), `serve` (HTTP),
+//! and `probe` (what this host offers).
+
+use crate::capacity::{publish_loop, Reporter};
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::sources::{file, http};
+use crate::store::StoreRouter;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use kiln_jobs::{JobStatus, Registry};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The job kinds of this process: the built-in ones, plus `debug` with KILN_DEBUG_KINDS=1.
+pub fn registry() -> Registry {
+    let mut r = Registry::builtin();
+    if std::env::var("KILN_DEBUG_KINDS").is_ok_and(|v| v == "1") {
+        r.register(Arc::new(crate::debug_kind::DebugKind));
+    }
+    r
+}
+
+pub fn runtime(cfg: Config) -> Arc<Runtime> {
+    Runtime::new(cfg, Arc::new(StoreRouter::new()), registry())
+}
+
+/// `kiln run`: every job in `path` (or stdin for `-`), results as JSONL on stdout. Returns
+/// whether every job succeeded.
+pub async fn run(cfg: Config, path: &str) -> anyhow::Result<bool> {
+    let rt = runtime(cfg);
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} jobs [{elapsed}] {wide_bar} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let feeder = {
+        let rt = rt.clone();
+        let bar = bar.clone();
+        let path = path.to_owned();
+        tokio::spawn(async move {
+            let on_submit = |entry: Arc<crate::jobtable::JobEntry>| {
+                if let Some(b) = &bar {
+                    b.inc_length(1);
+                }
+                let _ = tx.send(entry);
+            };
+            if path == "-" {
+                file::submit_all(&rt, tokio::io::BufReader::new(tokio::io::stdin()), on_submit).await
+            } else {
+                let f = tokio::fs::File::open(&path).await?;
+                file::submit_all(&rt, tokio::io::BufReader::new(f), on_submit).await
+            }
+        })
+    };
+    let mut waiting = FuturesUnordered::new();
+    let mut all_ok = true;
+    let mut stdout = std::io::stdout().lock();
+    let mut input_done = false;
+    loop {
+        tokio::select! {
+            entry = rx.recv(), if !input_done => match entry {
+                Some(e) => waiting.push(async move { e.wait().await }),
+                None => input_done = true,
+            },
+            Some(result) = waiting.next(), if !waiting.is_empty() => {
+                all_ok &= result.status == JobStatus::Succeeded;
+                serde_json::to_writer(&mut stdout, &*result)?;
+                stdout.write_all(b"\n")?;
+                stdout.flush()?;
+                if let Some(b) = &bar {
+                    b.inc(1);
+                    b.set_message(result.id.clone());
+                }
+            }
+            else => break,
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    feeder.await??;
+    Ok(all_ok)
+}
+
+/// `kiln lambda`: the Lambda Runtime API until it goes away. `init_ms` is the time from
+/// process start to here (the cold start's share that is kiln's).
+pub async fn lambda(mut cfg: Config, init_started: std::time::Instant) -> anyhow::Result<()> {
+    cfg.worker.tier = "serverless".into();
+    let rt = runtime(cfg);
+    let init_ms = init_started.elapsed().as_secs_f64() * 1e3;
+    crate::sources::lambda::run(rt, init_ms).await
+}
+
+/// Checks the variables the Lambda runtime library needs (it panics without them), and
+/// gives AWS_LAMBDA_RUNTIME_API the `http://` scheme it needs. Call before any thread starts.
+pub fn prepare_lambda_env() -> anyhow::Result<()> {
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .map_err(|_| anyhow::anyhow!("Lambda mode needs AWS_LAMBDA_RUNTIME_API (set by the Lambda service)"))?;
+    if !api.contains("://") {
+        // Single-threaded here: main calls this before the async runtime starts.
+        std::env::set_var("AWS_LAMBDA_RUNTIME_API", format!("http://{api}"));
+    }
+    for var in ["AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_VERSION"] {
+        if std::env::var_os(var).is_none() {
+            anyhow::bail!("Lambda mode needs {var} (set by the Lambda service)");
+        }
+    }
+    let mem = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").unwrap_or_default();
+    if mem.parse::<i32>().is_err() {
+        anyhow::bail!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE must be a number of MB, not {mem:?}");
+    }
+    Ok(())
+}
+
+/// `kiln serve`: the HTTP API until SIGTERM or SIGINT, then a graceful drain.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let addr = cfg.http.addr.clone();
+    let grace = Duration::from_millis(cfg.shutdown.grace_ms);
+    let router_url = cfg.router.url.clone();
+    let kafka_cfg = cfg.kafka.clone();
+    let rt = runtime(cfg);
+    let reporter = Arc::new(Reporter::new());
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    // The first stdout line names the bound address (useful with port 0).
+    println!("kiln listening on http://{local}");
+    info!(%local, worker_id = %rt.worker().id, "serving");
+
+    let stop_http = CancellationToken::new();
+    let app = http::router(http::AppState { rt: rt.clone(), reporter: reporter.clone() });
+    let server = tokio::spawn({
+        let stop = stop_http.clone();
+        async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
+    });
+    let stop_publish = CancellationToken::new();
+    let publisher = router_url.map(|url| tokio::spawn(publish_loop(rt.clone(), reporter.clone(), url, stop_publish.clone())));
+    rt.warm_up().await;
+    let stop_kafka = CancellationToken::new();
+    let kafka = match kafka_cfg.brokers.is_some() {
+        true => {
+            let source = crate::sources::kafka::KafkaSource::new(rt.clone(), kafka_cfg)?;
+            let task = tokio::spawn(source.clone().run(stop_kafka.clone()));
+            Some((source, task))
+        }
+        false => None,
+    };
+    info!("ready");
+
+    shutdown_signal().await;
+    info!(grace_ms = grace.as_millis() as u64, inflight = rt.inflight(), "draining");
+    stop_kafka.cancel();
+    let cancelled = rt.drain(grace).await;
+    info!(cancelled, "drained");
+    if let Some((source, task)) = kafka {
+        match task.await {
+            Ok(Err(e)) => warn!(error = %e, "kafka source ended with an error"),
+            Err(e) => warn!(error = %e, "kafka source task failed"),
+            Ok(Ok(())) => {}
+        }
+        source.finish(Duration::from_secs(10)).await;
+    }
+    stop_publish.cancel();
+    if let Some(p) = publisher {
+        let _ = tokio::time::timeout(Duration::from_secs(3), p).await;
+    }
+    stop_http.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "HTTP server task failed"),
+        Err(_) => warn!("open connections did not close in 5 s; exiting anyway"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `kiln probe`: CPU, GPUs and what the job kinds can do here, as JSON.
+pub fn probe(cfg: &Config) -> serde_json::Value {
+    let reg = registry();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "cpu": kiln_kernels::probe::cpu(),
+        "gpus": kiln_kernels::probe::gpus(),
+        "accel": cfg.accel,
+        "kinds": reg.names().collect::<Vec<_>>(),
+        "slots": cfg.cpu_slots(),
+        "store": cfg.store_url().to_string(),
+    })
+}

@@ -1,0 +1,231 @@
+//! `kiln lambda`: the AWS Lambda Runtime API, one invocation at a time, through the same
+//! runtime as `kiln serve`.
+//!
+//! The event is a job envelope, or an HTTP request (function URL / API Gateway) whose body
+//! is one; an HTTP-shaped event gets an HTTP-shaped response. With `lambda.response = stream`
+//! the response streams NDJSON: every event as it happens, the result last.
+//!
+//! Jobs that cannot fit the function (a kind the tier does not take, a GPU request, a source
+//! too large, too little time left) are refused up front with `too_long_for_tier`, so the
+//! router sends them to the container tier. Warm state (the runtime, codecs, caches) lives
+//! for the life of the instance and is reused across invocations.
+
+use crate::jobtable::JobEntry;
+use crate::runtime::{Admission, Runtime};
+use base64::Engine;
+use futures_util::StreamExt;
+use kiln_jobs::store::parse_uri;
+use kiln_jobs::{Envelope, ErrorCode, JobError, JobResult};
+use lambda_runtime::streaming::{channel, Body};
+use lambda_runtime::{FunctionResponse, LambdaEvent, StreamResponse};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{info, warn};
+
+/// Time kept back from the invocation's deadline to answer before the function times out.
+const ANSWER_MARGIN: Duration = Duration::from_millis(250);
+
+pub struct LambdaSource {
+    rt: Arc<Runtime>,
+    init_ms: f64,
+    invocations: AtomicU64,
+}
+
+/// What the event carried.
+struct Incoming {
+    body: Vec<u8>,
+    /// An HTTP-shaped event (function URL, API Gateway) wants an HTTP-shaped answer.
+    http: bool,
+}
+
+fn unwrap_event(payload: &Value) -> Result<Incoming, JobError> {
+    if payload.get("kind").is_some() && payload.get("input").is_some() {
+        return Ok(Incoming { body: serde_json::to_vec(payload).unwrap_or_default(), http: false });
+    }
+    if let Some(body) = payload.get("body") {
+        let text = body.as_str().ok_or_else(|| JobError::invalid_spec("the request body is not a string"))?;
+        let b64 = payload.get("isBase64Encoded").and_then(Value::as_bool).unwrap_or(false);
+        let body = if b64 {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| JobError::invalid_spec(format!("the request body is not valid base64: {e}")))?
+        } else {
+            text.as_bytes().to_vec()
+        };
+        return Ok(Incoming { body, http: true });
+    }
+    Err(JobError::invalid_spec("the event is neither a job envelope nor an HTTP request carrying one"))
+}
+
+impl LambdaSource {
+    pub fn new(rt: Arc<Runtime>, init_ms: f64) -> Arc<Self> {
+        Arc::new(LambdaSource { rt, init_ms, invocations: AtomicU64::new(0) })
+    }
+
+    /// Refuses what this tier cannot finish; tightens the job's deadline to the time left.
+    async fn fit(&self, env: &mut Envelope, remaining: Duration) -> Result<(), JobError> {
+        let cfg = &self.rt.config().lambda;
+        let refuse = |why: String| Err(JobError::new(ErrorCode::TooLongForTier, why));
+        if !cfg.kinds.iter().any(|k| *k == env.kind) {
+            return refuse(format!("{} jobs run on the container tier", env.kind));
+        }
+        if env.input.get("accel").and_then(Value::as_str) == Some("gpu") {
+            return refuse("the serverless tier has no GPU".into());
+        }
+        if remaining < Duration::from_millis(cfg.min_remaining_ms) + ANSWER_MARGIN {
+            return refuse(format!("only {} ms left in this invocation", remaining.as_millis()));
+        }
+        if let Some(src) = env.input.get("source").and_then(Value::as_str) {
+            let uri = parse_uri(src)?;
+            if let Ok(Some(meta)) = self.rt.store().head(&uri).await {
+                if meta.size > cfg.max_input_bytes {
+                    return refuse(format!(
+                        "the source is {} bytes; this tier takes at most {}",
+                        meta.size, cfg.max_input_bytes
+                    ));
+                }
+            }
+        }
+        let budget = (remaining - ANSWER_MARGIN).as_millis() as u64;
+        env.deadline_ms = Some(env.deadline_ms.map_or(budget, |d| d.min(budget)));
+        Ok(())
+    }
+
+    async fn start(&self, payload: &Value, remaining: Duration) -> (Arc<JobEntry>, bool) {
+        let incoming = match unwrap_event(payload) {
+            Ok(i) => i,
+            Err(e) => return (self.rt.refuse_now("unknown", &e), false),
+        };
+        let mut env = match Envelope::parse(&incoming.body) {
+            Ok(env) => env,
+            Err((_, e)) => return (self.rt.refuse_now("unknown", &e), incoming.http),
+        };
+        if let Err(e) = self.fit(&mut env, remaining).await {
+            let kind = env.kind.clone();
+            let mut entry_id = env.id.clone();
+            if entry_id.as_deref().is_some_and(|id| kiln_jobs::envelope::validate_id(id).is_err()) {
+                entry_id = None;
+            }
+            return (self.rt.refuse_with_id(entry_id, &kind, &e), incoming.http);
+        }
+        (self.rt.submit(env, Admission::Refuse).await, incoming.http)
+    }
+
+    fn annotate(&self, result: &JobResult, n: u64) -> Value {
+        let mut v = serde_json::to_value(result).unwrap_or(Value::Null);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("lambda".into(), json!({"cold_start": n == 1, "init_ms": self.init_ms, "invocation": n}));
+        }
+        v
+    }
+
+    /// One invocation.
+    pub async fn handle(self: Arc<Self>, event: LambdaEvent<Value>) -> Result<FunctionResponse<Value, Body>, lambda_runtime::Error> {
+        let (payload, ctx) = event.into_parts();
+        let n = self.invocations.fetch_add(1, Ordering::SeqCst) + 1;
+        let remaining = remaining_time(ctx.deadline, SystemTime::now());
+        let started = Instant::now();
+        let (entry, http) = self.start(&payload, remaining).await;
+        info!(request_id = %ctx.request_id, job_id = %entry.id, cold_start = n == 1, "invocation");
+
+        if self.rt.config().lambda.response == "stream" {
+            let (mut tx, rx) = channel();
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut events = std::pin::pin!(entry.events());
+                while let Some(ev) = events.next().await {
+                    let line = match &ev {
+                        kiln_jobs::Event::Result(r) => {
+                            let mut v = this.annotate(r, n);
+                            if let Some(o) = v.as_object_mut() {
+                                o.insert("event".into(), Value::from("result"));
+                            }
+                            v
+                        }
+                        other => serde_json::to_value(other).unwrap_or(Value::Null),
+                    };
+                    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+                    bytes.push(b'\n');
+                    if tx.send_data(bytes.into()).await.is_err() {
+                        // The caller went away: stop the job rather than work for nobody.
+                        warn!(job_id = %entry.id, "stream closed by the caller; cancelling the job");
+                        entry.cancel.cancel();
+                        break;
+                    }
+                }
+            });
+            let mut resp = StreamResponse::from(rx);
+            resp.metadata_prelude.headers.insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("application/x-ndjson"),
+            );
+            return Ok(FunctionResponse::StreamingResponse(resp));
+        }
+
+        let result = entry.wait().await;
+        info!(job_id = %entry.id, ms = started.elapsed().as_secs_f64() * 1e3, status = result.status.as_str(), "invocation done");
+        let body = self.annotate(&result, n);
+        if http {
+            let status = crate::sources::http::status_for(&result).as_u16();
+            return Ok(FunctionResponse::BufferedResponse(json!({
+                "statusCode": status,
+                "headers": {"content-type": "application/json"},
+                "body": body.to_string(),
+            })));
+        }
+        Ok(FunctionResponse::BufferedResponse(body))
+    }
+}
+
+/// Time left in the invocation. The Runtime API gives the deadline in epoch milliseconds;
+/// local emulators (cargo-lambda's among them) send the function timeout instead, a value no
+/// epoch deadline can have (before 2001), which is taken as relative.
+fn remaining_time(deadline_ms: u64, now: SystemTime) -> Duration {
+    const EPOCH_2001_MS: u64 = 978_307_200_000;
+    if deadline_ms < EPOCH_2001_MS {
+        return Duration::from_millis(deadline_ms);
+    }
+    let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms);
+    deadline.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+/// Serves invocations until the Runtime API goes away.
+pub async fn run(rt: Arc<Runtime>, init_ms: f64) -> anyhow::Result<()> {
+    rt.mark_ready();
+    info!(init_ms, worker_id = %rt.worker().id, "lambda runtime ready");
+    let source = LambdaSource::new(rt, init_ms);
+    lambda_runtime::run(lambda_runtime::service_fn(move |ev| source.clone().handle(ev)))
+        .await
+        .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_absolute_and_relative() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_428_873_000);
+        assert_eq!(remaining_time(1_795_428_875_000, now), Duration::from_secs(2));
+        assert_eq!(remaining_time(1_795_428_870_000, now), Duration::ZERO);
+        assert_eq!(remaining_time(600_000, now), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn events_carry_envelopes_directly_or_in_http_bodies() {
+        let env = json!({"kind": "thumbnail", "input": {}});
+        let i = unwrap_event(&env).unwrap();
+        assert!(!i.http);
+        let http = json!({"requestContext": {}, "body": env.to_string(), "isBase64Encoded": false});
+        let i = unwrap_event(&http).unwrap();
+        assert!(i.http);
+        assert_eq!(serde_json::from_slice::<Value>(&i.body).unwrap(), env);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(env.to_string());
+        let i = unwrap_event(&json!({"body": b64, "isBase64Encoded": true})).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&i.body).unwrap(), env);
+        assert_eq!(unwrap_event(&json!({"hello": 1})).err().unwrap().code, ErrorCode::InvalidSpec);
+        assert!(unwrap_event(&json!({"body": "%%%", "isBase64Encoded": true})).is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! The local-filesystem store. Writes are atomic: a temporary file in the same directory,
+//! then a rename (or a hard link, for create-if-absent), so readers never see a partial
+//! object and a crash leaves at worst a stray `.kiln-tmp-*` file.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kiln_jobs::store::ByteStream;
+use kiln_jobs::{ObjectMeta, ObjectStore, StoreError};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+use url::Url;
+
+const TMP_PREFIX: &str = ".kiln-tmp-";
+
+pub struct FsStore;
+
+fn path_of(uri: &Url) -> Result<PathBuf, StoreError> {
+    if uri.scheme() != "file" {
+        return Err(StoreError::UnsupportedUri(uri.to_string()));
+    }
+    uri.to_file_path().map_err(|_| StoreError::UnsupportedUri(uri.to_string()))
+}
+
+fn tmp_path(dest: &Path) -> PathBuf {
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    dest.with_file_name(format!("{TMP_PREFIX}{}-{name}", ulid::Ulid::new()))
+}
+
+async fn ensure_parent(uri: &Url, path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(|e| StoreError::io(uri, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `data` to a fresh temporary file beside `dest`, flushed to disk.
+async fn write_tmp(uri: &Url, dest: &Path, data: &[u8]) -> Result<PathBuf, StoreError> {
+    ensure_parent(uri, dest).await?;
+    let tmp = tmp_path(dest);
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        f.write_all(data).await?;
+        f.sync_data().await?;
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(StoreError::io(uri, e));
+    }
+    Ok(tmp)
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    async fn get(&self, uri: &Url, limit: u64) -> Result<Bytes, StoreError> {
+        let path = path_of(uri)?;
+        let meta = tokio::fs::metadata(&path).await.map_err(|e| StoreError::io(uri, e))?;
+        if meta.is_dir() {
+            return Err(StoreError::NotFound(format!("{uri} is a directory")));
+        }
+        if meta.len() > limit {
+            return Err(StoreError::TooLarge { uri: uri.to_string(), limit });
+        }
+        let data = tokio::fs::read(&path).await.map_err(|e| StoreError::io(uri, e))?;
+        if data.len() as u64 > limit {
+            return Err(StoreError::TooLarge { uri: uri.to_string(), limit });
+        }
+        Ok(Bytes::from(data))
+    }
+
+    async fn open(&self, uri: &Url) -> Result<ByteStream, StoreError> {
+        let f = tokio::fs::File::open(path_of(uri)?).await.map_err(|e| StoreError::io(uri, e))?;
+        Ok(Box::pin(f))
+    }
+
+    async fn head(&self, uri: &Url) -> Result<Option<ObjectMeta>, StoreError> {
+        match tokio::fs::metadata(path_of(uri)?).await {
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { uri: uri.clone(), size: m.len() })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(uri, e)),
+        }
+    }
+
+    async fn put(&self, uri: &Url, data: Bytes, _content_type: &str) -> Result<(), StoreError> {
+        let dest = path_of(uri)?;
+        let tmp = write_tmp(uri, &dest, &data).await?;
+        if let Err(e) = tokio::fs::rename(&tmp, &dest).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(StoreError::io(uri, e));
+        }
+        Ok(())
+    }
+
+    async fn put_file(&self, uri: &Url, path: &Path, _content_type: &str) -> Result<(), StoreError> {
+        let dest = path_of(uri)?;
+        ensure_parent(uri, &dest).await?;
+        let tmp = tmp_path(&dest);
+        // tokio::fs::copy streams through a fixed buffer (or copy_file_range).
+        let copied = async {
+            tokio::fs::copy(path, &tmp).await?;
+            tokio::fs::File::open(&tmp).await?.sync_data().await?;
+            tokio::fs::rename(&tmp, &dest).await
+        }
+        .await;
+        if let Err(e) = copied {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(StoreError::io(uri, e));
+        }
+        Ok(())
+    }
+
+    async fn put_if_absent(&self, uri: &Url, data: Bytes, _content_type: &str) -> Result<bool, StoreError> {
+        let dest = path_of(uri)?;
+        let tmp = write_tmp(uri, &dest, &data).await?;
+        // link(2) fails with EEXIST when the destination exists: an atomic create-if-absent.
+        let linked = tokio::fs::hard_link(&tmp, &dest).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StoreError::io(uri, e)),
+        }
+    }
+
+    async fn delete(&self, uri: &Url) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(path_of(uri)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(uri, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &Url) -> Result<Vec<ObjectMeta>, StoreError> {
+        let prefix_path = path_of(prefix)?;
+        let prefix_str = prefix_path.to_string_lossy().into_owned();
+        let root = if prefix.path().ends_with('/') {
+            prefix_path.clone()
+        } else {
+            prefix_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"))
+        };
+        let uri = prefix.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![root];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io(&uri, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| StoreError::io(&uri, e))?;
+                    let path = entry.path();
+                    let ft = entry.file_type().map_err(|e| StoreError::io(&uri, e))?;
+                    if ft.is_dir() {
+                        stack.push(path);
+                    } else if ft.is_file() {
+                        let name_is_tmp = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(TMP_PREFIX));
+                        if name_is_tmp || !path.to_string_lossy().starts_with(&prefix_str) {
+                            continue;
+                        }
+                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                        if let Ok(u) = Url::from_file_path(&path) {
+                            out.push(ObjectMeta { uri: u, size });
+                        }
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.uri.as_str().cmp(b.uri.as_str()));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("list task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(dir: &Path, rel: &str) -> Url {
+        Url::from_file_path(dir.join(rel)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_get_head_list_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore;
+        let a = url(d.path(), "jobs/j1/a.bin");
+        s.put(&a, Bytes::from_static(b"hello"), "x").await.unwrap();
+        assert_eq!(&s.get(&a, 100).await.unwrap()[..], b"hello");
+        assert_eq!(s.head(&a).await.unwrap().unwrap().size, 5);
+        assert!(matches!(s.get(&a, 4).await, Err(StoreError::TooLarge { .. })));
+        s.put(&url(d.path(), "jobs/j1/b/c.bin"), Bytes::from_static(b"x"), "x").await.unwrap();
+        s.put(&url(d.path(), "jobs/j2/a.bin"), Bytes::from_static(b"x"), "x").await.unwrap();
+        let listed = s.list(&Url::from_directory_path(d.path().join("jobs/j1")).unwrap()).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        let listed = s.list(&url(d.path(), "jobs/j")).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        s.delete(&a).await.unwrap();
+        s.delete(&a).await.unwrap();
+        assert!(s.head(&a).await.unwrap().is_none());
+        assert!(matches!(s.get(&a, 100).await, Err(StoreError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn overwrite_is_atomic_and_leaves_no_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore;
+        let a = url(d.path(), "o.bin");
+        s.put(&a, Bytes::from(vec![1u8; 1000]), "x").await.unwrap();
+        s.put(&a, Bytes::from(vec![2u8; 10]), "x").await.unwrap();
+        assert_eq!(&s.get(&a, u64::MAX).await.unwrap()[..], &[2u8; 10]);
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_creates_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore;
+        let a = url(d.path(), "r/result.json");
+        assert!(s.put_if_absent(&a, Bytes::from_static(b"1"), "x").await.unwrap());
+        assert!(!s.put_if_absent(&a, Bytes::from_static(b"2"), "x").await.unwrap());
+        assert_eq!(&s.get(&a, 10).await.unwrap()[..], b"1");
+    }
+
+    #[tokio::test]
+    async fn put_file_streams_a_local_file() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src.bin");
+        std::fs::write(&src, vec![7u8; 3 << 20]).unwrap();
+        let s = FsStore;
+        let dst = url(d.path(), "dst/copy.bin");
+        s.put_file(&dst, &src, "x").await.unwrap();
+        assert_eq!(s.head(&dst).await.unwrap().unwrap().size, 3 << 20);
+        let missing = s.put_file(&url(d.path(), "y"), &d.path().join("nope"), "x").await;
+        assert!(matches!(missing, Err(StoreError::NotFound(_))));
+    }
+}
