@@ -10,7 +10,8 @@ pub type Tp = (String, i32);
 #[derive(Default)]
 struct Partition {
     in_flight: BTreeSet<i64>,
-    /// Highest offset taken so far.
+    /// Lowest and highest offsets taken so far.
+    min_seen: Option<i64>,
     max_seen: Option<i64>,
     /// Highest offset handed to the offset store.
     stored: Option<i64>,
@@ -26,6 +27,7 @@ impl Offsets {
     pub fn begin(&mut self, tp: &Tp, offset: i64) {
         let p = self.parts.entry(tp.clone()).or_default();
         p.in_flight.insert(offset);
+        p.min_seen = Some(p.min_seen.map_or(offset, |m| m.min(offset)));
         p.max_seen = Some(p.max_seen.map_or(offset, |m| m.max(offset)));
     }
 
@@ -40,7 +42,8 @@ impl Offsets {
             Some(lowest) => lowest - 1,
             None => p.max_seen?,
         };
-        if mark < 0 || p.stored.is_some_and(|s| s >= mark) {
+        // Below the first offset taken there is nothing of ours to commit.
+        if mark < 0 || p.min_seen.is_some_and(|m| mark < m) || p.stored.is_some_and(|s| s >= mark) {
             return None;
         }
         p.stored = Some(mark);
