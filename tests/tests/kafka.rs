@@ -343,5 +343,11 @@ async fn traceparent_travels_from_job_to_result() {
         .unwrap();
     let results = broker.reader("kiln.results");
     let got = tokio::task::spawn_blocking(move || collect(&results, |g| !g.is_empty())).await.unwrap();
-    assert_eq!(got[0].2.get("traceparent").map(String::as_str), Some(tp));
+    // The result is a child of the job's span, in the producer's trace.
+    let out = got[0].2.get("traceparent").cloned().unwrap_or_default();
+    let parts: Vec<&str> = out.split('-').collect();
+    assert_eq!(parts.len(), 4, "{out}");
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace: {out}");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "the job's own span is the parent: {out}");
+    assert_eq!(parts[3], "01", "{out}");
 }

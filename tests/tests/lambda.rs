@@ -162,6 +162,16 @@ fn jobs_that_do_not_fit_are_refused_up_front() {
 }
 
 #[test]
+fn jobs_are_refused_when_tmp_lacks_the_space() {
+    // More free scratch space than any disk has: every job is refused before it starts.
+    let f = Function::start(&[("KILN_LAMBDA_MIN_SCRATCH_BYTES", "1000000000000000000")]);
+    let r = f.invoke(&json!({"id": "s1", "kind": "debug", "input": {}}));
+    assert_eq!(r["error"]["code"], "too_long_for_tier", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("bytes free"), "{r}");
+    assert!(!f.dir.path().join("store/jobs/s1/result.json").exists(), "the job never ran");
+}
+
+#[test]
 fn streaming_sends_events_as_ndjson_then_the_result() {
     let f = Function::start(&[("KILN_LAMBDA_RESPONSE", "stream")]);
     let gate = f.dir.path().join("gate");

@@ -185,6 +185,12 @@ pub struct LambdaConfig {
     pub max_input_bytes: u64,
     /// Least time the invocation must have left to start a job.
     pub min_remaining_ms: u64,
+    /// Scratch directory whose free space is checked (empty: the system temp dir, `/tmp` on
+    /// Lambda, whose size is the function's ephemeral storage).
+    pub scratch_dir: String,
+    /// Least free scratch space to start a job; a job with a source needs at least twice the
+    /// source's size (staged input and output) on top of nothing less than this.
+    pub min_scratch_bytes: u64,
 }
 
 impl Default for Config {
@@ -216,6 +222,8 @@ impl Default for Config {
                 kinds: vec!["thumbnail".into(), "infer".into()],
                 max_input_bytes: 64 * 1024 * 1024,
                 min_remaining_ms: 1000,
+                scratch_dir: String::new(),
+                min_scratch_bytes: 16 * 1024 * 1024,
             },
         }
     }
@@ -311,6 +319,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LAMBDA_MAX_INPUT_BYTES", "lambda.max_input_bytes"),
     ("LAMBDA_MIN_REMAINING_MS", "lambda.min_remaining_ms"),
     ("LAMBDA_KINDS", "lambda.kinds"),
+    ("LAMBDA_SCRATCH_DIR", "lambda.scratch_dir"),
+    ("LAMBDA_MIN_SCRATCH_BYTES", "lambda.min_scratch_bytes"),
 ];
 
 impl Config {

@@ -9,6 +9,7 @@
 //! - [`sources`]: HTTP and file/stdin.
 //! - [`capacity`]: the capacity report and its publisher.
 //! - [`telemetry`]: logs and metrics.
+//! - [`tracectx`]: W3C trace context: a job's span inside its caller's trace.
 //! - [`modes`]: `run`, `serve`, `probe`.
 
 pub mod capacity;
@@ -22,3 +23,4 @@ pub mod scheduler;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod tracectx;

@@ -4,6 +4,7 @@
 //! **Invariant:** a job's result is stored (and its outputs before it) before the job's
 //! entry is finished, so nothing is reported, and nothing acknowledged, before it is durable.
 
+use crate::tracectx::TraceContext;
 use crate::config::{Accel, Config};
 use crate::jobtable::{JobEntry, JobTable};
 use crate::scheduler::{Permit, Rejected, Scheduler, Ticket};
@@ -179,11 +180,11 @@ impl Runtime {
         self.submit_bytes_traced(bytes, admission, None).await
     }
 
-    /// As [`Runtime::submit_bytes`], with the W3C `traceparent` the job came with: it is
-    /// recorded on the job's span, so every log line of the job carries it.
-    pub async fn submit_bytes_traced(self: &Arc<Self>, bytes: &[u8], admission: Admission, traceparent: Option<&str>) -> Arc<JobEntry> {
+    /// As [`Runtime::submit_bytes`], inside the caller's trace: the job's span records the
+    /// trace id, its own span id and the caller's, so every log line of the job carries them.
+    pub async fn submit_bytes_traced(self: &Arc<Self>, bytes: &[u8], admission: Admission, trace: Option<&TraceContext>) -> Arc<JobEntry> {
         match Envelope::parse(bytes) {
-            Ok(env) => self.submit_traced(env, admission, traceparent).await,
+            Ok(env) => self.submit_traced(env, admission, trace).await,
             Err((id, err)) => {
                 let id = id.unwrap_or_else(|| ulid::Ulid::new().to_string());
                 self.refused(id, "unknown".into(), &err)
@@ -197,8 +198,8 @@ impl Runtime {
         self.submit_traced(env, admission, None).await
     }
 
-    /// As [`Runtime::submit`], recording the caller's `traceparent` on the job's span.
-    pub async fn submit_traced(self: &Arc<Self>, env: Envelope, admission: Admission, traceparent: Option<&str>) -> Arc<JobEntry> {
+    /// As [`Runtime::submit`], the job's span joining the caller's trace.
+    pub async fn submit_traced(self: &Arc<Self>, env: Envelope, admission: Admission, trace: Option<&TraceContext>) -> Arc<JobEntry> {
         let received = Instant::now();
         let id = env.id.clone().unwrap_or_else(|| ulid::Ulid::new().to_string());
         if let Err(e) = validate_id(&id) {
@@ -251,10 +252,14 @@ impl Runtime {
             job_id = %id,
             kind = %env.kind,
             priority = env.priority.as_str(),
-            traceparent = tracing::field::Empty
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty
         );
-        if let Some(tp) = traceparent {
-            span.record("traceparent", tp);
+        if let Some(t) = trace {
+            span.record("trace_id", t.trace_id.as_str());
+            span.record("span_id", t.span_id.as_str());
+            span.record("parent_span_id", t.parent_id.as_str());
         }
         let rt = self.clone();
         let e2 = entry.clone();

@@ -101,11 +101,9 @@ pub fn choose_scale(width: u32, height: u32, min: Option<(u32, u32)>) -> Scaling
     ScalingFactor::ONE
 }
 
-/// Decodes a JPEG to RGB, shrunk in the DCT domain by `scale`. CMYK/YCCK images are converted
-/// to RGB: through the embedded CMYK profile (`icc`) when there is one, else naively.
-/// Returns the image and whether the colour conversion already went through the profile.
-pub fn decode(data: &[u8], header: &JpegHeader, scale: ScalingFactor, icc: Option<&[u8]>, adobe: bool) -> Result<(Image, bool), ImageError> {
-    let scale = if header.lossless { ScalingFactor::ONE } else { scale };
+/// Decodes to RGB (CMYK for CMYK files) at `scale`, exactly as libjpeg-turbo does: the
+/// pixels, width and height.
+pub fn decode_pixels(data: &[u8], header: &JpegHeader, scale: ScalingFactor) -> Result<(Vec<u8>, usize, usize), ImageError> {
     let mut d = Decompressor::new().map_err(|e| ImageError::Internal(format!("jpeg decoder: {e}")))?;
     d.set_scaling_factor(scale).map_err(|e| ImageError::Internal(format!("jpeg scaling {scale}: {e}")))?;
     // Progressive-scan bombs (thousands of scans) are refused.
@@ -123,6 +121,22 @@ pub fn decode(data: &[u8], header: &JpegHeader, scale: ScalingFactor, icc: Optio
         }
         tracing::debug!(warning = %msg, "jpeg decoded with a warning");
     }
+    Ok((buf, w, h))
+}
+
+/// Decodes a JPEG to RGB, shrunk in the DCT domain by `scale`. CMYK/YCCK images are converted
+/// to RGB: through the embedded CMYK profile (`icc`) when there is one, else naively.
+/// Returns the image and whether the colour conversion already went through the profile.
+pub fn decode(data: &[u8], header: &JpegHeader, scale: ScalingFactor, icc: Option<&[u8]>, adobe: bool) -> Result<(Image, bool), ImageError> {
+    let scale = if header.lossless { ScalingFactor::ONE } else { scale };
+    // At 1/8 a progressive file's AC scans are mostly dead weight (see `progressive`); the
+    // slimmed copy is tried first and the original decides if anything about it fails.
+    let slim = if scale == ScalingFactor::new(1, 8) { super::progressive::strip_for_eighth_scale(data) } else { None };
+    let decoded = match slim.map(|s| decode_pixels(&s, header, scale)) {
+        Some(Ok(d)) => d,
+        _ => decode_pixels(data, header, scale)?,
+    };
+    let (mut buf, w, h) = decoded;
     let (w, h) = (w as u32, h as u32);
     if !header.cmyk {
         return Ok((Image { width: w, height: h, pixels: PixelKind::Rgb8, data: buf }, false));

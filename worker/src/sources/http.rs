@@ -4,6 +4,7 @@
 //! (`Prefer: respond-async`). A full queue or a draining worker answers 503 + Retry-After.
 //! The HTTP status of a finished job follows its result code ([`status_for`]).
 
+use crate::tracectx::TraceContext;
 use crate::capacity::Reporter;
 use crate::runtime::{Admission, Lookup, Runtime};
 use axum::body::Bytes;
@@ -89,7 +90,8 @@ fn not_found(id: &str) -> Response {
 }
 
 async fn post_job(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let entry = st.rt.submit_bytes(&body, Admission::Refuse).await;
+    let trace = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::child_of);
+    let entry = st.rt.submit_bytes_traced(&body, Admission::Refuse, trace.as_ref()).await;
     if let Some(r) = entry.result() {
         if r.error_code() == Some(ErrorCode::Overloaded) || !wants_sse(&headers) {
             return result_response(&r);

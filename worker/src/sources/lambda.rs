@@ -6,7 +6,7 @@
 //! the response streams NDJSON: every event as it happens, the result last.
 //!
 //! Jobs that cannot fit the function (a kind the tier does not take, a GPU request, a source
-//! too large, too little time left) are refused up front with `too_long_for_tier`, so the
+//! too large, too little scratch space in `/tmp`, too little time left) are refused up front with `too_long_for_tier`, so the
 //! router sends them to the container tier. Warm state (the runtime, codecs, caches) lives
 //! for the life of the instance and is reused across invocations.
 
@@ -20,6 +20,7 @@ use lambda_runtime::streaming::{channel, Body};
 use lambda_runtime::{FunctionResponse, LambdaEvent, StreamResponse};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
@@ -59,6 +60,20 @@ fn unwrap_event(payload: &Value) -> Result<Incoming, JobError> {
     Err(JobError::invalid_spec("the event is neither a job envelope nor an HTTP request carrying one"))
 }
 
+fn scratch_dir(configured: &str) -> PathBuf {
+    if configured.is_empty() {
+        std::env::temp_dir()
+    } else {
+        PathBuf::from(configured)
+    }
+}
+
+/// Bytes an unprivileged process may still write under `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 impl LambdaSource {
     pub fn new(rt: Arc<Runtime>, init_ms: f64) -> Arc<Self> {
         Arc::new(LambdaSource { rt, init_ms, invocations: AtomicU64::new(0) })
@@ -77,6 +92,7 @@ impl LambdaSource {
         if remaining < Duration::from_millis(cfg.min_remaining_ms) + ANSWER_MARGIN {
             return refuse(format!("only {} ms left in this invocation", remaining.as_millis()));
         }
+        let mut source_bytes = 0;
         if let Some(src) = env.input.get("source").and_then(Value::as_str) {
             let uri = parse_uri(src)?;
             if let Ok(Some(meta)) = self.rt.store().head(&uri).await {
@@ -86,7 +102,20 @@ impl LambdaSource {
                         meta.size, cfg.max_input_bytes
                     ));
                 }
+                source_bytes = meta.size;
             }
+        }
+        let scratch = scratch_dir(&cfg.scratch_dir);
+        let need = cfg.min_scratch_bytes.max(source_bytes.saturating_mul(2));
+        match free_bytes(&scratch) {
+            Some(free) if free < need => {
+                return refuse(format!(
+                    "{} has {free} bytes free; this job needs {need}",
+                    scratch.display()
+                ));
+            }
+            Some(_) => {}
+            None => warn!(dir = %scratch.display(), "cannot read the scratch space's free bytes"),
         }
         let budget = (remaining - ANSWER_MARGIN).as_millis() as u64;
         env.deadline_ms = Some(env.deadline_ms.map_or(budget, |d| d.min(budget)));

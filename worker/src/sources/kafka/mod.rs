@@ -19,6 +19,7 @@
 
 pub mod offsets;
 
+use crate::tracectx::TraceContext;
 use crate::config::KafkaConfig;
 use crate::jobtable::JobEntry;
 use crate::runtime::{Admission, Runtime};
@@ -147,6 +148,9 @@ struct Taken {
     tp: Tp,
     offset: i64,
     payload: Vec<u8>,
+    /// The job's span in the producer's trace (from the `traceparent` header).
+    trace: Option<TraceContext>,
+    /// What results, events and dead letters carry downstream: the job's span as parent.
     traceparent: Option<String>,
 }
 
@@ -191,14 +195,18 @@ impl KafkaSource {
         loop {
             let taken = tokio::select! {
                 m = self.consumer.recv() => match m {
-                    Ok(m) => Taken {
-                        tp: (m.topic().to_owned(), m.partition()),
-                        offset: m.offset(),
-                        payload: m.payload().unwrap_or_default().to_vec(),
-                        traceparent: m.headers().and_then(|h| {
-                            h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned)
-                        }),
-                    },
+                    Ok(m) => {
+                        let trace = m.headers().and_then(|h| {
+                            h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+                        }).and_then(TraceContext::child_of);
+                        Taken {
+                            tp: (m.topic().to_owned(), m.partition()),
+                            offset: m.offset(),
+                            payload: m.payload().unwrap_or_default().to_vec(),
+                            traceparent: trace.as_ref().map(TraceContext::header),
+                            trace,
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "kafka receive error");
                         continue;
@@ -241,7 +249,7 @@ impl KafkaSource {
                 }
             }
         }
-        let entry = self.rt().submit_bytes_traced(&t.payload, Admission::Wait, t.traceparent.as_deref()).await;
+        let entry = self.rt().submit_bytes_traced(&t.payload, Admission::Wait, t.trace.as_ref()).await;
         let this = self.clone();
         self.followers.spawn(async move { this.follow(entry, t, 1).await });
     }
@@ -265,7 +273,7 @@ impl KafkaSource {
                 self.rt().metrics.kafka_retries.with_label_values(&[result.kind.as_str()]).inc();
                 tokio::time::sleep(wait).await;
                 attempt += 1;
-                entry = self.rt().submit_bytes_traced(&t.payload, Admission::Wait, tp).await;
+                entry = self.rt().submit_bytes_traced(&t.payload, Admission::Wait, t.trace.as_ref()).await;
                 continue;
             }
             if err.retryable {
