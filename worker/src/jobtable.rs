@@ -9,10 +9,15 @@ use tokio::sync::{broadcast, watch};
 
 /// Events kept per job for late subscribers.
 const MAX_HISTORY: usize = 10_000;
+/// Events buffered for a live subscriber that has not caught up (a slower one skips
+/// progress events; it always gets the result, which is also kept on its own).
+const LIVE_BUFFER: usize = 256;
 
 struct EventLog {
     history: Vec<Event>,
-    live: broadcast::Sender<Event>,
+    /// Dropped once the result is emitted: a finished job's events are all in `history`,
+    /// and the channel's preallocated ring would otherwise stay with every retained job.
+    live: Option<broadcast::Sender<Event>>,
 }
 
 /// One job's live state.
@@ -27,14 +32,14 @@ pub struct JobEntry {
 
 impl JobEntry {
     pub fn new(id: String, kind: String) -> Arc<Self> {
-        let (live, _) = broadcast::channel(1024);
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
         Arc::new(JobEntry {
             id,
             kind,
             cancel: CancelSignal::new(),
             status: watch::Sender::new(JobStatus::Queued),
             result: watch::Sender::new(None),
-            log: Mutex::new(EventLog { history: Vec::new(), live }),
+            log: Mutex::new(EventLog { history: Vec::new(), live: Some(live) }),
         })
     }
 
@@ -78,13 +83,15 @@ impl JobEntry {
 
     /// Every event so far, then the live ones, ending after `result`.
     pub fn events(&self) -> impl Stream<Item = Event> + Send + 'static {
-        let (history, mut rx) = {
+        let (history, rx) = {
             let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            (log.history.clone(), log.live.subscribe())
+            (log.history.clone(), log.live.as_ref().map(broadcast::Sender::subscribe))
         };
         let result = self.result.subscribe();
         async_stream(history, move |tx| async move {
             let mut done = false;
+            // No live channel: the job had finished, and `history` ends with its result.
+            let Some(mut rx) = rx else { return };
             while !done {
                 match rx.recv().await {
                     Ok(e) => {
@@ -130,7 +137,14 @@ impl EventSink for JobEntry {
         if log.history.len() < MAX_HISTORY || matches!(event, Event::Result(_)) {
             log.history.push(event.clone());
         }
-        let _ = log.live.send(event);
+        let last = matches!(event, Event::Result(_));
+        if let Some(live) = &log.live {
+            let _ = live.send(event);
+        }
+        if last {
+            log.live = None;
+            log.history.shrink_to_fit();
+        }
     }
 }
 
