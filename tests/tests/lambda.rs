@@ -43,7 +43,7 @@ impl Drop for Killed {
 struct Function {
     port: u16,
     _emulator: Killed,
-    kiln: Killed,
+    _kiln: Killed,
     dir: tempfile::TempDir,
     client: reqwest::blocking::Client,
 }
@@ -88,7 +88,7 @@ impl Function {
         }
         let kiln = Killed(cmd.spawn().expect("start kiln"));
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
-        Function { port, _emulator: emulator, kiln, dir, client }
+        Function { port, _emulator: emulator, _kiln: kiln, dir, client }
     }
 
     fn invoke_raw(&self, event: &Value) -> reqwest::blocking::Response {
