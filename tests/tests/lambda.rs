@@ -4,22 +4,11 @@
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn kiln_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_BIN") {
-        return p.into();
-    }
-    let p = root().join("target/debug/kiln");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
-    p
-}
+use kiln_tests::{kiln_bin, workspace_root as root};
 
 fn emulator_bin() -> PathBuf {
     let p = root().join(".tools/bin/cargo-lambda");
