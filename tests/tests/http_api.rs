@@ -28,6 +28,10 @@ struct Server {
 
 impl Server {
     async fn start(env: &[(&str, &str)]) -> Server {
+        Self::start_with(env, Stdio::inherit()).await
+    }
+
+    async fn start_with(env: &[(&str, &str)], stderr: Stdio) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = url_of(dir.path());
         let mut cmd = Command::new(kiln_bin());
@@ -39,7 +43,7 @@ impl Server {
             .env_remove("KILN_CONFIG")
             .current_dir(dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -405,4 +409,30 @@ async fn capacity_reports_reach_the_router_until_draining() {
     assert_eq!(s.child.wait().unwrap().code(), Some(0));
     let rest: Vec<Value> = rx.try_iter().collect();
     assert_eq!(rest.last().map(|r| r["state"].clone()), Some(json!("draining")), "the last report says draining");
+}
+
+#[tokio::test]
+async fn a_traceparent_puts_the_job_into_the_callers_trace() {
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let mut s = Server::start_with(&[("KILN_LOG", "info")], Stdio::from(logs.reopen().unwrap())).await;
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (code, _, r) = s.post(&json!({"id": "traced", "kind": "debug", "input": {}}), &[("traceparent", tp)]).await;
+    assert_eq!(code, 200, "{r}");
+    let (code, _, r) = s.post(&json!({"id": "untraced", "kind": "debug", "input": {}}), &[("traceparent", "garbage")]).await;
+    assert_eq!(code, 200, "a malformed traceparent is ignored: {r}");
+    s.sigterm();
+    assert_eq!(s.child.wait().unwrap().code(), Some(0));
+    let text = std::fs::read_to_string(logs.path()).unwrap();
+    // JSON log lines of the job carry the trace id, the caller's span as parent, and a new span.
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let traced: Vec<&Value> = lines.iter().filter(|l| l["span"]["job_id"] == "traced").collect();
+    assert!(!traced.is_empty(), "no log line of the job:\n{text}");
+    for l in &traced {
+        assert_eq!(l["span"]["trace_id"], "0af7651916cd43dd8448eb211c80319c", "{l}");
+        assert_eq!(l["span"]["parent_span_id"], "b7ad6b7169203331", "{l}");
+        let span_id = l["span"]["span_id"].as_str().unwrap_or_default();
+        assert!(span_id.len() == 16 && span_id != "b7ad6b7169203331", "{l}");
+    }
+    let untraced: Vec<&Value> = lines.iter().filter(|l| l["span"]["job_id"] == "untraced").collect();
+    assert!(!untraced.is_empty() && untraced.iter().all(|l| l["span"].get("trace_id").is_none()), "{text}");
 }
