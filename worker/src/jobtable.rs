@@ -133,11 +133,11 @@ where
 
 impl EventSink for JobEntry {
     fn emit(&self, event: Event) {
+        let last = matches!(event, Event::Result(_));
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        if log.history.len() < MAX_HISTORY || matches!(event, Event::Result(_)) {
+        if log.history.len() < MAX_HISTORY || last {
             log.history.push(event.clone());
         }
-        let last = matches!(event, Event::Result(_));
         if let Some(live) = &log.live {
             let _ = live.send(event);
         }

@@ -4,11 +4,11 @@
 //! **Invariant:** a job's result is stored (and its outputs before it) before the job's
 //! entry is finished, so nothing is reported, and nothing acknowledged, before it is durable.
 
-use crate::tracectx::TraceContext;
 use crate::config::{Accel, Config};
 use crate::jobtable::{JobEntry, JobTable};
 use crate::scheduler::{Permit, Rejected, Scheduler, Ticket};
 use crate::telemetry::Metrics;
+use crate::tracectx::TraceContext;
 use bytes::Bytes;
 use kiln_jobs::envelope::validate_id;
 use kiln_jobs::store::{join_dir, join_output, parse_uri};

@@ -132,11 +132,10 @@ pub fn decode(data: &[u8], header: &JpegHeader, scale: ScalingFactor, icc: Optio
     // At 1/8 a progressive file's AC scans are mostly dead weight (see `progressive`); the
     // slimmed copy is tried first and the original decides if anything about it fails.
     let slim = if scale == ScalingFactor::new(1, 8) { super::progressive::strip_for_eighth_scale(data) } else { None };
-    let decoded = match slim.map(|s| decode_pixels(&s, header, scale)) {
+    let (mut buf, w, h) = match slim.map(|s| decode_pixels(&s, header, scale)) {
         Some(Ok(d)) => d,
         _ => decode_pixels(data, header, scale)?,
     };
-    let (mut buf, w, h) = decoded;
     let (w, h) = (w as u32, h as u32);
     if !header.cmyk {
         return Ok((Image { width: w, height: h, pixels: PixelKind::Rgb8, data: buf }, false));

@@ -4,9 +4,9 @@
 //! (`Prefer: respond-async`). A full queue or a draining worker answers 503 + Retry-After.
 //! The HTTP status of a finished job follows its result code ([`status_for`]).
 
-use crate::tracectx::TraceContext;
 use crate::capacity::Reporter;
 use crate::runtime::{Admission, Lookup, Runtime};
+use crate::tracectx::TraceContext;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -6,9 +6,9 @@
 //! the response streams NDJSON: every event as it happens, the result last.
 //!
 //! Jobs that cannot fit the function (a kind the tier does not take, a GPU request, a source
-//! too large, too little scratch space in `/tmp`, too little time left) are refused up front with `too_long_for_tier`, so the
-//! router sends them to the container tier. Warm state (the runtime, codecs, caches) lives
-//! for the life of the instance and is reused across invocations.
+//! too large, too little scratch space in `/tmp`, too little time left) are refused up front
+//! with `too_long_for_tier`, so the router sends them to the container tier. Warm state (the
+//! runtime, codecs, caches) lives for the life of the instance and is reused across invocations.
 
 use crate::jobtable::JobEntry;
 use crate::runtime::{Admission, Runtime};
@@ -19,8 +19,8 @@ use kiln_jobs::{Envelope, ErrorCode, JobError, JobResult};
 use lambda_runtime::streaming::{channel, Body};
 use lambda_runtime::{FunctionResponse, LambdaEvent, StreamResponse};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};

@@ -116,6 +116,18 @@ fn status_of<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Opti
     }
 }
 
+/// A request body over `len` bytes of the file from `offset`, read as it is sent (and re-read
+/// on a retry), never held whole in memory.
+async fn file_body(uri: &Url, path: &Path, offset: u64, len: u64) -> Result<SdkByteStream, StoreError> {
+    SdkByteStream::read_from()
+        .path(path)
+        .offset(offset)
+        .length(Length::Exact(len))
+        .build()
+        .await
+        .map_err(|e| StoreError::Io { uri: uri.to_string(), source: std::io::Error::other(e) })
+}
+
 fn body_error(uri: &Url, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{uri}: reading the object body failed: {e}"))
 }
@@ -152,6 +164,12 @@ impl S3Store {
     /// The SDK client, for what the store does not offer (tests, bucket administration).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Starts a GET of one object; the body is read by the caller.
+    async fn get_object(&self, uri: &Url) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+        let loc = object(uri)?;
+        self.client.get_object().bucket(&loc.bucket).key(&loc.key).send().await.map_err(|e| map_err(uri, &loc.bucket, e))
     }
 
     async fn multipart(&self, uri: &Url, loc: &Location, path: &Path, size: u64, content_type: &str) -> Result<(), StoreError> {
@@ -194,13 +212,7 @@ impl S3Store {
         while offset < size {
             let len = part_size.min(size - offset);
             // A body over one slice of the file, read as it is sent (and re-read on a retry).
-            let body = SdkByteStream::read_from()
-                .path(path)
-                .offset(offset)
-                .length(Length::Exact(len))
-                .build()
-                .await
-                .map_err(|e| StoreError::Io { uri: uri.to_string(), source: std::io::Error::other(e) })?;
+            let body = file_body(uri, path, offset, len).await?;
             let out = self
                 .client
                 .upload_part()
@@ -233,8 +245,7 @@ impl S3Store {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn get(&self, uri: &Url, limit: u64) -> Result<Bytes, StoreError> {
-        let loc = object(uri)?;
-        let out = self.client.get_object().bucket(&loc.bucket).key(&loc.key).send().await.map_err(|e| map_err(uri, &loc.bucket, e))?;
+        let out = self.get_object(uri).await?;
         let too_large = || StoreError::TooLarge { uri: uri.to_string(), limit };
         // Refused on the declared length, before the body is read.
         let declared = out.content_length().and_then(|n| u64::try_from(n).ok());
@@ -253,8 +264,8 @@ impl ObjectStore for S3Store {
     }
 
     async fn open(&self, uri: &Url) -> Result<ByteStream, StoreError> {
-        let loc = object(uri)?;
-        let out = self.client.get_object().bucket(&loc.bucket).key(&loc.key).send().await.map_err(|e| map_err(uri, &loc.bucket, e))?;
+        let out = self.get_object(uri).await?;
+        // The inner box makes the reader `Unpin`, as `ByteStream` asks.
         Ok(Box::pin(Box::pin(out.body.into_async_read())))
     }
 
@@ -290,12 +301,7 @@ impl ObjectStore for S3Store {
         if size > MULTIPART_THRESHOLD {
             return self.multipart(uri, &loc, path, size, content_type).await;
         }
-        let body = SdkByteStream::read_from()
-            .path(path)
-            .length(Length::Exact(size))
-            .build()
-            .await
-            .map_err(|e| StoreError::Io { uri: uri.to_string(), source: std::io::Error::other(e) })?;
+        let body = file_body(uri, path, 0, size).await?;
         self.client
             .put_object()
             .bucket(&loc.bucket)

@@ -19,10 +19,10 @@
 
 pub mod offsets;
 
-use crate::tracectx::TraceContext;
 use crate::config::KafkaConfig;
 use crate::jobtable::JobEntry;
 use crate::runtime::{Admission, Runtime};
+use crate::tracectx::TraceContext;
 use offsets::{Offsets, Tp};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
