@@ -1,12 +1,14 @@
 //! What a running job gets from the worker: the store, the event stream, the cancel signal
 //! and the limits. Jobs run on blocking threads; store calls go through [`JobContext::block_on`].
 
+use crate::checkpoint::{Checkpointer, UnitRecord};
 use crate::envelope::{Event, OutputInfo};
 use crate::error::{ErrorCode, JobError};
 use crate::store::{join_output, parse_uri, ObjectStore};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +103,7 @@ pub struct JobContext {
     events: Arc<dyn EventSink>,
     cancel: CancelSignal,
     rt: tokio::runtime::Handle,
+    checkpoint: Option<Arc<dyn Checkpointer>>,
 }
 
 impl JobContext {
@@ -115,7 +118,13 @@ impl JobContext {
         cancel: CancelSignal,
         rt: tokio::runtime::Handle,
     ) -> Self {
-        JobContext { job_id, output_prefix, limits, accel, store, events, cancel, rt }
+        JobContext { job_id, output_prefix, limits, accel, store, events, cancel, rt, checkpoint: None }
+    }
+
+    /// Attaches the job's checkpoint (the worker does this for checkpointed jobs).
+    pub fn with_checkpoint(mut self, checkpoint: Arc<dyn Checkpointer>) -> Self {
+        self.checkpoint = Some(checkpoint);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -156,20 +165,70 @@ impl JobContext {
         content_type: &str,
         dims: Option<(u32, u32)>,
     ) -> Result<OutputInfo, JobError> {
+        let info = self.store_output(name, data, content_type, dims)?;
+        self.announce_output(&info);
+        Ok(info)
+    }
+
+    /// Stores one output under the job's output prefix without announcing it: for a unit's
+    /// outputs, which [`JobContext::complete_unit`] announces once the unit is recorded.
+    pub fn store_output(
+        &self,
+        name: &str,
+        data: Bytes,
+        content_type: &str,
+        dims: Option<(u32, u32)>,
+    ) -> Result<OutputInfo, JobError> {
         self.check()?;
         let uri = join_output(&self.output_prefix, name)?;
         let bytes = data.len() as u64;
         self.block_on(self.store.put(&uri, data, content_type)).map_err(|e| e.into_output_error())?;
-        let info = OutputInfo {
-            name: name.to_owned(),
-            uri: uri.to_string(),
-            content_type: content_type.to_owned(),
-            bytes,
-            width: dims.map(|d| d.0),
-            height: dims.map(|d| d.1),
+        Ok(output_info(name, &uri, content_type, bytes, dims))
+    }
+
+    /// Like [`JobContext::store_output`], streaming a local file (large outputs: a video
+    /// segment, a PDF) into the store without holding it in memory.
+    pub fn store_output_file(
+        &self,
+        name: &str,
+        path: &Path,
+        content_type: &str,
+        dims: Option<(u32, u32)>,
+    ) -> Result<OutputInfo, JobError> {
+        self.check()?;
+        let uri = join_output(&self.output_prefix, name)?;
+        let bytes = std::fs::metadata(path).map_err(|e| JobError::internal(format!("output file {}: {e}", path.display())))?.len();
+        self.block_on(self.store.put_file(&uri, path, content_type)).map_err(|e| e.into_output_error())?;
+        Ok(output_info(name, &uri, content_type, bytes, dims))
+    }
+
+    /// Announces an already-stored output as an `output` event.
+    pub fn announce_output(&self, output: &OutputInfo) {
+        self.events.emit(Event::Output { id: self.job_id.clone(), output: output.clone() });
+    }
+
+    /// The record of unit `key` when an earlier attempt of this job completed it; the job
+    /// then skips the unit and reuses the record. Always `None` for jobs without a checkpoint.
+    pub fn restored_unit(&self, key: &str) -> Option<UnitRecord> {
+        self.checkpoint.as_ref().and_then(|c| c.restored(key))
+    }
+
+    /// Marks unit `key` done: its outputs (already stored) and `data` are recorded in the
+    /// job's checkpoint, then the outputs are announced and a `checkpoint` event follows.
+    /// Without a checkpoint (a job run outside one) only the announcements happen.
+    pub fn complete_unit(&self, key: &str, outputs: &[OutputInfo], data: serde_json::Value) -> Result<(), JobError> {
+        self.check()?;
+        let seq = match &self.checkpoint {
+            Some(c) => Some(self.block_on(c.record(key, UnitRecord { outputs: outputs.to_vec(), data }))?),
+            None => None,
         };
-        self.events.emit(Event::Output { id: self.job_id.clone(), output: info.clone() });
-        Ok(info)
+        for o in outputs {
+            self.announce_output(o);
+        }
+        if let Some(seq) = seq {
+            self.events.emit(Event::Checkpoint { id: self.job_id.clone(), seq });
+        }
+        Ok(())
     }
 
     pub fn progress(&self, done: u64, total: u64, stage: &str) {
@@ -178,6 +237,17 @@ impl JobContext {
 
     pub fn emit(&self, event: Event) {
         self.events.emit(event);
+    }
+}
+
+fn output_info(name: &str, uri: &Url, content_type: &str, bytes: u64, dims: Option<(u32, u32)>) -> OutputInfo {
+    OutputInfo {
+        name: name.to_owned(),
+        uri: uri.to_string(),
+        content_type: content_type.to_owned(),
+        bytes,
+        width: dims.map(|d| d.0),
+        height: dims.map(|d| d.1),
     }
 }
 

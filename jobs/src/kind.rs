@@ -35,6 +35,13 @@ pub trait JobKind: Send + Sync + 'static {
 /// A validated job, ready to run on a blocking thread.
 pub trait PreparedJob: Send + 'static {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError>;
+
+    /// Whether the job is made of resumable units. The worker then takes the job's lease and
+    /// keeps its `state.json` (see [`crate::checkpoint`]) before and while it runs; units
+    /// are recorded with [`JobContext::complete_unit`].
+    fn checkpointed(&self) -> bool {
+        false
+    }
 }
 
 /// The job kinds this build knows, by name.

@@ -7,10 +7,12 @@
 //! - [`envelope`]: the wire formats (envelope, result, events) from DESIGN.md.
 //! - [`error`]: [`JobError`] with its DESIGN.md result code and a retryable flag.
 //! - [`store`]: the [`ObjectStore`] trait jobs read sources from and write outputs to.
+//! - [`checkpoint`]: [`Checkpointer`] and [`UnitRecord`]: resumable units of long jobs.
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
 //! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds.
 //! - [`thumbnail`]: the thumbnail job.
 
+pub mod checkpoint;
 pub mod context;
 pub mod envelope;
 pub mod error;
@@ -18,6 +20,7 @@ pub mod kind;
 pub mod store;
 pub mod thumbnail;
 
+pub use checkpoint::{Checkpointer, UnitRecord};
 pub use context::{CancelSignal, EventSink, JobContext, Limits};
 pub use envelope::{Envelope, ErrorBody, Event, JobResult, JobStatus, OutputInfo, Priority, Timings, WorkerInfo};
 pub use error::{ErrorCode, JobError};
