@@ -25,4 +25,4 @@ pub use context::{CancelSignal, EventSink, JobContext, Limits};
 pub use envelope::{Envelope, ErrorBody, Event, JobResult, JobStatus, OutputInfo, Priority, Timings, WorkerInfo};
 pub use error::{ErrorCode, JobError};
 pub use kind::{JobKind, JobOutput, PreparedJob, Registry};
-pub use store::{ObjectMeta, ObjectStore, StoreError};
+pub use store::{ObjectMeta, ObjectStore, StoreError, Version};

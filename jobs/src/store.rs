@@ -18,6 +18,11 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// An object's version as its store sees it: an S3 ETag, a content digest on the local
+/// filesystem. Opaque; only compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(pub String);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("object not found: {0}")]
@@ -30,6 +35,9 @@ pub enum StoreError {
     UnsupportedUri(String),
     #[error("object already exists: {0}")]
     Exists(String),
+    /// A conditional write found another version than the one it expected.
+    #[error("conditional write refused, the object changed: {0}")]
+    Conflict(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store I/O error on {uri}: {source}")]
@@ -97,6 +105,19 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Creates the object only if it does not exist yet; `Ok(false)` when it did.
     async fn put_if_absent(&self, uri: &Url, data: Bytes, content_type: &str) -> Result<bool, StoreError>;
     async fn delete(&self, uri: &Url) -> Result<(), StoreError>;
+    /// The whole object (within `limit` bytes) with its current version; `NotFound` when it
+    /// does not exist.
+    async fn get_versioned(&self, uri: &Url, limit: u64) -> Result<(Bytes, Version), StoreError> {
+        let _ = limit;
+        Err(StoreError::UnsupportedUri(format!("{uri}: this store has no conditional writes")))
+    }
+    /// Compare-and-swap: writes the object only if its current version is `expected`
+    /// (`None`: only if it does not exist), returning the new version; otherwise
+    /// [`StoreError::Conflict`]. Checkpoints (`state.json`) are written only this way.
+    async fn put_if_version(&self, uri: &Url, data: Bytes, content_type: &str, expected: Option<&Version>) -> Result<Version, StoreError> {
+        let _ = (data, content_type, expected);
+        Err(StoreError::UnsupportedUri(format!("{uri}: this store has no conditional writes")))
+    }
     /// Objects whose URI starts with `prefix`, in lexicographic order.
     async fn list(&self, prefix: &Url) -> Result<Vec<ObjectMeta>, StoreError>;
 }

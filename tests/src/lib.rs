@@ -5,6 +5,8 @@
 //! - driving `kiln run -`: [`run_jobs`], [`run_jobs_full`];
 //! - comparing pixels: [`decode_rgb8`], [`psnr`], [`psnr_aligned`], [`image_magic`].
 
+pub mod moto;
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use kiln_jobs::{ObjectStore, StoreError};
+use kiln_tests::moto::{Moto, AWS_ENV};
 use kiln_tests::{image_magic, run_jobs_full, workspace_root};
 use kiln_worker::config::S3Config;
 use kiln_worker::store::s3::S3Store;
@@ -12,105 +13,23 @@ use kiln_worker::store::StoreRouter;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use url::Url;
 
-/// Dummy credentials (moto checks none) and no EC2 metadata lookups, for this process and
-/// the `kiln` processes it starts.
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "kiln-test"),
-    ("AWS_SECRET_ACCESS_KEY", "kiln-test-secret"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-];
-
-fn aws_env() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for (k, v) in AWS_ENV {
-            std::env::set_var(k, v);
-        }
-    });
+fn s3_config(moto: &Moto) -> S3Config {
+    S3Config { endpoint: Some(moto.endpoint()), path_style: true, region: Some("us-east-1".into()) }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+async fn store(moto: &Moto) -> S3Store {
+    S3Store::connect(&s3_config(moto)).await
 }
 
-/// A moto_server on a free port, killed on drop.
-struct Moto {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        aws_env();
-        let bin = workspace_root().join(".tools/venv/bin/moto_server");
-        assert!(bin.exists(), "{} is missing: run `bash scripts/fetch-tools.sh`", bin.display());
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut moto = Moto { child: Some(child), port };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = moto.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("moto_server exited before listening: {st}");
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "moto_server did not listen on {addr} within 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        moto
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn s3_config(&self) -> S3Config {
-        S3Config { endpoint: Some(self.endpoint()), path_style: true, region: Some("us-east-1".into()) }
-    }
-
-    async fn store(&self) -> S3Store {
-        S3Store::connect(&self.s3_config()).await
-    }
-
-    /// Creates a bucket with a plain (unsigned) request; moto accepts those.
-    async fn create_bucket(&self, name: &str) {
-        let r = reqwest::Client::new().put(format!("{}/{name}", self.endpoint())).send().await.expect("create bucket");
-        assert!(r.status().is_success(), "creating bucket {name}: {}", r.status());
-    }
-
-    /// The ETag of an object (a multipart upload's ends in `-{parts}`).
-    async fn etag(&self, store: &S3Store, bucket: &str, key: &str) -> String {
-        let out = store.client().head_object().bucket(bucket).key(key).send().await.expect("HEAD object");
-        out.e_tag().unwrap_or_default().trim_matches('"').to_string()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The ETag of an object (a multipart upload's ends in `-{parts}`).
+async fn etag(store: &S3Store, bucket: &str, key: &str) -> String {
+    let out = store.client().head_object().bucket(bucket).key(key).send().await.expect("HEAD object");
+    out.e_tag().unwrap_or_default().trim_matches('"').to_string()
 }
 
 fn u(s: &str) -> Url {
@@ -125,9 +44,9 @@ fn rt() -> tokio::runtime::Runtime {
 fn put_get_head_list_delete_round_trip() {
     let moto = Moto::start();
     rt().block_on(async {
-        moto.create_bucket("roundtrip").await;
+        moto.create_bucket("roundtrip");
         // Through the router, as jobs see it: its s3:// arm builds the client on first use.
-        let s = StoreRouter::new(moto.s3_config());
+        let s = StoreRouter::new(s3_config(&moto));
         let a = u("s3://roundtrip/jobs/j1/a.bin");
         s.put(&a, Bytes::from_static(b"hello"), "application/octet-stream").await.unwrap();
         assert_eq!(&s.get(&a, 100).await.unwrap()[..], b"hello");
@@ -171,8 +90,8 @@ fn put_get_head_list_delete_round_trip() {
 fn list_pages_past_one_thousand_keys() {
     let moto = Moto::start();
     rt().block_on(async {
-        moto.create_bucket("many").await;
-        let s = Arc::new(moto.store().await);
+        moto.create_bucket("many");
+        let s = Arc::new(store(&moto).await);
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..1050 {
             let s = s.clone();
@@ -218,14 +137,14 @@ fn put_file_of_a_large_file_goes_multipart_and_reads_back_identical() {
     }
     let want = want.finalize();
     rt().block_on(async {
-        moto.create_bucket("big").await;
-        let s = moto.store().await;
+        moto.create_bucket("big");
+        let s = store(&moto).await;
         let dst = u("s3://big/objects/big.bin");
         s.put_file(&dst, &src, "application/octet-stream").await.unwrap();
         assert_eq!(s.head(&dst).await.unwrap().unwrap().size, size as u64);
         // 8 MiB parts: 7 of them.
-        let etag = moto.etag(&s, "big", "objects/big.bin").await;
-        assert!(etag.ends_with("-7"), "expected a 7-part multipart ETag, got {etag:?}");
+        let big_etag = etag(&s, "big", "objects/big.bin").await;
+        assert!(big_etag.ends_with("-7"), "expected a 7-part multipart ETag, got {big_etag:?}");
         // Streamed back and hashed as it comes.
         let mut r = s.open(&dst).await.unwrap();
         let mut got = Sha256::new();
@@ -245,7 +164,7 @@ fn put_file_of_a_large_file_goes_multipart_and_reads_back_identical() {
         let small = dir.path().join("small.bin");
         std::fs::write(&small, b"small").unwrap();
         s.put_file(&u("s3://big/small.bin"), &small, "x").await.unwrap();
-        assert!(!moto.etag(&s, "big", "small.bin").await.contains('-'));
+        assert!(!etag(&s, "big", "small.bin").await.contains('-'));
         assert_eq!(&s.get(&u("s3://big/small.bin"), 10).await.unwrap()[..], b"small");
         // A missing local file is NotFound; a missing bucket fails a multipart upload too.
         let e = s.put_file(&u("s3://big/x"), &dir.path().join("nope"), "x").await.unwrap_err();
@@ -259,8 +178,8 @@ fn put_file_of_a_large_file_goes_multipart_and_reads_back_identical() {
 fn put_if_absent_writes_once() {
     let moto = Moto::start();
     rt().block_on(async {
-        moto.create_bucket("cond").await;
-        let s = moto.store().await;
+        moto.create_bucket("cond");
+        let s = store(&moto).await;
         let r = u("s3://cond/jobs/j/result.json");
         assert!(s.put_if_absent(&r, Bytes::from_static(b"1"), "application/json").await.unwrap());
         assert!(!s.put_if_absent(&r, Bytes::from_static(b"2"), "application/json").await.unwrap());
@@ -269,11 +188,33 @@ fn put_if_absent_writes_once() {
 }
 
 #[test]
+fn put_if_version_is_a_compare_and_swap_on_the_etag() {
+    let moto = Moto::start();
+    rt().block_on(async {
+        moto.create_bucket("cas");
+        let s = store(&moto).await;
+        let st = u("s3://cas/jobs/j/state.json");
+        let v1 = s.put_if_version(&st, Bytes::from_static(b"one"), "application/json", None).await.unwrap();
+        let again = s.put_if_version(&st, Bytes::from_static(b"dup"), "application/json", None).await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+        let (got, v) = s.get_versioned(&st, 100).await.unwrap();
+        assert_eq!((&got[..], &v), (&b"one"[..], &v1));
+        let v2 = s.put_if_version(&st, Bytes::from_static(b"two"), "application/json", Some(&v1)).await.unwrap();
+        assert_ne!(v1, v2);
+        let stale = s.put_if_version(&st, Bytes::from_static(b"stale"), "application/json", Some(&v1)).await;
+        assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+        assert_eq!(&s.get(&st, 100).await.unwrap()[..], b"two");
+        let missing = s.get_versioned(&u("s3://cas/none"), 100).await;
+        assert!(matches!(missing, Err(StoreError::NotFound(_))));
+    });
+}
+
+#[test]
 fn a_server_gone_away_is_unavailable_and_retryable() {
     let mut moto = Moto::start();
     rt().block_on(async {
-        moto.create_bucket("gone").await;
-        let s = moto.store().await;
+        moto.create_bucket("gone");
+        let s = store(&moto).await;
         let a = u("s3://gone/a");
         s.put(&a, Bytes::from_static(b"a"), "x").await.unwrap();
         moto.stop();
@@ -299,8 +240,8 @@ fn kiln_run_with_an_s3_store_input_and_output() {
     assert!(photo.exists(), "{} is missing: run `bash scripts/fetch-photos.sh`", photo.display());
     let runtime = rt();
     let s = runtime.block_on(async {
-        moto.create_bucket("e2e").await;
-        let s = moto.store().await;
+        moto.create_bucket("e2e");
+        let s = store(&moto).await;
         s.put_file(&u("s3://e2e/in/Dune.jpg"), &photo, "image/jpeg").await.unwrap();
         s
     });
@@ -339,8 +280,8 @@ fn a_failed_multipart_upload_is_aborted() {
     let src = dir.path().join("shrinks.bin");
     std::fs::write(&src, vec![5u8; 60 << 20]).unwrap();
     rt().block_on(async {
-        moto.create_bucket("abort").await;
-        let s = Arc::new(moto.store().await);
+        moto.create_bucket("abort");
+        let s = Arc::new(store(&moto).await);
         let upload = {
             let (s, src) = (s.clone(), src.clone());
             tokio::spawn(async move { s.put_file(&u("s3://abort/x.bin"), &src, "x").await })

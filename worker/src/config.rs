@@ -172,6 +172,9 @@ impl Default for KafkaTopics {
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointConfig {
     pub lease_ms: u64,
+    /// How long a checkpointed job waits for an unavailable store (retrying with backoff)
+    /// before it fails with a retryable error.
+    pub store_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,7 +219,7 @@ impl Default for Config {
                 revoke_drain_ms: 5_000,
                 prefetch_kbytes: 1024,
             },
-            checkpoint: CheckpointConfig { lease_ms: 30_000 },
+            checkpoint: CheckpointConfig { lease_ms: 30_000, store_wait_ms: 60_000 },
             lambda: LambdaConfig {
                 response: "buffered".into(),
                 kinds: vec!["thumbnail".into(), "infer".into()],
@@ -315,6 +318,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_EVENTS_TOPIC", "kafka.topics.events"),
     ("KAFKA_DLQ_TOPIC", "kafka.topics.dlq"),
     ("CHECKPOINT_LEASE_MS", "checkpoint.lease_ms"),
+    ("CHECKPOINT_STORE_WAIT_MS", "checkpoint.store_wait_ms"),
     ("LAMBDA_RESPONSE", "lambda.response"),
     ("LAMBDA_MAX_INPUT_BYTES", "lambda.max_input_bytes"),
     ("LAMBDA_MIN_REMAINING_MS", "lambda.min_remaining_ms"),

@@ -1,7 +1,8 @@
 //! The `debug` job kind, registered only when `KILN_DEBUG_KINDS=1`: a job that holds its slot
 //! for a while or until a gate file appears, panics, or writes a small output. End-to-end
 //! tests use it to exercise the scheduler (overload, priority, deadlines, cancellation,
-//! drain, panic isolation) with exact control over when a job ends.
+//! drain, panic isolation) with exact control over when a job ends, and, with `units`, the
+//! checkpoint machinery (lease, resume, takeover) without a media job's cost.
 
 use kiln_jobs::context::ensure;
 use kiln_jobs::{JobContext, JobError, JobKind, JobOutput, Limits, PreparedJob};
@@ -33,6 +34,59 @@ struct Spec {
     /// Append the job id to this file when the run starts (tests count reruns with it).
     #[serde(default)]
     log: Option<PathBuf>,
+    /// Run as this many checkpointed units (`unit-0001` …), each holding its slot for
+    /// `unit_ms` and storing `unit-NNNN.txt`; restored units are skipped.
+    #[serde(default)]
+    units: u32,
+    #[serde(default)]
+    unit_ms: u64,
+    /// Append `{job id} {unit key}` to this file for every unit this attempt computes.
+    #[serde(default)]
+    unit_log: Option<PathBuf>,
+}
+
+fn append_line(path: &std::path::Path, line: &str) -> Result<(), JobError> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+        .map_err(|e| JobError::internal(format!("debug log {}: {e}", path.display())))
+}
+
+/// Holds the slot for `ms`, cooperatively.
+fn hold(ctx: &JobContext, ms: u64) -> Result<(), JobError> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(ms) {
+        ctx.check()?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    ctx.check()
+}
+
+impl Spec {
+    fn run_units(&self, ctx: &JobContext) -> Result<JobOutput, JobError> {
+        let mut out = JobOutput::default();
+        for i in 1..=self.units {
+            let key = format!("unit-{i:04}");
+            if let Some(done) = ctx.restored_unit(&key) {
+                out.resumed = true;
+                out.outputs.extend(done.outputs);
+                continue;
+            }
+            hold(ctx, self.unit_ms)?;
+            let body = bytes::Bytes::from(format!("{} {key}", ctx.job_id));
+            let stored = ctx.store_output(&format!("{key}.txt"), body, "text/plain", None)?;
+            if let Some(log) = &self.unit_log {
+                append_line(log, &format!("{} {key}", ctx.job_id))?;
+            }
+            ctx.complete_unit(&key, std::slice::from_ref(&stored), Value::Null)?;
+            ctx.progress(u64::from(i), u64::from(self.units), "units");
+            out.outputs.push(stored);
+        }
+        Ok(out)
+    }
 }
 
 impl JobKind for DebugKind {
@@ -43,21 +97,22 @@ impl JobKind for DebugKind {
     fn prepare(&self, input: &Value, _limits: &Limits) -> Result<Box<dyn PreparedJob>, JobError> {
         let spec: Spec = serde_json::from_value(input.clone()).map_err(|e| JobError::invalid_spec(format!("debug spec: {e}")))?;
         ensure(spec.hold_ms <= MAX_HOLD.as_millis() as u64, || "hold_ms is at most 60000".into())?;
+        ensure(spec.units <= 10_000 && spec.unit_ms <= 10_000, || "units at most 10000, unit_ms at most 10000".into())?;
         Ok(Box::new(spec))
     }
 }
 
 impl PreparedJob for Spec {
+    fn checkpointed(&self) -> bool {
+        self.units > 0
+    }
+
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
         if let Some(log) = &self.log {
-            use std::io::Write;
-            let line = format!("{}\n", ctx.job_id);
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .and_then(|mut f| f.write_all(line.as_bytes()))
-                .map_err(|e| JobError::internal(format!("run log: {e}")))?;
+            append_line(log, &ctx.job_id)?;
+        }
+        if self.units > 0 {
+            return self.run_units(ctx);
         }
         let start = Instant::now();
         let hold = Duration::from_millis(self.hold_ms);

@@ -13,6 +13,7 @@
 //! - [`modes`]: `run`, `serve`, `probe`.
 
 pub mod capacity;
+pub mod checkpoint;
 pub mod config;
 pub mod debug_kind;
 pub mod jobtable;

@@ -87,6 +87,8 @@ pub async fn run(cfg: Config, path: &str) -> anyhow::Result<bool> {
         b.finish();
     }
     feeder.await??;
+    // Every result is out; let the jobs' last steps (a checkpoint lease's release) finish.
+    rt.drain(Duration::from_secs(10)).await;
     Ok(all_ok)
 }
 

@@ -1,6 +1,7 @@
 //! Object store backends and the router that picks one by URI scheme.
 //!
 //! - [`fs::FsStore`]: the local filesystem (`file://`), the embedded default.
+//! - [`patient::PatientStore`]: waits out store outages for checkpointed jobs.
 //! - [`s3::S3Store`]: S3 or any S3-compatible server (`s3://bucket/key`), configured by
 //!   `store.s3`. Its client is built on the first `s3://` call, so a worker that never
 //!   touches S3 pays nothing for it at startup and needs no AWS configuration.
@@ -9,13 +10,14 @@
 //! more arm in [`StoreRouter`].
 
 pub mod fs;
+pub mod patient;
 pub mod s3;
 
 use crate::config::S3Config;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kiln_jobs::store::ByteStream;
-use kiln_jobs::{ObjectMeta, ObjectStore, StoreError};
+use kiln_jobs::{ObjectMeta, ObjectStore, StoreError, Version};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
@@ -72,6 +74,12 @@ impl ObjectStore for StoreRouter {
     }
     async fn delete(&self, uri: &Url) -> Result<(), StoreError> {
         self.backend(uri).await?.delete(uri).await
+    }
+    async fn get_versioned(&self, uri: &Url, limit: u64) -> Result<(Bytes, Version), StoreError> {
+        self.backend(uri).await?.get_versioned(uri, limit).await
+    }
+    async fn put_if_version(&self, uri: &Url, data: Bytes, content_type: &str, expected: Option<&Version>) -> Result<Version, StoreError> {
+        self.backend(uri).await?.put_if_version(uri, data, content_type, expected).await
     }
     async fn list(&self, prefix: &Url) -> Result<Vec<ObjectMeta>, StoreError> {
         self.backend(prefix).await?.list(prefix).await

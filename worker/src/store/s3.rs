@@ -6,7 +6,8 @@
 //! - Large objects stream both ways: [`ObjectStore::open`] hands out the response body,
 //!   [`ObjectStore::put_file`] reads the file in parts (a multipart upload above
 //!   [`MULTIPART_THRESHOLD`], aborted on any failure), never the whole file at once.
-//! - `put_if_absent` is a conditional write (`If-None-Match: *`; 412 means it existed).
+//! - `put_if_absent` is a conditional write (`If-None-Match: *`; 412 means it existed);
+//!   `put_if_version` is compare-and-swap on the ETag (`If-Match`, or `If-None-Match: *`).
 //! - Errors: a missing key or bucket is `NotFound`, 403 is `Denied`; connection failures,
 //!   timeouts, 5xx and throttling are `Unavailable` (retryable) once the SDK's own retries
 //!   (standard mode, [`MAX_ATTEMPTS`] attempts with backoff) are spent.
@@ -23,7 +24,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use kiln_jobs::store::ByteStream;
-use kiln_jobs::{ObjectMeta, ObjectStore, StoreError};
+use kiln_jobs::{ObjectMeta, ObjectStore, StoreError, Version};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -130,6 +131,25 @@ async fn file_body(uri: &Url, path: &Path, offset: u64, len: u64) -> Result<SdkB
 
 fn body_error(uri: &Url, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{uri}: reading the object body failed: {e}"))
+}
+
+/// Reads a GET response's body whole, refusing it past `limit` bytes.
+async fn read_limited(uri: &Url, out: aws_sdk_s3::operation::get_object::GetObjectOutput, limit: u64) -> Result<Bytes, StoreError> {
+    let too_large = || StoreError::TooLarge { uri: uri.to_string(), limit };
+    // Refused on the declared length, before the body is read.
+    let declared = out.content_length().and_then(|n| u64::try_from(n).ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let cap = declared.unwrap_or(limit);
+    let mut buf = Vec::with_capacity(usize::try_from(cap.min(64 << 20)).unwrap_or(0));
+    // One byte past the limit tells "exactly at the limit" from "over it".
+    let mut body = out.body.into_async_read().take(limit.saturating_add(1));
+    body.read_to_end(&mut buf).await.map_err(|e| body_error(uri, e))?;
+    if buf.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// The S3 backend of the object store.
@@ -245,22 +265,7 @@ impl S3Store {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn get(&self, uri: &Url, limit: u64) -> Result<Bytes, StoreError> {
-        let out = self.get_object(uri).await?;
-        let too_large = || StoreError::TooLarge { uri: uri.to_string(), limit };
-        // Refused on the declared length, before the body is read.
-        let declared = out.content_length().and_then(|n| u64::try_from(n).ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(too_large());
-        }
-        let cap = declared.unwrap_or(limit);
-        let mut buf = Vec::with_capacity(usize::try_from(cap.min(64 << 20)).unwrap_or(0));
-        // One byte past the limit tells "exactly at the limit" from "over it".
-        let mut body = out.body.into_async_read().take(limit.saturating_add(1));
-        body.read_to_end(&mut buf).await.map_err(|e| body_error(uri, e))?;
-        if buf.len() as u64 > limit {
-            return Err(too_large());
-        }
-        Ok(Bytes::from(buf))
+        read_limited(uri, self.get_object(uri).await?, limit).await
     }
 
     async fn open(&self, uri: &Url) -> Result<ByteStream, StoreError> {
@@ -330,6 +335,33 @@ impl ObjectStore for S3Store {
         match sent {
             Ok(_) => Ok(true),
             Err(e) if status_of(&e) == Some(412) => Ok(false),
+            Err(e) => Err(map_err(uri, &loc.bucket, e)),
+        }
+    }
+
+    async fn get_versioned(&self, uri: &Url, limit: u64) -> Result<(Bytes, Version), StoreError> {
+        let out = self.get_object(uri).await?;
+        let etag = out.e_tag().map(str::to_owned).ok_or_else(|| StoreError::Unavailable(format!("{uri}: the server returned no ETag")))?;
+        Ok((read_limited(uri, out, limit).await?, Version(etag)))
+    }
+
+    async fn put_if_version(&self, uri: &Url, data: Bytes, content_type: &str, expected: Option<&Version>) -> Result<Version, StoreError> {
+        let loc = object(uri)?;
+        let req = self.client.put_object().bucket(&loc.bucket).key(&loc.key).content_type(content_type);
+        let req = match expected {
+            None => req.if_none_match("*"),
+            Some(v) => req.if_match(&v.0),
+        };
+        match req.body(SdkByteStream::from(data)).send().await {
+            Ok(out) => match out.e_tag() {
+                Some(etag) => Ok(Version(etag.to_owned())),
+                None => Err(StoreError::Unavailable(format!("{uri}: the server returned no ETag"))),
+            },
+            // 412: the precondition failed; 409: a concurrent conditional write won the race.
+            // 404: If-Match on an object that no longer exists.
+            Err(e) if matches!(status_of(&e), Some(409 | 412)) || (status_of(&e) == Some(404) && e.code() != Some("NoSuchBucket")) => {
+                Err(StoreError::Conflict(uri.to_string()))
+            }
             Err(e) => Err(map_err(uri, &loc.bucket, e)),
         }
     }

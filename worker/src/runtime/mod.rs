@@ -4,9 +4,14 @@
 //! **Invariant:** a job's result is stored (and its outputs before it) before the job's
 //! entry is finished, so nothing is reported, and nothing acknowledged, before it is durable.
 
+mod lease;
+
+use crate::checkpoint::{self, Acquired};
+use lease::{renew_lease, Holder};
 use crate::config::{Accel, Config};
 use crate::jobtable::{JobEntry, JobTable};
 use crate::scheduler::{Permit, Rejected, Scheduler, Ticket};
+use crate::store::patient::PatientStore;
 use crate::telemetry::Metrics;
 use crate::tracectx::TraceContext;
 use bytes::Bytes;
@@ -14,7 +19,7 @@ use kiln_jobs::envelope::validate_id;
 use kiln_jobs::store::{join_dir, join_output, parse_uri};
 use kiln_jobs::{
     Envelope, ErrorCode, EventSink, JobContext, JobError, JobOutput, JobResult, JobStatus, ObjectStore, PreparedJob,
-    Registry, Timings, WorkerInfo,
+    Priority, Registry, Timings, WorkerInfo,
 };
 use kiln_router_client::WorkerState;
 use std::panic::AssertUnwindSafe;
@@ -24,6 +29,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tracing::{info, info_span, warn, Instrument};
 use url::Url;
+
+/// What admission settled about a job, for [`Runtime::drive`].
+struct Admitted {
+    output: Url,
+    priority: Priority,
+    /// Set for checkpointed jobs (see [`crate::checkpoint`]).
+    spec_hash: Option<String>,
+    received: Instant,
+    deadline: Option<Instant>,
+}
 
 /// How a source wants a full queue handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +239,7 @@ impl Runtime {
         let (prepared, output) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                self.complete(&entry, Err(e), Timings::default()).await;
+                self.complete(&entry, Err(e), Timings::default(), 1).await;
                 return entry;
             }
         };
@@ -247,6 +262,8 @@ impl Runtime {
         };
         self.inflight.fetch_add(1, Ordering::SeqCst);
         let deadline = env.deadline_ms.map(|ms| received + Duration::from_millis(ms));
+        let spec_hash = prepared.checkpointed().then(|| checkpoint::spec_hash(&env.kind, &env.input, &output));
+        let job = Admitted { output, priority: env.priority, spec_hash, received, deadline };
         let span = info_span!(
             "job",
             job_id = %id,
@@ -265,7 +282,7 @@ impl Runtime {
         let e2 = entry.clone();
         tokio::spawn(
             async move {
-                rt.clone().drive(e2, prepared, output, ticket, received, deadline).await;
+                rt.clone().drive(e2, prepared, ticket, job).await;
                 if rt.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
                     rt.idle.notify_waiters();
                 }
@@ -285,16 +302,10 @@ impl Runtime {
         Ok((prepared, output))
     }
 
-    /// Waits for a slot, runs the job, stores and reports its result.
-    async fn drive(
-        self: Arc<Self>,
-        entry: Arc<JobEntry>,
-        prepared: Box<dyn PreparedJob>,
-        output: Url,
-        mut ticket: Ticket,
-        received: Instant,
-        deadline: Option<Instant>,
-    ) {
+    /// Waits for a slot (and, for a checkpointed job, its lease), runs the job, stores and
+    /// reports its result.
+    async fn drive(self: Arc<Self>, entry: Arc<JobEntry>, prepared: Box<dyn PreparedJob>, ticket: Ticket, job: Admitted) {
+        let deadline = job.deadline;
         let until_deadline = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -303,43 +314,89 @@ impl Runtime {
         };
         tokio::pin!(until_deadline);
         let cancel = entry.cancel.clone();
+        let stopped = |received: Instant| Timings { queued_ms: ms_since(received), run_ms: 0.0 };
 
         enum Waited {
             Granted(Permit),
             Stopped(JobError),
         }
-        let waited = async {
-            tokio::select! {
-                p = ticket.granted() => Waited::Granted(p),
-                _ = &mut until_deadline => { cancel.expire(); Waited::Stopped(JobError::deadline()) }
-                _ = cancel.token().cancelled() => Waited::Stopped(cancel.error().unwrap_or_else(JobError::cancelled)),
+        let mut ticket = ticket;
+        let (permit, lease) = loop {
+            let waited = async {
+                tokio::select! {
+                    p = ticket.granted() => Waited::Granted(p),
+                    _ = &mut until_deadline => { cancel.expire(); Waited::Stopped(JobError::deadline()) }
+                    _ = cancel.token().cancelled() => Waited::Stopped(cancel.error().unwrap_or_else(JobError::cancelled)),
+                }
             }
-        }
-        .instrument(info_span!("queue_wait"))
-        .await;
-        let permit = match waited {
-            Waited::Granted(p) => p,
-            Waited::Stopped(err) => {
-                let t = Timings { queued_ms: ms_since(received), run_ms: 0.0 };
-                return self.complete(&entry, Err(err), t).await;
+            .instrument(info_span!("queue_wait"))
+            .await;
+            let permit = match waited {
+                Waited::Granted(p) => p,
+                Waited::Stopped(err) => return self.complete(&entry, Err(err), stopped(job.received), 1).await,
+            };
+            let Some(hash) = &job.spec_hash else { break (permit, None) };
+            match self.take_lease(&entry, hash).await {
+                Ok(Acquired::Mine(lease)) => break (permit, Some(lease)),
+                Ok(Acquired::Held { owner, expires_ms }) => {
+                    // Another worker runs this job: wait (without a slot) for its result, or
+                    // for its lease to lapse, then queue again.
+                    drop(permit);
+                    info!(job_id = %entry.id, %owner, lease_expires_ms = expires_ms, "job is running on another worker; waiting for its result");
+                    match self.await_holder(&entry, deadline, &cancel).await {
+                        Holder::Finished(result) => {
+                            self.metrics.idempotent_hits.with_label_values(&[entry.kind.as_str()]).inc();
+                            return self.finish_with(&entry, result);
+                        }
+                        Holder::Stopped(err) => return self.complete(&entry, Err(err), stopped(job.received), 1).await,
+                        Holder::Gone => {}
+                    }
+                    ticket = match self.scheduler.enqueue(&entry.kind, job.priority).await {
+                        Ok(t) => t,
+                        Err(rej) => {
+                            let err = JobError::new(ErrorCode::Overloaded, rej.to_string());
+                            return self.complete(&entry, Err(err), stopped(job.received), 1).await;
+                        }
+                    };
+                }
+                Err(e) => {
+                    drop(permit);
+                    if e.code == ErrorCode::InvalidSpec {
+                        // A spec that conflicts with the job's checkpoint: refused, but not
+                        // stored, since it is not the job's outcome.
+                        return self.finish_with(&entry, self.failed_result(&entry, &e, stopped(job.received)));
+                    }
+                    return self.complete(&entry, Err(e), stopped(job.received), 1).await;
+                }
             }
         };
         drop(ticket);
-        let queued_ms = ms_since(received);
+        let queued_ms = ms_since(job.received);
         self.metrics.queue_wait_seconds.with_label_values(&[entry.kind.as_str()]).observe(queued_ms / 1e3);
         entry.set_status(JobStatus::Running);
         let started = Instant::now();
 
+        // A checkpointed job waits out store outages instead of failing at the first one.
+        let store = match &lease {
+            Some(_) => Arc::new(PatientStore::new(self.store.clone(), Duration::from_millis(self.cfg.checkpoint.store_wait_ms)))
+                as Arc<dyn ObjectStore>,
+            None => self.store.clone(),
+        };
         let ctx = JobContext::new(
             entry.id.clone(),
-            output,
+            job.output,
             self.cfg.limits.clone(),
             self.worker.accel.clone(),
-            self.store.clone(),
+            store,
             entry.clone() as Arc<dyn EventSink>,
             cancel.clone(),
             tokio::runtime::Handle::current(),
         );
+        let ctx = match &lease {
+            Some(l) => ctx.with_checkpoint(l.clone()),
+            None => ctx,
+        };
+        let renewal = lease.as_ref().map(|l| tokio::spawn(renew_lease(l.clone(), cancel.clone())));
         let run_span = info_span!("run");
         let mut handle = self.pool.run(move || {
             let _g = run_span.entered();
@@ -350,6 +407,9 @@ impl Runtime {
             _ = &mut until_deadline => { cancel.expire(); (Err(JobError::deadline()), false) }
             _ = cancel.token().cancelled() => (Err(cancel.error().unwrap_or_else(JobError::cancelled)), false),
         };
+        if let Some(r) = renewal {
+            r.abort();
+        }
         if finished {
             drop(permit);
         } else {
@@ -357,11 +417,41 @@ impl Runtime {
             hold_until_done(handle, permit);
         }
         let t = Timings { queued_ms, run_ms: ms_since(started) };
-        self.complete(&entry, outcome, t).await;
+        let Some(lease) = lease else { return self.complete(&entry, outcome, t, 1).await };
+        let outcome = match outcome {
+            _ if lease.is_lost() => Err(lease.lost_error()),
+            Ok(mut out) => {
+                out.resumed |= lease.resumed();
+                let units = serde_json::json!({"restored": lease.restored_count(), "run": lease.recorded_count()});
+                out.extra.insert("units".into(), units);
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        };
+        self.complete(&entry, outcome, t, lease.attempt()).await;
+        if entry.status() != JobStatus::Succeeded {
+            // Let a retry (here or on another worker) take the job over at once.
+            lease.release().await;
+        }
+    }
+
+    fn failed_result(&self, entry: &JobEntry, err: &JobError, timings: Timings) -> JobResult {
+        let mut r = JobResult::failed(entry.id.clone(), entry.kind.clone(), err, self.worker.clone());
+        r.timings = timings;
+        r
+    }
+
+    /// Finishes an entry with a result that is not to be stored: one another worker stored,
+    /// or a refusal that is not the job's outcome.
+    fn finish_with(&self, entry: &Arc<JobEntry>, result: JobResult) {
+        self.metrics.jobs.with_label_values(&[entry.kind.as_str(), result.status.as_str()]).inc();
+        info!(job_id = %entry.id, status = result.status.as_str(), "job answered without running here");
+        entry.finish(result);
+        self.table.finished(entry);
     }
 
     /// Builds, stores and announces the result.
-    async fn complete(&self, entry: &Arc<JobEntry>, outcome: Result<JobOutput, JobError>, timings: Timings) {
+    async fn complete(&self, entry: &Arc<JobEntry>, outcome: Result<JobOutput, JobError>, timings: Timings, attempt: u32) {
         let mut result = match &outcome {
             Ok(out) => JobResult {
                 id: entry.id.clone(),
@@ -369,7 +459,7 @@ impl Runtime {
                 status: JobStatus::Succeeded,
                 outputs: out.outputs.clone(),
                 error: None,
-                attempt: 1,
+                attempt,
                 resumed: out.resumed,
                 timings: timings.clone(),
                 worker: self.worker.clone(),
@@ -378,6 +468,7 @@ impl Runtime {
             Err(e) => {
                 let mut r = JobResult::failed(entry.id.clone(), entry.kind.clone(), e, self.worker.clone());
                 r.timings = timings.clone();
+                r.attempt = attempt;
                 r
             }
         };
