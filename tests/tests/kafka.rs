@@ -90,8 +90,11 @@ impl Broker {
     }
 }
 
+/// A consumed message: key, payload, headers.
+type Msg = (Option<String>, Vec<u8>, BTreeMap<String, String>);
+
 /// Collects messages until `done` says so (bounded: 90 s).
-fn collect(c: &BaseConsumer, mut done: impl FnMut(&[(Option<String>, Vec<u8>, BTreeMap<String, String>)]) -> bool) -> Vec<(Option<String>, Vec<u8>, BTreeMap<String, String>)> {
+fn collect(c: &BaseConsumer, mut done: impl FnMut(&[Msg]) -> bool) -> Vec<Msg> {
     let start = Instant::now();
     let mut got = Vec::new();
     while !done(&got) {
@@ -107,7 +110,7 @@ fn collect(c: &BaseConsumer, mut done: impl FnMut(&[(Option<String>, Vec<u8>, BT
     got
 }
 
-fn results_by_id(msgs: &[(Option<String>, Vec<u8>, BTreeMap<String, String>)]) -> BTreeMap<String, Value> {
+fn results_by_id(msgs: &[Msg]) -> BTreeMap<String, Value> {
     msgs.iter()
         .filter_map(|(_, v, _)| serde_json::from_slice::<Value>(v).ok())
         .map(|r| (r["id"].as_str().unwrap_or_default().to_owned(), r))

@@ -83,7 +83,7 @@ impl LambdaSource {
     async fn fit(&self, env: &mut Envelope, remaining: Duration) -> Result<(), JobError> {
         let cfg = &self.rt.config().lambda;
         let refuse = |why: String| Err(JobError::new(ErrorCode::TooLongForTier, why));
-        if !cfg.kinds.iter().any(|k| *k == env.kind) {
+        if !cfg.kinds.contains(&env.kind) {
             return refuse(format!("{} jobs run on the container tier", env.kind));
         }
         if env.input.get("accel").and_then(Value::as_str) == Some("gpu") {
