@@ -3,6 +3,7 @@
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
+use kiln_jobs::infer::{InferConfig, ModelConfig};
 use kiln_jobs::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,6 +65,10 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub checkpoint: CheckpointConfig,
     pub lambda: LambdaConfig,
+    /// The infer engine: ONNX Runtime library, cache budgets.
+    pub infer: InferConfig,
+    /// The model registry (`[[models]]`) the infer kind serves.
+    pub models: Vec<ModelConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +230,8 @@ impl Default for Config {
                 scratch_dir: String::new(),
                 min_scratch_bytes: 16 * 1024 * 1024,
             },
+            infer: InferConfig::default(),
+            models: Vec::new(),
         }
     }
 }
@@ -321,6 +328,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LAMBDA_KINDS", "lambda.kinds"),
     ("LAMBDA_SCRATCH_DIR", "lambda.scratch_dir"),
     ("LAMBDA_MIN_SCRATCH_BYTES", "lambda.min_scratch_bytes"),
+    ("ORT_DYLIB", "infer.ort_dylib"),
+    ("INFER_HOST_MEMORY_MB", "infer.host_memory_mb"),
+    ("INFER_GPU_MEMORY_MB", "infer.gpu_memory_mb"),
 ];
 
 impl Config {
@@ -402,6 +412,10 @@ impl Config {
         }
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));
+        }
+        kiln_jobs::infer::config::validate_models(&self.models).map_err(|e| invalid("models", e.message))?;
+        if !(self.infer.memory_factor > 0.0) {
+            return Err(invalid("infer.memory_factor", "must be positive"));
         }
         Ok(())
     }
