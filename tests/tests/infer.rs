@@ -108,7 +108,7 @@ fn concurrent_jobs_share_batches_and_get_their_own_outputs() {
         ok(r);
         let y = output(r, 0, "y");
         assert_eq!(y["shape"], json!([4]));
-        assert_eq!(y["data"], json!([2.0 * i as f64; 4]), "job {i} got another job's output");
+        assert_eq!(y["data"], json!(vec![2.0 * i as f64; 4]), "job {i} got another job's output");
         let n = output(r, 0, "n")["data"][0].as_f64().unwrap() as usize;
         assert!(n <= 4, "a batch of {n} exceeds max_batch 4");
         assert_eq!(r["infer"]["batches"], json!([n]));
@@ -191,7 +191,7 @@ fn bad_models_shapes_and_names_give_clear_codes() {
     // A model with a fixed batch of 1 runs two items as two batches.
     let fixed = ok(&rs[7]);
     assert_eq!(fixed["infer"]["batches"], json!([1, 1]));
-    assert_eq!(output(fixed, 1, "y")["data"], json!([3.0; 4]));
+    assert_eq!(output(fixed, 1, "y")["data"], json!(vec![3.0; 4]));
 }
 
 #[test]

@@ -121,6 +121,11 @@ impl JobKind for Infer {
     /// warm models load on first use). Runs before /readyz reports ready.
     fn warm_up(&self) -> Result<(), JobError> {
         let e = &self.engine;
+        if !e.models.iter().any(|m| m.warm) {
+            return Ok(());
+        }
+        ortenv::environment(e.cfg.ort_dylib.as_deref())?;
+        let want_cuda = ortenv::cuda_usable(e.cuda_allowed);
         let mut first_err = None;
         for m in e.models.iter().filter(|m| m.warm) {
             let read = || match url::Url::parse(&m.uri).ok().filter(|u| u.scheme() == "file").and_then(|u| u.to_file_path().ok()) {
@@ -129,7 +134,7 @@ impl JobKind for Infer {
                     .map_err(|err| JobError::new(crate::ErrorCode::InputNotFound, format!("model {:?}: {}: {err}", m.name, p.display()))),
                 None => Err(JobError::unsupported(format!("model {:?}: warm models load from file:// at start", m.name))),
             };
-            match e.model(m, true, read) {
+            match e.model(m, want_cuda, read) {
                 Ok((lm, _)) => tracing::info!(model = %m.name, device = lm.device.name(), load_ms = lm.load_ms, "warm model ready"),
                 Err(err) => {
                     tracing::warn!(model = %m.name, error = %err, "warm model failed to load");
@@ -188,6 +193,8 @@ fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, J
     let span = tracing::info_span!("infer", model = %m.name, items = job.len(), cache = tracing::field::Empty, device = tracing::field::Empty);
     let _entered = span.enter();
     ctx.check()?;
+    // Load the library first: every other ort call needs it.
+    ortenv::environment(engine.cfg.ort_dylib.as_deref())?;
     let cuda_here = ortenv::cuda_usable(engine.cuda_allowed);
     if job.accel == spec::Accel::Gpu && !cuda_here {
         return Err(JobError::unsupported("accel gpu: no NVIDIA GPU with ONNX Runtime's CUDA execution provider on this worker"));

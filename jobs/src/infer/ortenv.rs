@@ -126,9 +126,11 @@ pub fn session(
     Ok((session, device))
 }
 
-/// Whether sessions should try CUDA: allowed by accel, offered by the library, GPU present.
+/// Whether sessions should try CUDA: allowed by accel, offered by the loaded library, GPU
+/// present. False while the library is not loaded (asking ort before `init_from` would make
+/// it load a default library, and panic when there is none).
 pub fn cuda_usable(accel_allows: bool) -> bool {
-    if !accel_allows {
+    if !accel_allows || !matches!(ENV.get(), Some(Ok(_))) {
         return false;
     }
     ort::ep::CUDA::is_available().unwrap_or(false) && gpu_present()
