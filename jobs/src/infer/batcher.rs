@@ -31,9 +31,12 @@ pub struct ItemOutput {
 
 pub type Outputs = Vec<Vec<ItemOutput>>;
 
+/// One batched output: name, shape (batch dimension first), values.
+pub type BatchOutput = (String, Vec<i64>, Vec<f32>);
+
 /// Runs one batch: items stacked along a new first dimension → per-output (shape, data).
 pub trait RunBatch: Send + 'static {
-    fn run(&mut self, batch_shape: &[i64], data: Vec<f32>) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>, JobError>;
+    fn run(&mut self, batch_shape: &[i64], data: Vec<f32>) -> Result<Vec<BatchOutput>, JobError>;
 }
 
 struct Request {
@@ -186,7 +189,7 @@ fn run_one(runner: &mut impl RunBatch, batch: Vec<Request>, shape: &[i64], n: us
 }
 
 /// Splits batched outputs into one list of outputs per item.
-fn split(outs: Vec<(String, Vec<i64>, Vec<f32>)>, n: usize) -> Result<Outputs, JobError> {
+fn split(outs: Vec<BatchOutput>, n: usize) -> Result<Outputs, JobError> {
     let mut items: Outputs = (0..n).map(|_| Vec::with_capacity(outs.len())).collect();
     for (name, shape, data) in outs {
         if shape.first().copied() != Some(n as i64) || data.len() % n != 0 {
@@ -211,7 +214,7 @@ mod tests {
         sizes: Arc<Mutex<Vec<usize>>>,
     }
     impl RunBatch for Fake {
-        fn run(&mut self, shape: &[i64], data: Vec<f32>) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>, JobError> {
+        fn run(&mut self, shape: &[i64], data: Vec<f32>) -> Result<Vec<BatchOutput>, JobError> {
             let n = shape[0] as usize;
             self.sizes.lock().unwrap().push(n);
             let doubled: Vec<f32> = data.iter().map(|v| v * 2.0).collect();

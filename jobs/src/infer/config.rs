@@ -161,7 +161,7 @@ impl ModelConfig {
         if self.task != Task::Tensor && self.input_size.is_none() {
             return err("input_size is required for detect and classify".into());
         }
-        if !(self.scale > 0.0) || self.std.iter().any(|s| !(*s > 0.0)) {
+        if self.scale.is_nan() || self.scale <= 0.0 || self.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
             return err("scale and std must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.score_threshold) || !(0.0..=1.0).contains(&self.nms_iou) {

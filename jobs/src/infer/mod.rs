@@ -160,7 +160,12 @@ impl JobKind for Infer {
         counter("kiln_infer_model_loads_total", "Models loaded", s.loads.load(Ordering::Relaxed) as f64);
         counter("kiln_infer_model_load_failures_total", "Model loads that failed", s.load_failures.load(Ordering::Relaxed) as f64);
         counter("kiln_infer_model_evictions_total", "Models evicted from the cache", s.evictions.load(Ordering::Relaxed) as f64);
-        counter("kiln_infer_model_load_seconds_total", "Time spent loading models", s.load_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let loads = s.loads.load(Ordering::Relaxed) + s.load_failures.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP kiln_infer_model_load_seconds Time spent loading models\n# TYPE kiln_infer_model_load_seconds summary\nkiln_infer_model_load_seconds_sum {}\nkiln_infer_model_load_seconds_count {loads}",
+            s.load_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let (host, gpu) = e.cache.used();
         let _ = writeln!(out, "# HELP kiln_infer_models_loaded Models in the cache\n# TYPE kiln_infer_models_loaded gauge\nkiln_infer_models_loaded {}", e.cache.loaded().len());
         let _ = writeln!(out, "# HELP kiln_infer_cache_bytes Estimated memory of the loaded models\n# TYPE kiln_infer_cache_bytes gauge\nkiln_infer_cache_bytes{{memory=\"host\"}} {host}\nkiln_infer_cache_bytes{{memory=\"gpu\"}} {gpu}");
@@ -190,7 +195,7 @@ impl PreparedJob for Prepared {
 
 fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, JobError> {
     let m = &job.model;
-    let span = tracing::info_span!("infer", model = %m.name, items = job.len(), cache = tracing::field::Empty, device = tracing::field::Empty);
+    let span = tracing::info_span!("infer", model = %m.name, items = job.len(), cache = tracing::field::Empty, device = tracing::field::Empty, load_ms = tracing::field::Empty);
     let _entered = span.enter();
     ctx.check()?;
     // Load the library first: every other ort call needs it.
@@ -205,6 +210,9 @@ fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, J
     })?;
     span.record("cache", outcome.as_str());
     span.record("device", model.device.name());
+    if outcome == Outcome::Miss {
+        span.record("load_ms", model.load_ms);
+    }
     ctx.check()?;
 
     // Inputs → tensors (images are decoded and preprocessed here, on the job's thread).

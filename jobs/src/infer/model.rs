@@ -1,7 +1,7 @@
 //! A loaded model: its ONNX Runtime session (owned by the model's batch thread), its input's
 //! name and shape, its labels, and the device it runs on.
 
-use super::batcher::{BatchStats, Batcher, Item, RunBatch};
+use super::batcher::{BatchOutput, BatchStats, Batcher, Item, RunBatch};
 use super::cache::Footprint;
 use super::config::{InferConfig, ModelConfig};
 use super::ortenv::{self, Device};
@@ -93,7 +93,7 @@ struct OrtRunner {
 }
 
 impl RunBatch for OrtRunner {
-    fn run(&mut self, shape: &[i64], data: Vec<f32>) -> Result<Vec<(String, Vec<i64>, Vec<f32>)>, JobError> {
+    fn run(&mut self, shape: &[i64], data: Vec<f32>) -> Result<Vec<BatchOutput>, JobError> {
         let failed = |e: ort::Error| JobError::internal(format!("model {:?}: {e}", self.model));
         let tensor = ort::value::Tensor::from_array((shape.to_vec(), data)).map_err(failed)?;
         let outputs = self.session.run(ort::inputs![self.input.as_str() => tensor]).map_err(failed)?;

@@ -63,7 +63,8 @@ pub fn probe(configured: Option<&str>) -> OrtProbe {
     match environment(configured) {
         Ok(_) => {
             let mut providers = Vec::new();
-            let candidates: [(&str, fn() -> ort::Result<bool>); 2] = [
+            type Available = fn() -> ort::Result<bool>;
+            let candidates: [(&str, Available); 2] = [
                 ("CPUExecutionProvider", ort::ep::CPU::is_available),
                 ("CUDAExecutionProvider", ort::ep::CUDA::is_available),
             ];

@@ -135,7 +135,7 @@ fn yolo_heads_decode_with_threshold_and_per_class_nms() {
     anchors.resize(8, ([0.0; 4], [0.0, 0.0]));
     let out = head(&anchors);
     let labels = vec!["cat".to_string()];
-    let d = detect(&[out.clone()], &m, &labels, &geo).unwrap();
+    let d = detect(std::slice::from_ref(&out), &m, &labels, &geo).unwrap();
     assert_eq!(d.len(), 2, "{d:?}");
     assert_eq!((d[0].label.as_str(), d[0].score), ("cat", 0.9));
     assert_eq!(d[0].bbox, [80.0, 30.0, 120.0, 50.0]);
