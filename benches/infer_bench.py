@@ -120,7 +120,7 @@ def free_port():
 
 
 class Kiln:
-    def __init__(self, kiln, max_batch, delay_ms, slots, tmp):
+    def __init__(self, kiln, max_batch, delay_ms, slots, tmp, lib=LIB):
         cfg = os.path.join(tmp, f"kiln-{max_batch}.toml")
         with open(cfg, "w") as f:
             f.write(f"""
@@ -128,7 +128,7 @@ class Kiln:
 cpu_slots = {slots}
 queue_depth = 1024
 [infer]
-ort_dylib = "{LIB}"
+ort_dylib = "{lib}"
 [[models]]
 name = "nudenet"
 uri = "file://{MODEL}"
@@ -194,6 +194,7 @@ def main():
     ap.add_argument("--requests", type=int, default=96)
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target/release/kiln"))
     ap.add_argument("--delay-ms", type=int, default=10)
+    ap.add_argument("--ort-dylib", default=LIB, help="kiln's ONNX Runtime library (onnxruntime-gpu's for CUDA)")
     a = ap.parse_args()
     paths = photos()
     print(f"{len(paths)} photos, {a.requests} requests per row, model {os.path.basename(MODEL)}, {os.cpu_count()} CPUs")
@@ -205,14 +206,14 @@ def main():
     rows.append(("python onnxruntime, sequential (PIL draft decode)", 1, ips, p50, p95, 1))
     draft_ips = ips
     with tempfile.TemporaryDirectory() as tmp:
-        k = Kiln(a.kiln, 16, a.delay_ms, 16, tmp)
+        k = Kiln(a.kiln, 16, a.delay_ms, 16, tmp, a.ort_dylib)
         try:
             for c in (1, 4, 16):
                 ips, p50, p95, mb = k.load(paths, a.requests, c)
                 rows.append((f"kiln serve, batching (max_batch 16, {a.delay_ms} ms)", c, ips, p50, p95, mb))
         finally:
             k.stop()
-        k = Kiln(a.kiln, 1, 0, 16, tmp)
+        k = Kiln(a.kiln, 1, 0, 16, tmp, a.ort_dylib)
         try:
             ips, p50, p95, mb = k.load(paths, a.requests, 16)
             rows.append(("kiln serve, batching off (max_batch 1)", 16, ips, p50, p95, mb))
