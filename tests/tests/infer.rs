@@ -176,6 +176,7 @@ fn bad_models_shapes_and_names_give_clear_codes() {
         json!({"id": "count", "kind": "infer", "input": {"model": "double", "tensors": [{"shape": [4], "data": [1, 2]}]}}),
         json!({"id": "image", "kind": "infer", "input": {"model": "double", "images": ["file:///x.jpg"]}}),
         tensor_job("fixed", "fixed", &[vec![1.0; 4], vec![2.0; 4]]),
+        json!({"id": "gpu", "kind": "infer", "input": {"model": "double", "accel": "gpu", "tensors": [{"shape": [4], "data": [1, 2, 3, 4]}]}}),
     ];
     let rs = run(&cfg, 2, &jobs);
     assert_eq!(code(&rs[0]), "invalid_spec");
@@ -192,6 +193,14 @@ fn bad_models_shapes_and_names_give_clear_codes() {
     let fixed = ok(&rs[7]);
     assert_eq!(fixed["infer"]["batches"], json!([1, 1]));
     assert_eq!(output(fixed, 1, "y")["data"], json!(vec![3.0; 4]));
+    // accel gpu: CUDA or a clear refusal, never a silent CPU run.
+    match rs[8]["status"].as_str() {
+        Some("succeeded") => assert_eq!(rs[8]["infer"]["device"], "cuda"),
+        _ => {
+            assert_eq!(code(&rs[8]), "unsupported");
+            assert!(rs[8]["error"]["message"].as_str().unwrap().contains("CUDA"), "{:#}", rs[8]);
+        }
+    }
 }
 
 #[test]
