@@ -5,7 +5,7 @@
 CARGO ?= cargo
 DEMO_STORE := $(CURDIR)/data/demo-store
 
-.PHONY: setup demo test bench-thumbnail fixtures build-release clean
+.PHONY: setup demo test bench-thumbnail bench-infer fixtures build-release clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,9 @@ test: fixtures
 
 bench-thumbnail: build-release fixtures
 	bash benches/thumbnail.sh --write
+
+bench-infer: build-release fixtures
+	.tools/venv/bin/python benches/infer_bench.py --kiln target/release/kiln
 
 clean:
 	rm -rf data target

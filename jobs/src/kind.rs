@@ -30,6 +30,14 @@ pub trait JobKind: Send + Sync + 'static {
     fn warm_up(&self) -> Result<(), JobError> {
         Ok(())
     }
+
+    /// Models this kind holds loaded now (the capacity report's `warm.models`).
+    fn warm_models(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Appends the kind's own metrics, in Prometheus' text format, to `out` (/metrics).
+    fn render_metrics(&self, _out: &mut String) {}
 }
 
 /// A validated job, ready to run on a blocking thread.

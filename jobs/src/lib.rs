@@ -11,11 +11,13 @@
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
 //! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds.
 //! - [`thumbnail`]: the thumbnail job.
+//! - [`infer`]: the infer job (ONNX Runtime; registered by the worker with its model registry).
 
 pub mod checkpoint;
 pub mod context;
 pub mod envelope;
 pub mod error;
+pub mod infer;
 pub mod kind;
 pub mod store;
 pub mod thumbnail;

@@ -68,7 +68,7 @@ impl Reporter {
             ttl_ms: cfg.router.interval_ms * 5 / 2,
             kinds,
             gpus: self.gpus.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            warm: WarmSet { models: Vec::new(), kernels: rt.warm_kinds() },
+            warm: WarmSet { models: rt.kinds().kinds().flat_map(|k| k.warm_models()).collect(), kernels: rt.warm_kinds() },
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
+use kiln_jobs::infer::{InferConfig, ModelConfig};
 use kiln_jobs::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,6 +65,10 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub checkpoint: CheckpointConfig,
     pub lambda: LambdaConfig,
+    /// The infer engine: ONNX Runtime library, cache budgets.
+    pub infer: InferConfig,
+    /// The model registry (`[[models]]`) the infer kind serves.
+    pub models: Vec<ModelConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,6 +233,8 @@ impl Default for Config {
                 scratch_dir: String::new(),
                 min_scratch_bytes: 16 * 1024 * 1024,
             },
+            infer: InferConfig::default(),
+            models: Vec::new(),
         }
     }
 }
@@ -325,6 +332,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LAMBDA_KINDS", "lambda.kinds"),
     ("LAMBDA_SCRATCH_DIR", "lambda.scratch_dir"),
     ("LAMBDA_MIN_SCRATCH_BYTES", "lambda.min_scratch_bytes"),
+    ("ORT_DYLIB", "infer.ort_dylib"),
+    ("INFER_HOST_MEMORY_MB", "infer.host_memory_mb"),
+    ("INFER_GPU_MEMORY_MB", "infer.gpu_memory_mb"),
 ];
 
 impl Config {
@@ -406,6 +416,10 @@ impl Config {
         }
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));
+        }
+        kiln_jobs::infer::config::validate_models(&self.models).map_err(|e| invalid("models", e.message))?;
+        if self.infer.memory_factor.is_nan() || self.infer.memory_factor <= 0.0 {
+            return Err(invalid("infer.memory_factor", "must be positive"));
         }
         Ok(())
     }
@@ -509,5 +523,25 @@ mod tests {
         std::fs::write(&f, "[htp]\naddr = 1\n").unwrap();
         let e = Config::load_from(Some(&f), &[]).unwrap_err();
         assert!(e.to_string().contains("htp"), "{e}");
+    }
+
+    #[test]
+    fn the_model_registry_parses_and_is_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("kiln.toml");
+        let models = "[[models]]\nname = \"det\"\nuri = \"file:///m/320n.onnx\"\ntask = \"detect\"\ninput_size = [320, 320]\nwarm = true\n\
+                      [[models]]\nname = \"raw\"\nuri = \"s3://b/raw.onnx\"\n";
+        std::fs::write(&f, format!("[infer]\nhost_memory_mb = 64\n{models}")).unwrap();
+        let c = Config::load_from(Some(&f), &vars(&[("KILN_ORT_DYLIB", "/opt/ort/libonnxruntime.so")])).unwrap();
+        assert_eq!(c.models.len(), 2);
+        assert_eq!((c.models[0].name.as_str(), c.models[0].warm, c.models[0].max_batch), ("det", true, 16));
+        assert_eq!(c.infer.host_memory_mb, 64);
+        assert_eq!(c.infer.ort_dylib.as_deref(), Some("/opt/ort/libonnxruntime.so"));
+        std::fs::write(&f, "[[models]]\nname = \"det\"\nuri = \"file:///m.onnx\"\ntask = \"detect\"\n").unwrap();
+        let e = Config::load_from(Some(&f), &[]).unwrap_err();
+        assert!(e.to_string().contains("models") && e.to_string().contains("input_size"), "{e}");
+        std::fs::write(&f, format!("{models}{models}")).unwrap();
+        let e = Config::load_from(Some(&f), &[]).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
     }
 }

@@ -14,18 +14,35 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The job kinds of this process: the built-in ones, plus `debug` with KILN_DEBUG_KINDS=1.
-pub fn registry() -> Registry {
+/// The job kinds of this process: the built-in ones, `infer` with the configured model
+/// registry, plus `debug` with KILN_DEBUG_KINDS=1.
+pub fn registry(cfg: &Config) -> Registry {
     let mut r = Registry::builtin();
+    if let Some(infer) = infer_kind(cfg) {
+        r.register(Arc::new(infer));
+    }
     if std::env::var("KILN_DEBUG_KINDS").is_ok_and(|v| v == "1") {
         r.register(Arc::new(crate::debug_kind::DebugKind));
     }
     r
 }
 
+/// The infer kind built from `[infer]` and `[[models]]` (the config is validated already).
+fn infer_kind(cfg: &Config) -> Option<kiln_jobs::infer::Infer> {
+    let accel = serde_json::to_value(cfg.accel).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    match kiln_jobs::infer::Infer::new(cfg.models.clone(), cfg.infer.clone(), &accel) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            warn!(error = %e, "infer kind disabled");
+            None
+        }
+    }
+}
+
 pub fn runtime(cfg: Config) -> Arc<Runtime> {
     let store = StoreRouter::new(cfg.store.s3.clone());
-    Runtime::new(cfg, Arc::new(store), registry())
+    let kinds = registry(&cfg);
+    Runtime::new(cfg, Arc::new(store), kinds)
 }
 
 /// `kiln run`: every job in `path` (or stdin for `-`), results as JSONL on stdout. Returns
@@ -207,7 +224,8 @@ async fn shutdown_signal() {
 
 /// `kiln probe`: CPU, GPUs and what the job kinds can do here, as JSON.
 pub fn probe(cfg: &Config) -> serde_json::Value {
-    let reg = registry();
+    let reg = registry(cfg);
+    let onnxruntime = infer_kind(cfg).map(|k| k.probe());
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "cpu": kiln_kernels::probe::cpu(),
@@ -216,5 +234,6 @@ pub fn probe(cfg: &Config) -> serde_json::Value {
         "kinds": reg.names().collect::<Vec<_>>(),
         "slots": cfg.cpu_slots(),
         "store": cfg.store_url().to_string(),
+        "onnxruntime": onnxruntime,
     })
 }

@@ -169,5 +169,9 @@ async fn metrics(State(st): State<AppState>) -> Response {
         let running = snap.by_kind.get(name).map(|k| k.0).unwrap_or(0);
         st.rt.metrics.running.with_label_values(&[name]).set(running as i64);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.rt.metrics.render()).into_response()
+    let mut text = st.rt.metrics.render();
+    for kind in st.rt.kinds().kinds() {
+        kind.render_metrics(&mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
