@@ -312,3 +312,47 @@ fn a_store_outage_longer_than_the_wait_fails_retryably_and_a_retry_resumes() {
     assert_eq!(r["units"]["restored"], recorded.len());
     assert_eq!(unit_names(&r), expected_names(10));
 }
+
+/// A render page with an image, a rectangle and text: enough work that a SIGKILL lands mid-job.
+fn render_page(i: usize) -> Value {
+    let photo = workspace_root().join("data/mate-backgrounds/usr/share/backgrounds/mate/nature/Dune.jpg");
+    json!({"width": 900, "height": 1200, "dpi": 150, "background": "#fbfaf5", "layers": [
+        {"type": "image", "source": photo, "x": 60, "y": 60, "width": 780, "height": 520, "rotate": (i % 7) as f64},
+        {"type": "rect", "x": 40, "y": 640, "width": 820, "height": 200, "fill": "#ffcc0040", "stroke": "#333333", "stroke_width": 3},
+        {"type": "text", "x": 70, "y": 680, "text": format!("Page {i} of a resumed render"), "size": 48}
+    ]})
+}
+
+#[test]
+fn a_sigkilled_render_resumes_on_another_worker_and_assembles_the_same_pdf() {
+    kiln_tests::ensure_corpus();
+    let dir = scratch_dir("ckpt-render");
+    let store = dir.join("store");
+    let store_url = format!("file://{}/", store.display());
+    let env = [("KILN_STORE_URL", store_url.as_str()), ("KILN_ACCEL", "cpu")];
+    let pages: Vec<Value> = (1..=40).map(render_page).collect();
+    let job = |id: &str| {
+        json!({"id": id, "kind": "render", "output": format!("file://{}/{id}/", dir.join("out").display()),
+               "input": {"pages": pages, "format": "pdf", "accel": "cpu"}})
+    };
+
+    // The reference: the same document, uninterrupted.
+    let whole = Worker::start(&dir, "ref", &job("render-ref"), &env).result();
+    assert_eq!(whole["status"], "succeeded", "{whole:#}");
+    assert_eq!(whole["units"]["run"], 40);
+
+    let mut a = Worker::start(&dir, "a", &job("render-kill"), &env);
+    let state = store.join("jobs/render-kill/state.json");
+    wait_for("worker A to record 5 pages", || state.exists() && recorded_units(&store, "render-kill").len() >= 5);
+    a.kill();
+    let recorded = recorded_units(&store, "render-kill");
+    assert!(recorded.len() < 40, "the job ended before the kill");
+
+    let b = Worker::start(&dir, "b", &job("render-kill"), &env).result();
+    assert_eq!(b["status"], "succeeded", "{b:#}");
+    assert_eq!(b["resumed"], true);
+    assert_eq!(b["units"]["restored"], recorded.len());
+    assert_eq!(b["units"]["run"].as_u64().unwrap() as usize, 40 - recorded.len(), "recorded pages were rendered again");
+    let pdf = |id: &str| std::fs::read(dir.join(format!("out/{id}/document.pdf"))).unwrap();
+    assert!(pdf("render-kill") == pdf("render-ref"), "the resumed PDF differs from the uninterrupted one");
+}
