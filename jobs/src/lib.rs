@@ -11,6 +11,7 @@
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
 //! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds.
 //! - [`thumbnail`]: the thumbnail job.
+//! - [`transcode`]: the transcode job (HLS ladders, segment checkpoints).
 
 pub mod checkpoint;
 pub mod context;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod kind;
 pub mod store;
 pub mod thumbnail;
+pub mod transcode;
 
 pub use checkpoint::{Checkpointer, UnitRecord};
 pub use context::{CancelSignal, EventSink, JobContext, Limits};
