@@ -35,10 +35,16 @@ pub struct CodecProbe {
     pub gpu_note: Option<String>,
 }
 
+static PROBE: OnceLock<CodecProbe> = OnceLock::new();
+
 /// The probe, run on first use and cached for the process.
 pub fn codecs() -> &'static CodecProbe {
-    static PROBE: OnceLock<CodecProbe> = OnceLock::new();
     PROBE.get_or_init(run_probe)
+}
+
+/// The probe's findings if it has run (the transcode warm-up runs it); never starts it.
+pub fn proven() -> Option<&'static CodecProbe> {
+    PROBE.get()
 }
 
 fn run_probe() -> CodecProbe {

@@ -82,15 +82,28 @@ pub(crate) fn run(setup: RungSetup, rx: Receiver<Msg>, done: SyncSender<SegmentF
                     last_dur = pts - last_pts;
                 }
                 last_pts = pts;
-                let fresh = matches!(&scaler, Some((_, f, sw, sh)) if *f == src.format() && *sw == src.width() && *sh == src.height());
-                if !fresh {
-                    let ctx = scaling::Context::get(src.format(), src.width(), src.height(), Pixel::YUV420P, w, h, scaling::Flags::BICUBIC)
-                        .map_err(|e| VideoError::internal("scaler", e))?;
-                    scaler = Some((ctx, src.format(), src.width(), src.height()));
-                }
-                let Some((sws, ..)) = scaler.as_mut() else { continue };
-                let mut scaled = frame::Video::new(Pixel::YUV420P, w, h);
-                sws.run(src, &mut scaled).map_err(|e| VideoError::internal("scaling", e))?;
+                let mut scaled = if src.format() == Pixel::YUV420P && src.width() == w && src.height() == h {
+                    // The rung is the source size: a new reference to the same pixels (no copy);
+                    // only this reference's pts and picture type are set below.
+                    let mut r = frame::Video::empty();
+                    // SAFETY: both are valid AVFrames; `r` is empty, so av_frame_ref fills it.
+                    let ret = unsafe { ff::ffi::av_frame_ref(r.as_mut_ptr(), src.as_ptr()) };
+                    if ret < 0 {
+                        return Err(VideoError::internal("frame reference", ff::Error::from(ret)));
+                    }
+                    r
+                } else {
+                    let fresh = matches!(&scaler, Some((_, f, sw, sh)) if *f == src.format() && *sw == src.width() && *sh == src.height());
+                    if !fresh {
+                        let ctx = scaling::Context::get(src.format(), src.width(), src.height(), Pixel::YUV420P, w, h, scaling::Flags::BICUBIC)
+                            .map_err(|e| VideoError::internal("scaler", e))?;
+                        scaler = Some((ctx, src.format(), src.width(), src.height()));
+                    }
+                    let Some((sws, ..)) = scaler.as_mut() else { continue };
+                    let mut scaled = frame::Video::new(Pixel::YUV420P, w, h);
+                    sws.run(src, &mut scaled).map_err(|e| VideoError::internal("scaling", e))?;
+                    scaled
+                };
                 scaled.set_pts(Some(pts));
                 if cur_seg != Some(seg) {
                     cur_seg = Some(seg);
