@@ -193,8 +193,7 @@ fn on_segment(
     u.durations[seg.rung] = seg.duration;
     u.codecs[seg.rung] = seg.codecs;
     // Record complete units in index order (a rung may run ahead of another).
-    loop {
-        let Some((&k, u)) = units.range(*next_unit..).next() else { break };
+    while let Some((&k, u)) = units.range(*next_unit..).next() {
         if u.outputs.iter().any(|o| o.is_none()) {
             break;
         }

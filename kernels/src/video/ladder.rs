@@ -133,7 +133,6 @@ pub fn transcode(
         None => None,
     };
     let audio_params = audio.as_ref().map(|a| (a.parameters(), a.time_base()));
-    drop(vstream);
 
     let mut setups = Vec::with_capacity(cfg.rungs.len());
     for (i, r) in cfg.rungs.iter().enumerate() {
