@@ -21,7 +21,13 @@ use url::Url;
 /// `file://` URLs straight onto the filesystem.
 struct DiskStore;
 
+/// `s3://bucket/key` is served from `$TMPDIR/kiln-transcode-s3/bucket/key`: a source that
+/// goes through `ObjectStore::open` (streamed, not seekable) instead of a local path.
 fn path_of(uri: &Url) -> Result<std::path::PathBuf, StoreError> {
+    if uri.scheme() == "s3" {
+        let root = std::env::temp_dir().join("kiln-transcode-s3");
+        return Ok(root.join(uri.host_str().unwrap_or("")).join(uri.path().trim_start_matches('/')));
+    }
     uri.to_file_path().map_err(|_| StoreError::UnsupportedUri(uri.to_string()))
 }
 
@@ -108,8 +114,12 @@ fn clip(dir: &Path) -> std::path::PathBuf {
 }
 
 fn run_job(src: &Path, out: &Path, id: &str, ck: Arc<MemCheckpoint>, events: Arc<Events>) -> Result<JobOutput, JobError> {
+    run_uri(src.to_str().unwrap(), out, id, ck, events)
+}
+
+fn run_uri(src: &str, out: &Path, id: &str, ck: Arc<MemCheckpoint>, events: Arc<Events>) -> Result<JobOutput, JobError> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let spec = json!({"source": src.to_str().unwrap(), "segment_seconds": 2, "accel": "cpu", "preset": "ultrafast",
+    let spec = json!({"source": src, "segment_seconds": 2, "accel": "cpu", "preset": "ultrafast",
         "ladder": [{"height": 240, "bitrate_kbps": 400}, {"height": 160, "bitrate_kbps": 200}]});
     let job = Transcode.prepare(&spec, &Limits::default())?;
     assert!(job.checkpointed());
@@ -180,4 +190,24 @@ fn bad_inputs_get_their_codes() {
     assert_eq!(e.code, ErrorCode::Unsupported, "{e:?}");
     let e = run_job(&dir.path().join("nope.mp4"), &dir.path().join("o3"), "nope", Arc::default(), Arc::default()).unwrap_err();
     assert_eq!(e.code, ErrorCode::InputNotFound, "{e:?}");
+}
+
+#[test]
+fn store_streams_are_decoded_as_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = std::env::temp_dir().join("kiln-transcode-s3").join(format!("b{}", std::process::id()));
+    std::fs::create_dir_all(&bucket).unwrap();
+    let src = bucket.join("clip.ts");
+    ffmpeg(&[
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=5", "-f", "lavfi", "-i", "sine=duration=5",
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", src.to_str().unwrap(),
+    ]);
+    let uri = format!("s3://b{}/clip.ts", std::process::id());
+    let ck = Arc::new(MemCheckpoint::default());
+    let r = run_uri(&uri, dir.path(), "s3", ck.clone(), Arc::default());
+    let _ = std::fs::remove_dir_all(&bucket);
+    let r = r.unwrap();
+    assert_eq!(r.extra["transcode"]["segments"], 3, "{:?}", r.extra);
+    assert_eq!(r.extra["transcode"]["source"]["seekable"], false);
+    assert_eq!(ck.recorded.lock().unwrap().len(), 3);
 }
