@@ -6,6 +6,9 @@
 #   libimage-exiftool-perl                 exiftool: EXIF Orientation test cases
 #   icc-profiles-free                      /usr/share/color/icc/compatibleWithAdobeRGB1998.icc (ICC v2 AdobeRGB)
 #   jq curl python3 time util-linux        scripts, benches (GNU time for peak RSS, taskset for pinning)
+#   ffmpeg libav*-dev clang libclang-dev   transcode: ffmpeg-next links the system FFmpeg (bindgen needs
+#                                          libclang); the ffmpeg/ffprobe CLIs make test clips, validate
+#                                          outputs and are the transcode bench baseline
 # Idempotent; as root it runs apt-get directly, otherwise through sudo when available.
 set -euo pipefail
 
@@ -13,6 +16,8 @@ PACKAGES=(
   build-essential cmake nasm pkg-config
   libvips-tools libimage-exiftool-perl icc-profiles-free
   jq curl python3 time util-linux ca-certificates
+  ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
+  libavfilter-dev libavdevice-dev clang libclang-dev
 )
 
 missing=()

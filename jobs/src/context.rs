@@ -27,6 +27,14 @@ pub struct Limits {
     pub max_outputs: usize,
     /// Largest width or height of an output image.
     pub max_output_dimension: u32,
+    // transcode
+    /// Longest video a transcode accepts, in seconds (from the header, and enforced while
+    /// decoding).
+    pub max_video_seconds: f64,
+    /// Largest source frame a transcode accepts, in pixels (width × height): 4K UHD.
+    pub max_video_pixels: u64,
+    /// Most rungs in one transcode ladder.
+    pub max_ladder_rungs: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +44,9 @@ impl Default for Limits {
             max_pixels: 100_000_000,
             max_outputs: 16,
             max_output_dimension: 8192,
+            max_video_seconds: 1800.0,
+            max_video_pixels: 3840 * 2160,
+            max_ladder_rungs: 6,
         }
     }
 }
@@ -129,6 +140,12 @@ impl JobContext {
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The worker's runtime, for bridging a store stream into blocking reads on the job's
+    /// thread (`tokio_util::io::SyncIoBridge`).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
     }
 
     /// Runs a future to completion from the job's blocking thread.

@@ -67,6 +67,7 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Self::empty();
         r.register(Arc::new(crate::thumbnail::Thumbnail));
+        r.register(Arc::new(crate::transcode::Transcode));
         r
     }
 

@@ -12,6 +12,7 @@
 //! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds.
 //! - [`thumbnail`]: the thumbnail job.
 //! - [`infer`]: the infer job (ONNX Runtime; registered by the worker with its model registry).
+//! - [`transcode`]: the transcode job (HLS ladders, segment checkpoints).
 
 pub mod checkpoint;
 pub mod context;
@@ -21,6 +22,7 @@ pub mod infer;
 pub mod kind;
 pub mod store;
 pub mod thumbnail;
+pub mod transcode;
 
 pub use checkpoint::{Checkpointer, UnitRecord};
 pub use context::{CancelSignal, EventSink, JobContext, Limits};

@@ -8,3 +8,4 @@
 
 pub mod image;
 pub mod probe;
+pub mod video;

@@ -28,8 +28,11 @@ impl Reporter {
     }
 
     /// Re-reads GPU memory and utilisation through NVML.
+    /// NVENC/NVDEC are what the video codec probe proved by opening sessions (FFmpeg uses
+    /// the default device) once it has run, NVML's hints before.
     pub fn refresh_gpus(&self) {
         let probe = kiln_kernels::probe::gpus();
+        let video = kiln_kernels::video::probe::proven();
         let gpus = probe
             .devices
             .into_iter()
@@ -39,8 +42,8 @@ impl Reporter {
                 mem_total_mb: g.mem_total_mb,
                 mem_free_mb: g.mem_free_mb,
                 util_pct: g.util_pct,
-                nvenc: g.nvenc,
-                nvdec: g.nvdec,
+                nvenc: video.map(|v| v.nvenc_h264 || v.nvenc_hevc).unwrap_or(g.nvenc),
+                nvdec: video.map(|v| v.nvdec).unwrap_or(g.nvdec),
             })
             .collect();
         *self.gpus.lock().unwrap_or_else(|p| p.into_inner()) = gpus;

@@ -230,6 +230,7 @@ pub fn probe(cfg: &Config) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "cpu": kiln_kernels::probe::cpu(),
         "gpus": kiln_kernels::probe::gpus(),
+        "video": kiln_kernels::video::probe::codecs(),
         "accel": cfg.accel,
         "kinds": reg.names().collect::<Vec<_>>(),
         "slots": cfg.cpu_slots(),

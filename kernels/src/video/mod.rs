@@ -1,0 +1,71 @@
+//! Video kernels on the system FFmpeg (ffmpeg-next): open and probe a source, decode once,
+//! scale and encode every rung of an adaptive-bitrate ladder in parallel, and cut each rung
+//! into MPEG-TS segments whose first frame is an IDR at the same instant in every rung.
+//!
+//! - [`source`]: opening a source (a path, or any `Read` for object-store streams) and what
+//!   its header says (codec, size, duration, frame rate, audio).
+//! - [`ladder`]: the pipeline — one decoder thread, one thread per rung (scale + encode +
+//!   segment muxer), finished segments handed to the caller's thread as they complete.
+//! - [`rung`]: one rung's scaler, encoder and segment writer.
+//! - [`audio`]: audio decode, resample and AAC encode (once, shared by every rung).
+//! - [`probe`]: which codecs this FFmpeg build has and whether NVENC/NVDEC really open.
+//!
+//! This module knows nothing of jobs, stores or playlists.
+
+pub mod audio;
+pub mod ladder;
+pub mod probe;
+pub mod rung;
+pub mod source;
+
+pub use ladder::{transcode, EncoderKind, LadderConfig, LadderSummary, RungConfig, SegmentFile, VideoCodec};
+pub use rung::encoder_name as rung_encoder_name;
+pub use source::{open, OpenedSource, SourceInfo, SourceInput};
+
+use std::sync::Once;
+
+/// What can go wrong in a video kernel, by what the caller should report.
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    /// The input is not a video we can read: not a container, truncated, undecodable data.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A well-formed input we do not handle (a codec this FFmpeg build cannot decode, …).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The source runs longer than the configured limit.
+    #[error("{0}")]
+    TooLong(String),
+    /// The caller asked to stop (cancel, deadline, a failed store).
+    #[error("stopped")]
+    Stopped,
+    /// Something on our side failed (an encoder would not open, a temp file).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl VideoError {
+    pub(crate) fn internal(what: &str, e: impl std::fmt::Display) -> Self {
+        VideoError::Internal(format!("{what}: {e}"))
+    }
+}
+
+/// Initialises FFmpeg once per process and quiets its logging (errors only).
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if let Err(e) = ffmpeg_next::init() {
+            tracing::warn!(error = %e, "FFmpeg init failed");
+        }
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+    });
+}
+
+/// A decoded frame shared read-only between the rung threads.
+pub(crate) struct SharedFrame(pub ffmpeg_next::frame::Video);
+
+// SAFETY: the AVFrame and its reference-counted buffers are written only by the decoder
+// thread before the frame is wrapped; afterwards every rung thread only reads it (swscale
+// reads the source planes), and the last `Arc` owner frees it, on whichever thread.
+unsafe impl Send for SharedFrame {}
+unsafe impl Sync for SharedFrame {}

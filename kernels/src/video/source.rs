@@ -1,0 +1,112 @@
+//! Opening a video source and reading what its header says. A source is a local path (opened
+//! by FFmpeg directly, seekable) or any `Read` (an object-store stream, read as it is decoded:
+//! never loaded whole; not seekable, so a resume decodes and drops up to its first segment).
+
+use super::{init, VideoError};
+use ffmpeg_next as ff;
+use ff::format::context::{Input, StreamIo};
+use ff::media::Type;
+use serde::Serialize;
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Where a source's bytes come from.
+pub enum SourceInput {
+    Path(PathBuf),
+    Reader(Box<dyn Read + Send + 'static>),
+}
+
+impl std::fmt::Debug for SourceInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceInput::Path(p) => write!(f, "Path({})", p.display()),
+            SourceInput::Reader(_) => write!(f, "Reader"),
+        }
+    }
+}
+
+/// What the container header says about a source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceInfo {
+    pub container: String,
+    pub video_codec: String,
+    pub width: u32,
+    pub height: u32,
+    /// Display aspect ratio (width / height, sample aspect ratio applied).
+    pub display_aspect: f64,
+    /// Seconds, when the container says.
+    pub duration_s: Option<f64>,
+    /// Average frame rate (frames per second), when known.
+    pub fps: Option<f64>,
+    pub audio_codec: Option<String>,
+    /// Whether the input can seek (a resume then seeks instead of decoding from the start).
+    pub seekable: bool,
+}
+
+/// An opened source: the demuxer plus its header facts.
+pub struct OpenedSource {
+    pub input: Input,
+    pub info: SourceInfo,
+    pub video_index: usize,
+    pub audio_index: Option<usize>,
+}
+
+/// Opens a source and reads its header. Unreadable or truncated containers are `Corrupt`;
+/// a file without a video stream, or with a codec this FFmpeg cannot decode, is `Unsupported`.
+pub fn open(src: SourceInput) -> Result<OpenedSource, VideoError> {
+    init();
+    let (input, seekable) = match src {
+        SourceInput::Path(p) => (ff::format::input(&p).map_err(open_error)?, true),
+        SourceInput::Reader(r) => {
+            let io = StreamIo::from_read(r).map_err(|e| VideoError::internal("stream reader", e))?;
+            (ff::format::input_from_stream(io, None, None).map_err(open_error)?, false)
+        }
+    };
+    let video = input
+        .streams()
+        .best(Type::Video)
+        .ok_or_else(|| VideoError::Unsupported("the source has no video stream".into()))?;
+    let video_index = video.index();
+    let params = video.parameters();
+    let codec_id = params.id();
+    if ff::decoder::find(codec_id).is_none() {
+        return Err(VideoError::Unsupported(format!("this FFmpeg build cannot decode {codec_id:?} video")));
+    }
+    // SAFETY: the parameters belong to the open stream and are only read.
+    let (width, height, sar) = unsafe {
+        let p = &*params.as_ptr();
+        (p.width.max(0) as u32, p.height.max(0) as u32, p.sample_aspect_ratio)
+    };
+    if width == 0 || height == 0 {
+        return Err(VideoError::Corrupt("the video stream has no frame size".into()));
+    }
+    let sar = if sar.num > 0 && sar.den > 0 { sar.num as f64 / sar.den as f64 } else { 1.0 };
+    let rate = video.avg_frame_rate();
+    let fps = (rate.numerator() > 0 && rate.denominator() > 0).then(|| f64::from(rate));
+    let duration_s = if input.duration() > 0 {
+        Some(input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE))
+    } else if video.duration() > 0 {
+        Some(video.duration() as f64 * f64::from(video.time_base()))
+    } else {
+        None
+    };
+    let audio = input.streams().best(Type::Audio).filter(|a| ff::decoder::find(a.parameters().id()).is_some());
+    let audio_index = audio.as_ref().map(|a| a.index());
+    let audio_codec = audio.map(|a| format!("{:?}", a.parameters().id()).to_lowercase());
+    let info = SourceInfo {
+        container: input.format().name().to_owned(),
+        video_codec: format!("{codec_id:?}").to_lowercase(),
+        width,
+        height,
+        display_aspect: width as f64 * sar / height as f64,
+        duration_s,
+        fps,
+        audio_codec,
+        seekable,
+    };
+    Ok(OpenedSource { input, info, video_index, audio_index })
+}
+
+fn open_error(e: ff::Error) -> VideoError {
+    VideoError::Corrupt(format!("not a readable video container: {e}"))
+}
