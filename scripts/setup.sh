@@ -6,6 +6,9 @@
 #   libimage-exiftool-perl                 exiftool: EXIF Orientation test cases
 #   icc-profiles-free                      /usr/share/color/icc/compatibleWithAdobeRGB1998.icc (ICC v2 AdobeRGB)
 #   jq curl python3 time util-linux        scripts, benches (GNU time for peak RSS, taskset for pinning)
+#   libvulkan1 mesa-vulkan-drivers         render: the wgpu compositor's Vulkan loader and Mesa's lavapipe (CPU Vulkan)
+#   fonts-dejavu-core                      render: the sans/serif/mono text fonts
+#   poppler-utils                          render tests: pdfinfo, pdftoppm (an independent PDF rasteriser)
 # Idempotent; as root it runs apt-get directly, otherwise through sudo when available.
 set -euo pipefail
 
@@ -13,6 +16,7 @@ PACKAGES=(
   build-essential cmake nasm pkg-config
   libvips-tools libimage-exiftool-perl icc-profiles-free
   jq curl python3 time util-linux ca-certificates
+  libvulkan1 mesa-vulkan-drivers fonts-dejavu-core poppler-utils
 )
 
 missing=()

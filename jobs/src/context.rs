@@ -27,6 +27,14 @@ pub struct Limits {
     pub max_outputs: usize,
     /// Largest width or height of an output image.
     pub max_output_dimension: u32,
+
+    // ---- render ----
+    /// Most pages one render job may have.
+    pub max_render_pages: usize,
+    /// Largest render page, and largest image box on a page, in pixels (width × height).
+    pub max_page_pixels: u64,
+    /// Most layers on one render page.
+    pub max_layers_per_page: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +44,9 @@ impl Default for Limits {
             max_pixels: 100_000_000,
             max_outputs: 16,
             max_output_dimension: 8192,
+            max_render_pages: 1000,
+            max_page_pixels: 25_000_000,
+            max_layers_per_page: 256,
         }
     }
 }

@@ -59,6 +59,7 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Self::empty();
         r.register(Arc::new(crate::thumbnail::Thumbnail));
+        r.register(Arc::new(crate::render::Render));
         r
     }
 

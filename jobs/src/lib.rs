@@ -11,12 +11,14 @@
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
 //! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds.
 //! - [`thumbnail`]: the thumbnail job.
+//! - [`render`]: the render job (page compositing, PNG and PDF output, page checkpoints).
 
 pub mod checkpoint;
 pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod kind;
+pub mod render;
 pub mod store;
 pub mod thumbnail;
 
