@@ -3,8 +3,12 @@
 //! (page count and sizes) and `pdftoppm` (each PDF page rasterised and compared with the
 //! job's PNG of that page by PSNR). Bad inputs give their error codes.
 //!
-//! Thresholds: JPEG-compressed (photo) pages ≥ 30 dB against the PNG, lossless (Flate) pages
-//! ≥ 45 dB; the merged page rasterises identically to the source page (≥ 60 dB).
+//! Thresholds. poppler's Cairo backend (`pdftocairo`) draws a page image 1:1, so it measures
+//! the PDF itself: JPEG (photo) pages ≥ 33 dB against the PNG (measured 36 dB at q90), lossless
+//! Flate pages ≥ 60 dB (measured: identical). poppler's Splash backend (`pdftoppm`) smooths the
+//! edges between image samples even at 1:1 (flat areas match exactly; a sharp edge pixel moves
+//! by up to ~100 levels), which caps it near 25 dB on these pages: ≥ 22 dB there. The merged
+//! page rasterises identically to the source page (≥ 60 dB).
 
 use kiln_tests::{data_dir, decode_rgb8, psnr, run_jobs_full, scratch_dir};
 use serde_json::{json, Value};
@@ -52,15 +56,20 @@ fn source_pdf(path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
-/// Rasterises page `n` of `pdf` at exactly `w`×`h` pixels with pdftoppm; returns the PNG.
+/// Rasterises page `n` of `pdf` at exactly `w`×`h` pixels with pdftoppm (or another poppler
+/// rasteriser taking the same options, e.g. pdftocairo); returns the PNG.
 fn pdftoppm(pdf: &Path, n: u32, size: Option<(u32, u32)>, out_stem: &Path) -> PathBuf {
-    let mut cmd = tool("pdftoppm");
+    rasterise("pdftoppm", pdf, n, size, out_stem)
+}
+
+fn rasterise(rasteriser: &str, pdf: &Path, n: u32, size: Option<(u32, u32)>, out_stem: &Path) -> PathBuf {
+    let mut cmd = tool(rasteriser);
     cmd.args(["-png", "-singlefile", "-f", &n.to_string(), "-l", &n.to_string()]);
     if let Some((w, h)) = size {
         cmd.args(["-scale-to-x", &w.to_string(), "-scale-to-y", &h.to_string()]);
     }
     let st = cmd.arg(pdf).arg(out_stem).status().unwrap();
-    assert!(st.success(), "pdftoppm failed on page {n}");
+    assert!(st.success(), "{rasteriser} failed on page {n}");
     out_stem.with_extension("png")
 }
 
@@ -138,14 +147,15 @@ fn a_multi_page_document_matches_its_png_pages_under_poppler() {
         assert!((got.0 - want.0).abs() < 0.01 && (got.1 - want.1).abs() < 0.01, "page {}: {got:?} vs {want:?}", i + 1);
     }
 
-    for (page, png, dims, min_db) in [(1, "page-0001.png", (620, 877), 30.0), (2, "page-0002.png", (400, 300), 45.0), (4, "page-0004.png", (300, 500), 30.0)] {
-        let raster = pdftoppm(&pdf, page, Some(dims), &dir.join(format!("ppm-{page}")));
-        let a = decode_rgb8(&raster);
+    for (page, png, dims, min_db) in [(1, "page-0001.png", (620, 877), 33.0), (2, "page-0002.png", (400, 300), 60.0), (4, "page-0004.png", (300, 500), 33.0)] {
         let b = decode_rgb8(&out.join(png));
         assert_eq!((b.width, b.height), dims);
-        let db = psnr(&a, &b);
-        eprintln!("page {page}: PDF vs PNG {db:.1} dB");
-        assert!(db >= min_db, "page {page}: {db:.1} dB < {min_db} dB");
+        let cairo = decode_rgb8(&rasterise("pdftocairo", &pdf, page, Some(dims), &dir.join(format!("cairo-{page}"))));
+        let splash = decode_rgb8(&pdftoppm(&pdf, page, Some(dims), &dir.join(format!("ppm-{page}"))));
+        let (db_cairo, db_splash) = (psnr(&cairo, &b), psnr(&splash, &b));
+        eprintln!("page {page}: PDF vs PNG {db_cairo:.1} dB (pdftocairo), {db_splash:.1} dB (pdftoppm)");
+        assert!(db_cairo >= min_db, "page {page}: pdftocairo {db_cairo:.1} dB < {min_db} dB");
+        assert!(db_splash >= 22.0, "page {page}: pdftoppm {db_splash:.1} dB < 22 dB");
     }
     // The merged page survives intact: it rasterises as the source page does.
     let merged = decode_rgb8(&pdftoppm(&pdf, 3, None, &dir.join("merged")));

@@ -96,7 +96,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
             Page::Merge { source, page: number } => {
                 let what = format!("pdf_page {source}");
                 if source_pdf.as_ref().map(|(s, _)| s != source).unwrap_or(true) {
-                    source_pdf = None;
+                    drop(source_pdf.take()); // free the previous source before reading the next
                     let data = ctx.read_input(source).map_err(|e| JobError { message: format!("{what}: {}", e.message), ..e })?;
                     source_pdf = Some((source.clone(), pdf::load(&data, &what)?));
                 }

@@ -115,8 +115,8 @@ fn rect_coverage_is_the_covered_area() {
     let img = to_image(10, 10, &cpu::CpuCompositor.composite(&page).unwrap()).unwrap();
     assert_eq!(img.rgba_at(4, 4), [0, 0, 0, 255], "inside");
     assert_eq!(img.rgba_at(2, 2)[0], 191, "corner: a quarter covered → 255·(1−0.25)");
-    assert_eq!(img.rgba_at(2, 4)[0], 128, "edge: half covered");
-    assert_eq!(img.rgba_at(6, 4)[0], 128, "far edge: half covered");
+    assert_eq!(img.rgba_at(2, 4)[0], 127, "edge: half covered → 255 − round(127.5)");
+    assert_eq!(img.rgba_at(6, 4)[0], 127, "far edge: half covered");
     assert_eq!(img.rgba_at(8, 8), [255, 255, 255, 255], "outside");
     // A stroke-only rectangle leaves its inside untouched and draws its edge.
     let s = raster::rect((20, 20), (5.0, 5.0, 10.0, 10.0), None, Some(([255, 0, 0, 255], 2.0)), 255, BlendMode::Normal).unwrap();
