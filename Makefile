@@ -5,7 +5,7 @@
 CARGO ?= cargo
 DEMO_STORE := $(CURDIR)/data/demo-store
 
-.PHONY: setup demo test bench-thumbnail fixtures build-release clean
+.PHONY: setup demo test bench-thumbnail bench-render fixtures build-release clean
 
 setup:
 	@bash scripts/setup.sh
@@ -34,6 +34,9 @@ test: fixtures
 
 bench-thumbnail: build-release fixtures
 	bash benches/thumbnail.sh --write
+
+bench-render: build-release fixtures
+	bash benches/render.sh --label lavapipe --write
 
 clean:
 	rm -rf data target

@@ -97,15 +97,13 @@ fn image_source(
     blend: kiln_kernels::render::BlendMode,
 ) -> Result<Source, JobError> {
     let what = format!("image {uri}");
-    // Decode at the box size when it is known (JPEG shrink-on-load), scaled up for a crop.
+    // Decode at the box size when it is known and nothing is cropped (JPEG shrink-on-load);
+    // a crop is given in the source's pixels, so a cropped image is decoded at full size.
     let need = match (w, h, crop) {
         (Some(w), Some(h), None) => Some((w, h)),
         _ => None,
     };
-    let image = cache.get(ctx, uri, need)?;
-    // The decoded image may be smaller than the original (shrink-on-load): crops are given in
-    // the original's pixels, so scale them.
-    let full = image.clone();
+    let full = cache.get(ctx, uri, need)?;
     let c = match crop {
         Some(c) => {
             ensure_crop(&what, c, (full.width, full.height))?;
