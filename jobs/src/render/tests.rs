@@ -365,7 +365,7 @@ fn an_interrupted_200_page_job_resumes_and_assembles_the_same_pdf() {
     let h = Harness::new();
     h.store.insert("file:///in/photo.jpg", photo_jpeg(120, 80));
     let first = Arc::new(MemCheckpoint { fail_at: Some(121), ..Default::default() });
-    let e = h.run_with(&spec, first.clone()).err().expect("interrupted");
+    let e = h.run_with(&spec, first.clone()).expect_err("interrupted");
     assert_eq!(e.message, "lease lost");
     assert!(h.store.object(&format!("{OUT}document.pdf")).is_none());
     let records = first.records.lock().unwrap().clone();

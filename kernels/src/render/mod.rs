@@ -158,7 +158,7 @@ pub fn to_image(width: u32, height: u32, canvas: &[u32]) -> Result<Image, Render
     let mut data = Vec::with_capacity(canvas.len() * ch);
     for &p in canvas {
         let a = p >> 24;
-        let un = |c: u32| if a == 0 { 0 } else { ((c * 255 + a / 2) / a).min(255) as u8 };
+        let un = |c: u32| (c * 255 + a / 2).checked_div(a).map_or(0, |v| v.min(255) as u8);
         let (r, g, b) = (p & 255, (p >> 8) & 255, (p >> 16) & 255);
         if opaque {
             data.extend_from_slice(&[r as u8, g as u8, b as u8]);
