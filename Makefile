@@ -5,7 +5,7 @@
 CARGO ?= cargo
 DEMO_STORE := $(CURDIR)/data/demo-store
 
-.PHONY: setup demo test bench-thumbnail bench-infer fixtures build-release clean
+.PHONY: setup demo test bench-thumbnail bench-infer bench-render fixtures build-release clean
 
 setup:
 	@bash scripts/setup.sh
@@ -37,6 +37,8 @@ bench-thumbnail: build-release fixtures
 
 bench-infer: build-release fixtures
 	.tools/venv/bin/python benches/infer_bench.py --kiln target/release/kiln
+bench-render: build-release fixtures
+	bash benches/render.sh --label lavapipe --write
 
 clean:
 	rm -rf data target

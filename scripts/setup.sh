@@ -9,6 +9,9 @@
 #   ffmpeg libav*-dev clang libclang-dev   transcode: ffmpeg-next links the system FFmpeg (bindgen needs
 #                                          libclang); the ffmpeg/ffprobe CLIs make test clips, validate
 #                                          outputs and are the transcode bench baseline
+#   libvulkan1 mesa-vulkan-drivers         render: the wgpu compositor's Vulkan loader and Mesa's lavapipe (CPU Vulkan)
+#   fonts-dejavu-core                      render: the sans/serif/mono text fonts
+#   poppler-utils                          render tests: pdfinfo, pdftoppm (an independent PDF rasteriser)
 # Idempotent; as root it runs apt-get directly, otherwise through sudo when available.
 set -euo pipefail
 
@@ -18,6 +21,7 @@ PACKAGES=(
   jq curl python3 time util-linux ca-certificates
   ffmpeg libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
   libavfilter-dev libavdevice-dev clang libclang-dev
+  libvulkan1 mesa-vulkan-drivers fonts-dejavu-core poppler-utils
 )
 
 missing=()

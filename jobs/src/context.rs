@@ -35,6 +35,14 @@ pub struct Limits {
     pub max_video_pixels: u64,
     /// Most rungs in one transcode ladder.
     pub max_ladder_rungs: usize,
+
+    // ---- render ----
+    /// Most pages one render job may have.
+    pub max_render_pages: usize,
+    /// Largest render page, and largest image box on a page, in pixels (width × height).
+    pub max_page_pixels: u64,
+    /// Most layers on one render page.
+    pub max_layers_per_page: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +55,9 @@ impl Default for Limits {
             max_video_seconds: 1800.0,
             max_video_pixels: 3840 * 2160,
             max_ladder_rungs: 6,
+            max_render_pages: 1000,
+            max_page_pixels: 25_000_000,
+            max_layers_per_page: 256,
         }
     }
 }

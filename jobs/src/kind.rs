@@ -68,6 +68,7 @@ impl Registry {
         let mut r = Self::empty();
         r.register(Arc::new(crate::thumbnail::Thumbnail));
         r.register(Arc::new(crate::transcode::Transcode));
+        r.register(Arc::new(crate::render::Render));
         r
     }
 

@@ -13,6 +13,7 @@
 //! - [`thumbnail`]: the thumbnail job.
 //! - [`infer`]: the infer job (ONNX Runtime; registered by the worker with its model registry).
 //! - [`transcode`]: the transcode job (HLS ladders, segment checkpoints).
+//! - [`render`]: the render job (page compositing, PNG and PDF output, page checkpoints).
 
 pub mod checkpoint;
 pub mod context;
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod error;
 pub mod infer;
 pub mod kind;
+pub mod render;
 pub mod store;
 pub mod thumbnail;
 pub mod transcode;

@@ -1,0 +1,73 @@
+//! The render job: multi-page documents composited page by page, as PNGs and/or one PDF.
+//!
+//! Spec (DESIGN.md, "Job kinds"): `{"pages": [PAGE, …], "format": "pdf|png|pdf+png",
+//! "accel": "auto|cpu|gpu", "jpeg_quality": 90}`; PAGE is `{"width", "height", "dpi",
+//! "background", "layers": [LAYER, …]}` or `{"pdf_page": {"source": URI, "page": 1}}`; LAYER
+//! is an `image` (`source, x, y, width, height, opacity, blend, rotate, crop`), a `rect`
+//! (`x, y, width, height, fill, stroke, stroke_width, opacity, blend`) or `text` (`x, y,
+//! text, size, color, font, opacity, blend`).
+//!
+//! Decisions the design leaves open:
+//! - `format` defaults to `pdf`, `dpi` to 150, `background` to white, `accel` to `auto`.
+//!   `accel`: `cpu` = the CPU reference compositor; `gpu` = wgpu on whatever adapter it
+//!   finds (lavapipe on CPU machines), `unsupported` when none; `auto` = wgpu when an adapter
+//!   exists, else the CPU. The worker's own accel setting is not consulted.
+//! - Text: (x, y) is the top-left of the text box; `size` is the em size in pixels; fonts
+//!   `sans`, `serif`, `mono` (+ `-bold`), DejaVu. Image `width`/`height`: one alone keeps
+//!   the aspect ratio, neither takes the (cropped) image's size; the image is stretched to its
+//!   box; `rotate` is degrees clockwise about the box centre; `crop` is in source pixels.
+//! - PDF pages are raster: each page is one image XObject at the page's DPI (page size in
+//!   points = pixels × 72 / dpi), JPEG (`jpeg_quality`, 4:2:0) when the page has image layers,
+//!   lossless Flate otherwise. Pages with transparency are flattened onto white in the PDF;
+//!   PNGs keep alpha. Text is not kept as text.
+//! - `pdf_page` pages are copied whole (content, resources, annotations; not `/Parent` links)
+//!   and need PDF output; with `pdf+png` they get no PNG (kiln does not rasterise PDFs).
+//! - Units: one per page, key `page-NNNN`. A page's PNG (`page-NNNN.png`) and its PDF part
+//!   (`.parts/page-NNNN.pdf`, a single-page PDF) are stored, then the unit is recorded; the
+//!   parts stay in the store after the job (a resumed or repeated assembly needs them).
+//!   `document.pdf` is assembled at the end from the parts, read back one at a time.
+//! - Errors: a missing image or source PDF → `input_not_found`; an unreadable PDF →
+//!   `corrupt_input`; an encrypted PDF → `unsupported`; a page number past the end →
+//!   `invalid_spec`; limits (`max_render_pages`, `max_page_pixels`, `max_layers_per_page`)
+//!   → `invalid_spec` at admission.
+
+mod page;
+pub mod pdf;
+mod run;
+mod spec;
+#[cfg(test)]
+mod tests;
+
+pub use spec::{Crop, DrawnPage, Layer, Page, RenderSpec, Resolved};
+
+use crate::context::{JobContext, Limits};
+use crate::error::JobError;
+use crate::kind::{JobKind, JobOutput, PreparedJob};
+use serde_json::Value;
+
+pub struct Render;
+
+impl JobKind for Render {
+    fn name(&self) -> &'static str {
+        "render"
+    }
+
+    fn prepare(&self, input: &Value, limits: &Limits) -> Result<Box<dyn PreparedJob>, JobError> {
+        let job = RenderSpec::parse(input)?.resolve(limits)?;
+        Ok(Box::new(Prepared(job)))
+    }
+}
+
+/// A validated render job, ready to run.
+#[derive(Debug)]
+pub struct Prepared(pub Resolved);
+
+impl PreparedJob for Prepared {
+    fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
+        run::run(&self.0, ctx)
+    }
+
+    fn checkpointed(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,137 @@
+//! Text layers: fonts by name, shaping with rustybuzz (HarfBuzz's algorithm: kerning,
+//! ligatures, marks, complex scripts), glyph outlines rasterised with anti-aliasing by
+//! ab_glyph into a coverage mask, then tinted into a [`Source`] tile.
+//!
+//! Fonts: `sans`, `serif`, `mono` and their `-bold` variants name DejaVu files in the font
+//! directory (`KILN_FONT_DIR`, default `/usr/share/fonts/truetype/dejavu`, Debian's
+//! fonts-dejavu-core). Files are read once per process and kept.
+//!
+//! Geometry: (`x`, `y`) is the top-left of the text box; the first baseline sits at
+//! `y + ascender`, `size` is the em size in pixels, and each `\n` starts a new line one line
+//! height (ascender − descender + line gap) lower.
+
+use super::blend::fade;
+use super::{premultiply, BlendMode, RenderError, Source};
+use ab_glyph::{Font, FontRef, GlyphId, PxScale};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub const DEFAULT_FONT_DIR: &str = "/usr/share/fonts/truetype/dejavu";
+
+/// The font names a spec may use, and their files.
+pub const FONTS: [(&str, &str); 6] = [
+    ("sans", "DejaVuSans.ttf"),
+    ("sans-bold", "DejaVuSans-Bold.ttf"),
+    ("serif", "DejaVuSerif.ttf"),
+    ("serif-bold", "DejaVuSerif-Bold.ttf"),
+    ("mono", "DejaVuSansMono.ttf"),
+    ("mono-bold", "DejaVuSansMono-Bold.ttf"),
+];
+
+pub fn is_known_font(name: &str) -> bool {
+    FONTS.iter().any(|(n, _)| *n == name)
+}
+
+fn font_dir() -> PathBuf {
+    std::env::var_os("KILN_FONT_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_FONT_DIR))
+}
+
+static LOADED: OnceLock<Mutex<HashMap<String, Arc<Vec<u8>>>>> = OnceLock::new();
+
+/// The bytes of font `name`, read on first use.
+pub fn load_font(name: &str) -> Result<Arc<Vec<u8>>, RenderError> {
+    let file = FONTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| RenderError::Font(format!("unknown font {name:?}")))?;
+    let cache = LOADED.get_or_init(Default::default);
+    let mut map = cache.lock().map_err(|_| RenderError::Internal("font cache poisoned".into()))?;
+    if let Some(f) = map.get(name) {
+        return Ok(f.clone());
+    }
+    let path = font_dir().join(file);
+    let data = std::fs::read(&path).map_err(|e| RenderError::Font(format!("{name}: {}: {e}", path.display())))?;
+    if rustybuzz::Face::from_slice(&data, 0).is_none() {
+        return Err(RenderError::Font(format!("{name}: {} is not a font", path.display())));
+    }
+    let data = Arc::new(data);
+    map.insert(name.to_owned(), data.clone());
+    Ok(data)
+}
+
+/// What to draw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextStyle {
+    pub size: f32,
+    /// Straight RGBA.
+    pub color: [u8; 4],
+    pub opacity: u8,
+    pub blend: BlendMode,
+}
+
+/// Shapes and rasterises `text` with its box's top-left at (`x`, `y`), clipped to a
+/// `page`-sized canvas. `None` when no pixel is drawn (blank text, off the page).
+pub fn text(font: &[u8], page: (u32, u32), x: f64, y: f64, text: &str, style: &TextStyle) -> Result<Option<Source>, RenderError> {
+    let face = rustybuzz::Face::from_slice(font, 0).ok_or_else(|| RenderError::Font("font does not parse".into()))?;
+    let outlines = FontRef::try_from_slice(font).map_err(|e| RenderError::Font(e.to_string()))?;
+    let upem = face.units_per_em() as f32;
+    let k = style.size / upem;
+    let px_scale = PxScale::from(style.size * outlines.height_unscaled() / upem);
+    let ascender = face.ascender() as f32 * k;
+    let line_height = (face.ascender() as f32 - face.descender() as f32 + face.line_gap() as f32) * k;
+
+    let mut glyphs = Vec::new();
+    for (line_no, line) in text.split('\n').enumerate() {
+        let mut buf = rustybuzz::UnicodeBuffer::new();
+        buf.push_str(line);
+        buf.guess_segment_properties();
+        let shaped = rustybuzz::shape(&face, &[], buf);
+        let baseline = y as f32 + ascender + line_no as f32 * line_height;
+        let mut pen = x as f32;
+        for (info, pos) in shaped.glyph_infos().iter().zip(shaped.glyph_positions()) {
+            let gx = pen + pos.x_offset as f32 * k;
+            let gy = baseline - pos.y_offset as f32 * k;
+            pen += pos.x_advance as f32 * k;
+            let id = GlyphId(u16::try_from(info.glyph_id).unwrap_or(0));
+            if let Some(g) = outlines.outline_glyph(id.with_scale_and_position(px_scale, ab_glyph::point(gx, gy))) {
+                glyphs.push(g);
+            }
+        }
+    }
+    if glyphs.is_empty() {
+        return Ok(None);
+    }
+    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for g in &glyphs {
+        let b = g.px_bounds();
+        x0 = x0.min(b.min.x);
+        y0 = y0.min(b.min.y);
+        x1 = x1.max(b.max.x);
+        y1 = y1.max(b.max.y);
+    }
+    let tx0 = (x0.floor() as i64).max(0);
+    let ty0 = (y0.floor() as i64).max(0);
+    let tx1 = (x1.ceil() as i64).min(page.0 as i64);
+    let ty1 = (y1.ceil() as i64).min(page.1 as i64);
+    if tx1 <= tx0 || ty1 <= ty0 {
+        return Ok(None);
+    }
+    let (tw, th) = ((tx1 - tx0) as usize, (ty1 - ty0) as usize);
+    let mut mask = vec![0f32; tw * th];
+    for g in &glyphs {
+        let b = g.px_bounds();
+        let (gx, gy) = (b.min.x as i64 - tx0, b.min.y as i64 - ty0);
+        g.draw(|dx, dy, c| {
+            let (mx, my) = (gx + dx as i64, gy + dy as i64);
+            if mx >= 0 && my >= 0 && (mx as usize) < tw && (my as usize) < th {
+                let m = &mut mask[my as usize * tw + mx as usize];
+                *m = (*m + c).min(1.0);
+            }
+        });
+    }
+    let colour = premultiply(style.color);
+    let pixels = mask.iter().map(|&c| fade(colour, (c * 255.0).round() as u32)).collect();
+    Ok(Some(Source { x: tx0, y: ty0, width: tw as u32, height: th as u32, pixels, opacity: style.opacity, blend: style.blend }))
+}
