@@ -323,40 +323,53 @@ fn probe_lists_execution_providers() {
     assert!(p["kinds"].as_array().unwrap().iter().any(|k| k == "infer"));
 }
 
+/// A `kiln serve` process, killed on drop.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `kiln serve` with the config (store under `dir`) and waits (bounded) until
+/// /readyz says it is warm. Returns the process and its base URL.
+fn serve(cfg: &Path, dir: &Path, env: &[(&str, &str)]) -> (Served, String) {
+    let mut cmd = Command::new(kiln_bin());
+    cmd.arg("serve")
+        .env("KILN_CONFIG", cfg)
+        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
+        .env("KILN_STORE_URL", format!("file://{}/store/", dir.display()))
+        .env("KILN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let served = Served(child);
+    let base = line.trim().strip_prefix("kiln listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+    let client = reqwest::blocking::Client::new();
+    let started = Instant::now();
+    while client.get(format!("{base}/readyz")).send().map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (served, base)
+}
+
 #[test]
 fn serve_warms_models_before_ready_and_reports_them() {
     let model = nudenet_model();
     let mut extra = model_toml("nudenet", &format!("file://{}", model.display()), &format!("{NUDENET}\nwarm = true"));
     extra += &model_toml("cold", &model_uri("double_a.onnx"), "task = \"tensor\"");
     let (d, cfg) = config(&extra, &ort_lib());
-    let mut child = Command::new(kiln_bin())
-        .arg("serve")
-        .env("KILN_CONFIG", &cfg)
-        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
-        .env("KILN_STORE_URL", format!("file://{}/store/", d.path().display()))
-        .env("KILN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _guard = Kill(child);
-    let base = line.trim().strip_prefix("kiln listening on ").unwrap().to_owned();
+    let (_server, base) = serve(&cfg, d.path(), &[]);
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
     let get = |p: &str| client.get(format!("{base}{p}")).send().unwrap();
-    let started = Instant::now();
-    while get("/readyz").status() != 200 {
-        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // Ready means the warm model is loaded: no job has run, yet it is in the cache.
     let cap: Value = get("/v1/capacity").json().unwrap();
     assert_eq!(cap["warm"]["models"], json!(["nudenet"]), "{cap:#}");
@@ -377,4 +390,40 @@ fn serve_warms_models_before_ready_and_reports_them() {
     let metrics = get("/metrics").text().unwrap();
     assert!(metrics.contains("kiln_infer_model_cache_hits_total 1"), "{metrics}");
     assert!(metrics.contains("kiln_infer_model_cache_misses_total 2"), "{metrics}");
+}
+
+#[test]
+fn models_load_from_s3_at_warm_up_and_on_first_use() {
+    use kiln_jobs::ObjectStore;
+    use kiln_tests::moto::{Moto, AWS_ENV};
+    let moto = Moto::start();
+    moto.create_bucket("models");
+    let s3 = kiln_worker::config::S3Config { endpoint: Some(moto.endpoint()), path_style: true, region: Some("us-east-1".into()) };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = kiln_worker::store::s3::S3Store::connect(&s3).await;
+        for name in ["double_a.onnx", "double_b.onnx"] {
+            let url = url::Url::parse(&format!("s3://models/zoo/{name}")).unwrap();
+            store.put_file(&url, &models_dir().join(name), "application/octet-stream").await.unwrap();
+        }
+    });
+    let mut extra = model_toml("warm", "s3://models/zoo/double_a.onnx", "task = \"tensor\"\nwarm = true\nmax_delay_ms = 0");
+    extra += &model_toml("cold", "s3://models/zoo/double_b.onnx", "task = \"tensor\"\nmax_delay_ms = 0");
+    extra += &model_toml("absent", "s3://models/zoo/none.onnx", "task = \"tensor\"\nmax_delay_ms = 0");
+    let (d, cfg) = config(&extra, &ort_lib());
+    let endpoint = moto.endpoint();
+    let mut env = vec![("KILN_S3_ENDPOINT", endpoint.as_str()), ("KILN_S3_PATH_STYLE", "true"), ("KILN_S3_REGION", "us-east-1")];
+    env.extend_from_slice(AWS_ENV);
+    let (_server, base) = serve(&cfg, d.path(), &env);
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    // Ready means the warm model was read from S3 and loaded.
+    let cap: Value = client.get(format!("{base}/v1/capacity")).send().unwrap().json().unwrap();
+    assert_eq!(cap["warm"]["models"], json!(["warm"]), "{cap:#}");
+    let by = |job: Value| -> Value { client.post(format!("{base}/v1/jobs")).body(job.to_string()).send().unwrap().json().unwrap() };
+    let w = by(tensor_job("w", "warm", &[vec![1.0, 2.0, 3.0, 4.0]]));
+    assert_eq!(ok(&w)["infer"]["cache"], "hit", "{w:#}");
+    assert_eq!(output(&w, 0, "y")["data"], json!([2.0, 4.0, 6.0, 8.0]));
+    let c = by(tensor_job("c", "cold", &[vec![1.0; 4]]));
+    assert_eq!(ok(&c)["infer"]["cache"], "miss");
+    assert_eq!(code(&by(tensor_job("a", "absent", &[vec![1.0; 4]]))), "input_not_found");
 }

@@ -7,7 +7,7 @@ use crate::runtime::Runtime;
 use crate::sources::{file, http};
 use crate::store::StoreRouter;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use kiln_jobs::{JobStatus, Registry};
+use kiln_jobs::{JobStatus, ObjectStore, Registry};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +16,10 @@ use tracing::{info, warn};
 
 /// The job kinds of this process: the built-in ones, `infer` with the configured model
 /// registry, plus `debug` with KILN_DEBUG_KINDS=1.
-pub fn registry(cfg: &Config) -> Registry {
+pub fn registry(cfg: &Config, store: Arc<dyn ObjectStore>) -> Registry {
     let mut r = Registry::builtin();
     if let Some(infer) = infer_kind(cfg) {
-        r.register(Arc::new(infer));
+        r.register(Arc::new(infer.with_store(store)));
     }
     if std::env::var("KILN_DEBUG_KINDS").is_ok_and(|v| v == "1") {
         r.register(Arc::new(crate::debug_kind::DebugKind));
@@ -40,9 +40,9 @@ fn infer_kind(cfg: &Config) -> Option<kiln_jobs::infer::Infer> {
 }
 
 pub fn runtime(cfg: Config) -> Arc<Runtime> {
-    let store = StoreRouter::new(cfg.store.s3.clone());
-    let kinds = registry(&cfg);
-    Runtime::new(cfg, Arc::new(store), kinds)
+    let store: Arc<dyn ObjectStore> = Arc::new(StoreRouter::new(cfg.store.s3.clone()));
+    let kinds = registry(&cfg, store.clone());
+    Runtime::new(cfg, store, kinds)
 }
 
 /// `kiln run`: every job in `path` (or stdin for `-`), results as JSONL on stdout. Returns
@@ -224,7 +224,7 @@ async fn shutdown_signal() {
 
 /// `kiln probe`: CPU, GPUs and what the job kinds can do here, as JSON.
 pub fn probe(cfg: &Config) -> serde_json::Value {
-    let reg = registry(cfg);
+    let reg = registry(cfg, Arc::new(StoreRouter::new(cfg.store.s3.clone())));
     let onnxruntime = infer_kind(cfg).map(|k| k.probe());
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),

@@ -38,6 +38,7 @@ use crate::context::{JobContext, Limits};
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
 use crate::kind::{JobKind, JobOutput, PreparedJob};
+use crate::store::{parse_uri, ObjectStore};
 use batcher::{BatchStats, Item, ItemOutput};
 use bytes::Bytes;
 use cache::{ModelCache, Outcome};
@@ -61,7 +62,12 @@ pub struct Engine {
 #[derive(Clone)]
 pub struct Infer {
     engine: Arc<Engine>,
+    /// Where warm `s3://` models are read from at warm-up (jobs use their context's store).
+    warm_store: Option<Arc<dyn ObjectStore>>,
 }
+
+/// Largest model file read.
+const MODEL_LIMIT: u64 = 4 << 30;
 
 impl Infer {
     /// `accel` is the worker's setting: `auto` and `gpu` allow CUDA, `cpu` does not.
@@ -70,7 +76,29 @@ impl Infer {
         let mb = 1024 * 1024;
         let cache = ModelCache::new(cfg.host_memory_mb.saturating_mul(mb), cfg.gpu_memory_mb.saturating_mul(mb));
         let engine = Engine { models, cfg, cuda_allowed: accel != "cpu", cache, batch_stats: Mutex::new(BTreeMap::new()) };
-        Ok(Infer { engine: Arc::new(engine) })
+        Ok(Infer { engine: Arc::new(engine), warm_store: None })
+    }
+
+    /// The store warm models with `s3://` URIs are read from at warm-up.
+    pub fn with_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.warm_store = Some(store);
+        self
+    }
+
+    /// Reads a model file for warm-up: `file://` from disk, other schemes through the store
+    /// (warm-up runs on a blocking thread of the worker's runtime).
+    fn read_for_warm_up(&self, m: &ModelConfig) -> Result<Bytes, JobError> {
+        let url = parse_uri(&m.uri)?;
+        if url.scheme() == "file" {
+            let p = url.to_file_path().map_err(|_| JobError::invalid_spec(format!("model {:?}: bad path {}", m.name, m.uri)))?;
+            return std::fs::read(&p)
+                .map(Bytes::from)
+                .map_err(|err| JobError::new(crate::ErrorCode::InputNotFound, format!("model {:?}: {}: {err}", m.name, p.display())));
+        }
+        let (Some(store), Ok(rt)) = (&self.warm_store, tokio::runtime::Handle::try_current()) else {
+            return Err(JobError::unsupported(format!("model {:?}: no object store at warm-up for {}", m.name, m.uri)));
+        };
+        rt.block_on(store.get(&url, MODEL_LIMIT)).map_err(|e| e.into_input_error())
     }
 
     /// ONNX Runtime's library and execution providers, for `kiln probe`.
@@ -117,8 +145,8 @@ impl JobKind for Infer {
         Ok(Box::new(Prepared { job, engine: self.engine.clone() }))
     }
 
-    /// Loads every `warm = true` model (file:// only: there is no store at warm-up; s3://
-    /// warm models load on first use). Runs before /readyz reports ready.
+    /// Loads every `warm = true` model (from disk, or through the store given by
+    /// [`Infer::with_store`]). Runs before /readyz reports ready.
     fn warm_up(&self) -> Result<(), JobError> {
         let e = &self.engine;
         if !e.models.iter().any(|m| m.warm) {
@@ -128,12 +156,7 @@ impl JobKind for Infer {
         let want_cuda = ortenv::cuda_usable(e.cuda_allowed);
         let mut first_err = None;
         for m in e.models.iter().filter(|m| m.warm) {
-            let read = || match url::Url::parse(&m.uri).ok().filter(|u| u.scheme() == "file").and_then(|u| u.to_file_path().ok()) {
-                Some(p) => std::fs::read(&p)
-                    .map(Bytes::from)
-                    .map_err(|err| JobError::new(crate::ErrorCode::InputNotFound, format!("model {:?}: {}: {err}", m.name, p.display()))),
-                None => Err(JobError::unsupported(format!("model {:?}: warm models load from file:// at start", m.name))),
-            };
+            let read = || self.read_for_warm_up(m);
             match e.model(m, want_cuda, read) {
                 Ok((lm, _)) => tracing::info!(model = %m.name, device = lm.device.name(), load_ms = lm.load_ms, "warm model ready"),
                 Err(err) => {
