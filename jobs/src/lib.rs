@@ -23,6 +23,8 @@ pub mod infer;
 pub mod kind;
 pub mod render;
 pub mod store;
+#[cfg(test)]
+mod testutil;
 pub mod thumbnail;
 pub mod transcode;
 

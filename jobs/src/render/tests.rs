@@ -4,82 +4,19 @@
 
 use super::*;
 use crate::checkpoint::{Checkpointer, UnitRecord};
-use crate::context::{CancelSignal, EventSink};
+use crate::context::CancelSignal;
 use crate::envelope::Event;
 use crate::error::ErrorCode;
-use crate::store::{ByteStream, ObjectMeta, ObjectStore, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use kiln_kernels::image::{self as img, EncodeOptions, Image, OutputFormat, PixelKind};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use url::Url;
 
-#[derive(Default)]
-struct MemStore {
-    objects: Mutex<BTreeMap<String, Bytes>>,
-}
+use crate::testutil::{Harness, OUT};
 
-impl MemStore {
-    fn insert(&self, uri: &str, data: Vec<u8>) {
-        self.objects.lock().unwrap().insert(uri.to_owned(), Bytes::from(data));
-    }
-    fn object(&self, uri: &str) -> Option<Bytes> {
-        self.objects.lock().unwrap().get(uri).cloned()
-    }
-}
-
-#[async_trait]
-impl ObjectStore for MemStore {
-    async fn get(&self, uri: &Url, limit: u64) -> Result<Bytes, StoreError> {
-        let d = self.object(uri.as_str()).ok_or_else(|| StoreError::NotFound(uri.to_string()))?;
-        if d.len() as u64 > limit {
-            return Err(StoreError::TooLarge { uri: uri.to_string(), limit });
-        }
-        Ok(d)
-    }
-    async fn open(&self, uri: &Url) -> Result<ByteStream, StoreError> {
-        let d = self.object(uri.as_str()).ok_or_else(|| StoreError::NotFound(uri.to_string()))?;
-        Ok(Box::pin(std::io::Cursor::new(d.to_vec())))
-    }
-    async fn head(&self, uri: &Url) -> Result<Option<ObjectMeta>, StoreError> {
-        Ok(self.object(uri.as_str()).map(|d| ObjectMeta { uri: uri.clone(), size: d.len() as u64 }))
-    }
-    async fn put(&self, uri: &Url, data: Bytes, _ct: &str) -> Result<(), StoreError> {
-        self.objects.lock().unwrap().insert(uri.to_string(), data);
-        Ok(())
-    }
-    async fn put_file(&self, uri: &Url, path: &Path, ct: &str) -> Result<(), StoreError> {
-        let data = std::fs::read(path).map_err(|e| StoreError::io(uri, e))?;
-        self.put(uri, Bytes::from(data), ct).await
-    }
-    async fn put_if_absent(&self, uri: &Url, data: Bytes, ct: &str) -> Result<bool, StoreError> {
-        if self.object(uri.as_str()).is_some() {
-            return Ok(false);
-        }
-        self.put(uri, data, ct).await.map(|_| true)
-    }
-    async fn delete(&self, uri: &Url) -> Result<(), StoreError> {
-        self.objects.lock().unwrap().remove(uri.as_str());
-        Ok(())
-    }
-    async fn list(&self, _prefix: &Url) -> Result<Vec<ObjectMeta>, StoreError> {
-        Ok(Vec::new())
-    }
-}
-
-#[derive(Default)]
-struct Events(Mutex<Vec<Event>>);
-impl EventSink for Events {
-    fn emit(&self, event: Event) {
-        self.0.lock().unwrap().push(event);
-    }
-}
-
-/// An in-memory checkpoint that can be made to fail its `fail_at`-th record (a lost lease).
 #[derive(Default)]
 struct MemCheckpoint {
     records: Mutex<BTreeMap<String, UnitRecord>>,
@@ -103,40 +40,22 @@ impl Checkpointer for MemCheckpoint {
     }
 }
 
-const OUT: &str = "file:///out/job-1/";
-
-struct Harness {
-    store: Arc<MemStore>,
-    events: Arc<Events>,
-    rt: tokio::runtime::Runtime,
-    limits: Limits,
+/// The render job run on the shared harness.
+trait RenderHarness {
+    fn run(&self, spec: serde_json::Value) -> Result<JobOutput, JobError>;
+    fn run_with(&self, spec: &serde_json::Value, cp: Arc<MemCheckpoint>) -> Result<JobOutput, JobError>;
+    fn output(&self, name: &str) -> Bytes;
 }
 
-impl Harness {
-    fn new() -> Harness {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        Harness { store: Arc::default(), events: Arc::default(), rt, limits: Limits::default() }
-    }
-    fn ctx(&self) -> JobContext {
-        JobContext::new(
-            "job-1".into(),
-            Url::parse(OUT).unwrap(),
-            self.limits.clone(),
-            "cpu".into(),
-            self.store.clone(),
-            self.events.clone(),
-            CancelSignal::new(),
-            self.rt.handle().clone(),
-        )
-    }
+impl RenderHarness for Harness {
     fn run(&self, spec: serde_json::Value) -> Result<JobOutput, JobError> {
-        Render.prepare(&spec, &self.limits)?.run(&self.ctx())
+        Render.prepare(&spec, &self.limits)?.run(&self.ctx(CancelSignal::new()))
     }
     fn run_with(&self, spec: &serde_json::Value, cp: Arc<MemCheckpoint>) -> Result<JobOutput, JobError> {
-        Render.prepare(spec, &self.limits)?.run(&self.ctx().with_checkpoint(cp))
+        Render.prepare(spec, &self.limits)?.run(&self.ctx(CancelSignal::new()).with_checkpoint(cp))
     }
     fn output(&self, name: &str) -> Bytes {
-        self.store.object(&format!("{OUT}{name}")).unwrap_or_else(|| panic!("{name} stored"))
+        self.store.object(&format!("{OUT}{name}")).map(|(data, _)| data).unwrap_or_else(|| panic!("{name} stored"))
     }
 }
 
