@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use crate::store::patient::Backoff;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 use url::Url;
@@ -238,8 +239,7 @@ impl Lease {
     /// the store is unavailable the write is retried with backoff for up to `store_wait`.
     async fn write(&self, change: impl Fn(&mut State)) -> Result<u64, JobError> {
         let mut cur = self.current.lock().await;
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(self.spec.store_wait);
         loop {
             if self.is_lost() {
                 return Err(self.lost_error());
@@ -251,41 +251,36 @@ impl Lease {
             change(&mut next);
             next.lease_expires_ms = if next.lease_expires_ms == 0 { 0 } else { now_ms() + self.spec.lease_ms };
             let body = Bytes::from(serde_json::to_vec(&next).map_err(|e| JobError::internal(e.to_string()))?);
-            match self.spec.store.put_if_version(&self.spec.uri, body, "application/json", Some(&cur.1)).await {
+            let err = match self.spec.store.put_if_version(&self.spec.uri, body, "application/json", Some(&cur.1)).await {
                 Ok(version) => {
                     let seq = next.seq;
                     *cur = (next, version);
                     return Ok(seq);
                 }
-                Err(StoreError::Conflict(_)) => {
-                    // Either another worker took the lease, or an earlier try of ours was
-                    // applied but its answer lost (a dropped connection, an SDK retry): the
-                    // owner field tells which.
-                    match read_state(self.spec.store.as_ref(), &self.spec.uri).await {
-                        Ok(Some((found, version))) if found.owner == self.spec.owner => {
-                            cur.1 = version;
-                            continue;
-                        }
-                        Ok(_) => {
-                            self.lost.store(true, Ordering::SeqCst);
-                            warn!(job_id = %self.spec.job_id, "checkpoint lease lost to another worker");
-                            return Err(self.lost_error());
-                        }
-                        Err(e) if started.elapsed() + backoff <= self.spec.store_wait => {
-                            warn!(job_id = %self.spec.job_id, error = %e, "checkpoint store unavailable; waiting for it to return");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                        Err(e) => return Err(e),
+                // Either another worker took the lease, or an earlier try of ours was applied
+                // but its answer lost (a dropped connection, an SDK retry): the owner field
+                // tells which.
+                Err(StoreError::Conflict(_)) => match read_state(self.spec.store.as_ref(), &self.spec.uri).await {
+                    Ok(Some((found, version))) if found.owner == self.spec.owner => {
+                        cur.1 = version;
+                        continue;
                     }
-                }
-                Err(e) if e.is_retryable() && started.elapsed() + backoff <= self.spec.store_wait => {
-                    warn!(job_id = %self.spec.job_id, error = %e, retry_in_ms = backoff.as_millis() as u64,
-                        "checkpoint store unavailable; waiting for it to return");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(store_error("writing the checkpoint", e)),
+                    Ok(_) => {
+                        self.lost.store(true, Ordering::SeqCst);
+                        warn!(job_id = %self.spec.job_id, "checkpoint lease lost to another worker");
+                        return Err(self.lost_error());
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => store_error("writing the checkpoint", e),
+            };
+            if !err.retryable {
+                return Err(err);
+            }
+            warn!(job_id = %self.spec.job_id, error = %err, retry_in_ms = backoff.next_ms(),
+                "checkpoint store unavailable; waiting for it to return");
+            if !backoff.wait().await {
+                return Err(err);
             }
         }
     }

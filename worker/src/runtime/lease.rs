@@ -61,15 +61,9 @@ impl Runtime {
             Err(e) => return Holder::Stopped(e),
         };
         loop {
-            let until_deadline = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
-                _ = until_deadline => { cancel.expire(); return Holder::Stopped(JobError::deadline()) }
+                _ = super::until(deadline) => { cancel.expire(); return Holder::Stopped(JobError::deadline()) }
                 _ = cancel.token().cancelled() => return Holder::Stopped(cancel.error().unwrap_or_else(JobError::cancelled)),
             }
             if let Some(result) = self.stored_result(&entry.id).await {

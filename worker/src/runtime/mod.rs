@@ -40,6 +40,14 @@ struct Admitted {
     deadline: Option<Instant>,
 }
 
+/// Resolves at the deadline; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a source wants a full queue handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -306,12 +314,7 @@ impl Runtime {
     /// reports its result.
     async fn drive(self: Arc<Self>, entry: Arc<JobEntry>, prepared: Box<dyn PreparedJob>, ticket: Ticket, job: Admitted) {
         let deadline = job.deadline;
-        let until_deadline = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        let until_deadline = until(deadline);
         tokio::pin!(until_deadline);
         let cancel = entry.cancel.clone();
         let stopped = |received: Instant| Timings { queued_ms: ms_since(received), run_ms: 0.0 };
@@ -466,8 +469,7 @@ impl Runtime {
                 extra: out.extra.clone(),
             },
             Err(e) => {
-                let mut r = JobResult::failed(entry.id.clone(), entry.kind.clone(), e, self.worker.clone());
-                r.timings = timings.clone();
+                let mut r = self.failed_result(entry, e, timings.clone());
                 r.attempt = attempt;
                 r
             }
@@ -478,9 +480,7 @@ impl Runtime {
             if let Err(e) = self.store_result(&result).instrument(store_span).await {
                 warn!(job_id = %entry.id, error = %e, "storing the result failed");
                 let err = JobError::internal(format!("the job ran but its result could not be stored: {e}")).retryable(true);
-                let mut failed = JobResult::failed(entry.id.clone(), entry.kind.clone(), &err, self.worker.clone());
-                failed.timings = timings;
-                result = failed;
+                result = self.failed_result(entry, &err, timings);
             }
         }
         let status = result.status.as_str();

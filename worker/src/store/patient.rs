@@ -14,6 +14,35 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 use url::Url;
 
+/// Exponential backoff for waiting out an unavailable store: 200 ms, doubling up to 5 s,
+/// until the next wait would pass `limit` since the first try.
+pub struct Backoff {
+    started: Instant,
+    next: Duration,
+    limit: Duration,
+}
+
+impl Backoff {
+    pub fn new(limit: Duration) -> Backoff {
+        Backoff { started: Instant::now(), next: Duration::from_millis(200), limit }
+    }
+
+    /// How long the next wait would be.
+    pub fn next_ms(&self) -> u64 {
+        self.next.as_millis() as u64
+    }
+
+    /// Sleeps before another try; `false` (at once) when that would pass the limit.
+    pub async fn wait(&mut self) -> bool {
+        if self.started.elapsed() + self.next > self.limit {
+            return false;
+        }
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        true
+    }
+}
+
 pub struct PatientStore {
     inner: Arc<dyn ObjectStore>,
     wait: Duration,
@@ -29,14 +58,14 @@ impl PatientStore {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(self.wait);
         loop {
             match call().await {
-                Err(e) if e.is_retryable() && started.elapsed() + backoff <= self.wait => {
-                    warn!(uri = %uri, error = %e, retry_in_ms = backoff.as_millis() as u64, "store unavailable; waiting for it to return");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                Err(e) if e.is_retryable() => {
+                    warn!(uri = %uri, error = %e, retry_in_ms = backoff.next_ms(), "store unavailable; waiting for it to return");
+                    if !backoff.wait().await {
+                        return Err(e);
+                    }
                 }
                 other => return other,
             }
