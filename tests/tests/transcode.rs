@@ -188,6 +188,8 @@ fn ladders_from_many_codecs_and_frame_rates() {
                 assert!((d - SEG).abs() <= frame + 1e-3, "{} {h}p segment {i} lasts {d}", c.id);
             }
             let rung_dir = out.join(uri).parent().unwrap().to_path_buf();
+            let mut first_start: Option<f64> = None;
+            let mut last_time = f64::NEG_INFINITY;
             for (i, s) in segs.iter().enumerate() {
                 let p = rung_dir.join(s);
                 let probe = ffprobe(&["-show_entries", "stream=codec_name,width,height", p.to_str().unwrap()]);
@@ -197,8 +199,15 @@ fn ladders_from_many_codecs_and_frame_rates() {
                 assert!(streams.iter().any(|s| s["codec_name"] == "aac"), "{}: no AAC in {s}", c.id);
                 let frames = segment_frames(&p);
                 assert!(frames[0].1, "{} {h}p segment {i} does not start with a keyframe", c.id);
-                // Every rung's segment i starts at i × SEG (within a frame).
-                assert!((frames[0].0 - i as f64 * SEG).abs() <= frame + 1e-3 || i == 0, "{} seg {i} starts at {}", c.id, frames[0].0);
+                // Every rung's segment i starts i × SEG (within a frame) after segment 0 does,
+                // and the segments form one timeline: frame times rise across the boundaries.
+                let start0 = *first_start.get_or_insert(frames[0].0);
+                let rel = frames[0].0 - start0;
+                assert!((rel - i as f64 * SEG).abs() <= frame + 1e-3, "{} {h}p seg {i} starts {rel} s after seg 0", c.id);
+                for (t, _) in &frames {
+                    assert!(*t > last_time, "{} {h}p seg {i}: frame at {t} s after one at {last_time} s", c.id);
+                    last_time = *t;
+                }
             }
         }
         // Results list every segment and playlist.

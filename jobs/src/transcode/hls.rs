@@ -1,4 +1,5 @@
-//! HLS playlists: one VOD media playlist per rung and the master playlist. BANDWIDTH is the
+//! HLS playlists: one media playlist per rung (EVENT while the job runs, VOD once it ends)
+//! and the master playlist. BANDWIDTH is the
 //! peak segment bitrate and AVERAGE-BANDWIDTH the mean, both measured on the stored segment
 //! files (so they include MPEG-TS overhead and the audio); CODECS comes from the encoded
 //! stream's own SPS (`avc1.PPCCLL`) plus `mp4a.40.2` when there is audio.
@@ -39,17 +40,40 @@ pub fn bandwidth(segments: &[SegmentEntry]) -> (u64, u64) {
     (peak, avg)
 }
 
-/// A VOD media playlist (`#EXT-X-ENDLIST`).
-pub fn media_playlist(segments: &[SegmentEntry]) -> String {
-    let target = segments.iter().map(|s| s.duration).fold(0.0f64, f64::max).round().max(1.0) as u64;
+/// Whether a media playlist is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaylistKind {
+    /// The job is still running: segments are only appended (`#EXT-X-PLAYLIST-TYPE:EVENT`,
+    /// no end tag), so a player can start on the first segments.
+    Event,
+    /// The ladder is complete (`#EXT-X-PLAYLIST-TYPE:VOD` … `#EXT-X-ENDLIST`).
+    Vod,
+}
+
+/// `#EXT-X-TARGETDURATION`: the segment length rounded up, or a longer segment's rounded
+/// duration (a player rounds EXTINF to the nearest second and needs it ≤ the target). The
+/// same value for the EVENT and the final playlist, as a playlist's target must not change.
+pub fn target_duration(segment_seconds: f64, segments: &[SegmentEntry]) -> u64 {
+    let longest = segments.iter().map(|s| s.duration).fold(0.0f64, f64::max).round();
+    (segment_seconds - 1e-6).ceil().max(longest).max(1.0) as u64
+}
+
+/// A media playlist listing `segments` in order.
+pub fn media_playlist(segments: &[SegmentEntry], target: u64, kind: PlaylistKind) -> String {
     let mut m = String::new();
     m.push_str("#EXTM3U\n#EXT-X-VERSION:3\n");
     let _ = writeln!(m, "#EXT-X-TARGETDURATION:{target}");
-    m.push_str("#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    let kind_tag = match kind {
+        PlaylistKind::Event => "EVENT",
+        PlaylistKind::Vod => "VOD",
+    };
+    let _ = writeln!(m, "#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:{kind_tag}\n#EXT-X-INDEPENDENT-SEGMENTS");
     for s in segments {
         let _ = writeln!(m, "#EXTINF:{:.6},\n{}", s.duration, s.uri);
     }
-    m.push_str("#EXT-X-ENDLIST\n");
+    if kind == PlaylistKind::Vod {
+        m.push_str("#EXT-X-ENDLIST\n");
+    }
     m
 }
 
@@ -81,11 +105,18 @@ mod tests {
             SegmentEntry { uri: "seg-00001.ts".into(), duration: 2.5, bytes: 100_000 },
         ];
         assert_eq!(bandwidth(&segs), (1_000_000, 738_462));
-        let m = media_playlist(&segs);
+        assert_eq!(target_duration(4.0, &segs), 4);
+        assert_eq!(target_duration(2.5, &segs), 4);
+        assert_eq!(target_duration(6.0, &segs[1..]), 6);
+        let m = media_playlist(&segs, 4, PlaylistKind::Vod);
         assert!(m.starts_with("#EXTM3U\n"));
         assert!(m.contains("#EXT-X-TARGETDURATION:4\n"));
+        assert!(m.contains("#EXT-X-PLAYLIST-TYPE:VOD\n"));
         assert!(m.contains("#EXTINF:2.500000,\nseg-00001.ts\n"));
         assert!(m.ends_with("#EXT-X-ENDLIST\n"));
+        let live = media_playlist(&segs[..1], 4, PlaylistKind::Event);
+        assert!(live.contains("#EXT-X-PLAYLIST-TYPE:EVENT\n"));
+        assert!(live.ends_with("#EXTINF:4.000000,\nseg-00000.ts\n"), "{live}");
         let v = Variant {
             playlist_uri: "720p/index.m3u8".into(),
             width: 1280,

@@ -29,7 +29,7 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use hls::{master_playlist, media_playlist, SegmentEntry, Variant};
+pub use hls::{master_playlist, media_playlist, target_duration, PlaylistKind, SegmentEntry, Variant};
 pub use spec::{plan_ladder, Accel, PlannedRung, Resolved, RungSpec, TranscodeSpec};
 
 use crate::context::{JobContext, Limits};

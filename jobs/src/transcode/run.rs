@@ -1,9 +1,10 @@
 //! Running a transcode: open the source (a local path, or the store's stream read as it is
 //! decoded), check the limits, choose CPU or NVIDIA encoders, run the ladder pipeline, store
 //! each segment as soon as its file is complete, record unit `seg-k` once every rung's
-//! segment `k` is stored, and finally write the media and master playlists.
+//! segment `k` is stored and rewrite the EVENT playlists, and finally write the VOD media
+//! and master playlists.
 
-use super::hls::{self, SegmentEntry, Variant};
+use super::hls::{self, PlaylistKind, SegmentEntry, Variant};
 use super::spec::{plan_ladder, Accel, PlannedRung, Resolved};
 use crate::context::JobContext;
 use crate::envelope::OutputInfo;
@@ -98,12 +99,14 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     tracing::info!(job = %ctx.job_id, source = %job.source, codec = %info.video_codec, width = info.width, height = info.height,
         rungs = rungs.len(), ?encoder, nvdec, start_segment, "transcode starting");
 
+    let has_audio = info.audio_codec.is_some();
+    let lists = Playlists { job, rungs: &rungs, frame_rate: info.fps };
     let mut next_unit = start_segment;
     let mut job_error: Option<JobError> = None;
     let cancel = ctx.cancel_signal().clone();
     let stop = move || cancel.is_fired();
     let result = video::transcode(src, &cfg, &stop, |seg: SegmentFile| {
-        match on_segment(ctx, &rungs, &mut units, &mut next_unit, expected, seg) {
+        match on_segment(ctx, &lists, has_audio, &mut units, &mut next_unit, expected, seg) {
             Ok(()) => Ok(()),
             Err(e) => {
                 job_error = Some(e);
@@ -125,34 +128,11 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
         return Err(JobError::internal(format!("segment {k} is missing in some rungs")));
     }
 
-    // Playlists.
-    let has_audio = summary.as_ref().map(|s| s.has_audio).unwrap_or(info.audio_codec.is_some());
-    let mut outputs: Vec<OutputInfo> = Vec::new();
-    let mut variants = Vec::new();
-    let mut rung_results = Vec::new();
-    for (i, r) in rungs.iter().enumerate() {
-        let mut entries = Vec::new();
-        let mut codecs = None;
-        for u in units.values() {
-            let Some(Some(o)) = u.outputs.get(i) else { continue };
-            let file = o.name.rsplit('/').next().unwrap_or(&o.name).to_owned();
-            entries.push(SegmentEntry { uri: file, duration: u.durations.get(i).copied().unwrap_or(0.0), bytes: o.bytes });
-            outputs.push(o.clone());
-            if codecs.is_none() {
-                codecs = u.codecs.get(i).cloned().flatten();
-            }
-        }
-        let playlist = hls::media_playlist(&entries);
-        let name = format!("{}/index.m3u8", r.name);
-        outputs.push(ctx.write_output(&name, Bytes::from(playlist), M3U8, None)?);
-        let (peak, avg) = hls::bandwidth(&entries);
-        let video_codecs = codecs.unwrap_or_else(|| default_codecs(job.codec).to_owned());
-        let codecs = if has_audio { format!("{video_codecs},mp4a.40.2") } else { video_codecs };
-        rung_results.push(json!({"name": r.name, "width": r.width, "height": r.height, "bitrate_kbps": r.bitrate_kbps,
-            "bandwidth": peak, "average_bandwidth": avg, "codecs": codecs, "segments": entries.len()}));
-        variants.push(Variant { playlist_uri: name, width: r.width, height: r.height, codecs, frame_rate: info.fps, peak_bps: peak, average_bps: avg });
-    }
-    outputs.push(ctx.write_output("master.m3u8", Bytes::from(hls::master_playlist(&variants)), M3U8, None)?);
+    // The final playlists (VOD), announced with the segments.
+    let has_audio = summary.as_ref().map(|s| s.has_audio).unwrap_or(has_audio);
+    let written = lists.write(ctx, &units, has_audio, PlaylistKind::Vod)?;
+    let outputs = written.outputs;
+    let rung_results = written.rungs;
 
     let duration: f64 = units.values().map(|u| u.durations.first().copied().unwrap_or(0.0)).sum();
     let mut extra = serde_json::Map::new();
@@ -177,12 +157,14 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
 /// Stores one finished segment file, then records every unit that is now complete, in order.
 fn on_segment(
     ctx: &JobContext,
-    rungs: &[PlannedRung],
+    lists: &Playlists<'_>,
+    has_audio: bool,
     units: &mut BTreeMap<u32, Unit>,
     next_unit: &mut u32,
     expected: u64,
     seg: SegmentFile,
 ) -> Result<(), JobError> {
+    let rungs = lists.rungs;
     let r = rungs.get(seg.rung).ok_or_else(|| JobError::internal("segment from an unknown rung"))?;
     let name = format!("{}/seg-{:05}.ts", r.name, seg.index);
     let info = ctx.store_output_file(&name, &seg.path, TS, Some((r.width, r.height)))?;
@@ -193,6 +175,7 @@ fn on_segment(
     u.durations[seg.rung] = seg.duration;
     u.codecs[seg.rung] = seg.codecs;
     // Record complete units in index order (a rung may run ahead of another).
+    let first = *next_unit;
     while let Some((&k, u)) = units.range(*next_unit..).next() {
         if u.outputs.iter().any(|o| o.is_none()) {
             break;
@@ -203,7 +186,74 @@ fn on_segment(
         *next_unit = k + 1;
         ctx.progress(u64::from(k) + 1, expected.max(u64::from(k) + 1), &unit_key(k));
     }
+    if *next_unit > first {
+        // EVENT playlists of the recorded units, so a player can start while the job runs.
+        let recorded: BTreeMap<u32, Unit> = units.range(..*next_unit).map(|(k, u)| (*k, u.clone())).collect();
+        lists.write(ctx, &recorded, has_audio, PlaylistKind::Event)?;
+    }
     Ok(())
+}
+
+/// Writes a ladder's playlists from its recorded units.
+struct Playlists<'a> {
+    job: &'a Resolved,
+    rungs: &'a [PlannedRung],
+    frame_rate: Option<f64>,
+}
+
+/// What [`Playlists::write`] produced.
+struct Written {
+    /// Per rung its segments then its media playlist, then the master playlist.
+    outputs: Vec<OutputInfo>,
+    /// Per rung, what the result says of it.
+    rungs: Vec<serde_json::Value>,
+}
+
+impl Playlists<'_> {
+    /// Every rung's media playlist over `units` (all complete), then the master playlist.
+    /// EVENT playlists are stored quietly (they are rewritten per unit); the final VOD ones are
+    /// announced as outputs.
+    fn write(&self, ctx: &JobContext, units: &BTreeMap<u32, Unit>, has_audio: bool, kind: PlaylistKind) -> Result<Written, JobError> {
+        let put = |name: &str, text: String| match kind {
+            PlaylistKind::Event => ctx.store_output(name, Bytes::from(text), M3U8, None),
+            PlaylistKind::Vod => ctx.write_output(name, Bytes::from(text), M3U8, None),
+        };
+        let mut outputs: Vec<OutputInfo> = Vec::new();
+        let mut variants = Vec::new();
+        let mut rung_results = Vec::new();
+        for (i, r) in self.rungs.iter().enumerate() {
+            let mut entries = Vec::new();
+            let mut codecs = None;
+            for u in units.values() {
+                let Some(Some(o)) = u.outputs.get(i) else { continue };
+                let file = o.name.rsplit('/').next().unwrap_or(&o.name).to_owned();
+                entries.push(SegmentEntry { uri: file, duration: u.durations.get(i).copied().unwrap_or(0.0), bytes: o.bytes });
+                outputs.push(o.clone());
+                if codecs.is_none() {
+                    codecs = u.codecs.get(i).cloned().flatten();
+                }
+            }
+            let target = hls::target_duration(self.job.segment_seconds, &entries);
+            let name = format!("{}/index.m3u8", r.name);
+            outputs.push(put(&name, hls::media_playlist(&entries, target, kind))?);
+            let (peak, avg) = hls::bandwidth(&entries);
+            let video_codecs = codecs.unwrap_or_else(|| default_codecs(self.job.codec).to_owned());
+            let codecs = if has_audio { format!("{video_codecs},mp4a.40.2") } else { video_codecs };
+            rung_results.push(json!({"name": r.name, "width": r.width, "height": r.height, "bitrate_kbps": r.bitrate_kbps,
+                "bandwidth": peak, "average_bandwidth": avg, "codecs": codecs, "segments": entries.len()}));
+            variants.push(Variant {
+                playlist_uri: name,
+                width: r.width,
+                height: r.height,
+                codecs,
+                frame_rate: self.frame_rate,
+                peak_bps: peak,
+                average_bps: avg,
+            });
+        }
+        outputs.push(put("master.m3u8", hls::master_playlist(&variants))?);
+        Ok(Written { outputs, rungs: rung_results })
+    }
 }
 
 fn restored_unit(rec: &crate::checkpoint::UnitRecord, n: usize) -> Unit {

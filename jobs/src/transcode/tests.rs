@@ -161,6 +161,17 @@ fn segments_are_units_and_a_resumed_run_continues_from_the_first_missing_one() {
     assert_eq!(err.code, ErrorCode::Internal);
     let done: BTreeMap<String, UnitRecord> = ck.recorded.lock().unwrap().iter().cloned().collect();
     assert_eq!(done.len(), 2);
+    // What a player sees mid-job: EVENT playlists listing exactly the recorded segments (all
+    // stored), and a master playlist pointing at them.
+    for rung in ["240p", "160p"] {
+        let live = playlist(&out, rung);
+        assert!(live.contains("#EXT-X-PLAYLIST-TYPE:EVENT\n") && !live.contains("#EXT-X-ENDLIST"), "{live}");
+        let segs: Vec<&str> = live.lines().filter(|l| l.ends_with(".ts")).collect();
+        assert_eq!(segs, ["seg-00000.ts", "seg-00001.ts"], "{rung}: {live}");
+        assert!(segs.iter().all(|s| out.join(rung).join(s).is_file()));
+    }
+    let live_master = std::fs::read_to_string(out.join("master.m3u8")).unwrap();
+    assert!(live_master.contains("240p/index.m3u8") && live_master.contains("160p/index.m3u8"), "{live_master}");
 
     // Resumed with those records: only units 2 and 3 are encoded again.
     let ck = Arc::new(MemCheckpoint { restored: done, ..Default::default() });
@@ -170,7 +181,9 @@ fn segments_are_units_and_a_resumed_run_continues_from_the_first_missing_one() {
     assert!(resumed.resumed);
     assert_eq!(resumed.extra["transcode"]["resumed_from_segment"], 2);
     for rung in ["240p", "160p"] {
-        assert_eq!(playlist(&full_out, rung), playlist(&out, rung), "{rung} playlists differ");
+        let (a, b) = (playlist(&full_out, rung), playlist(&out, rung));
+        assert_eq!(a, b, "{rung} playlists differ");
+        assert!(b.contains("#EXT-X-PLAYLIST-TYPE:VOD\n") && b.ends_with("#EXT-X-ENDLIST\n"), "{b}");
     }
     let master = std::fs::read_to_string(out.join("master.m3u8")).unwrap();
     assert!(master.contains("RESOLUTION=320x240") && master.contains("RESOLUTION=214x160"), "{master}");

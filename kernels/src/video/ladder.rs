@@ -2,11 +2,13 @@
 //!
 //! ```text
 //!  decoder thread ──Arc<frame>──▶ rung 0 thread (scale → encode → seg-*.ts) ─┐
-//!  (demux, video decode,  ├─────▶ rung 1 thread                               ├─▶ caller's thread
-//!   audio → AAC once)     └─────▶ rung 2 thread                               ┘   (on_segment)
+//!  (demux, video decode,  ├─────▶ rung 1 thread ──Arc<scaled frame>──┐        ├─▶ caller's thread
+//!   audio → AAC once)     └─audio─────────────────────────▶ rung 2 thread ◀─┘ ┘   (on_segment)
 //! ```
 //!
-//! Channels are bounded, so a slow encoder holds back the decoder instead of piling up
+//! A rung scales from the decoded source, or from a larger rung's scaled frames when that
+//! is within 2× (`plan.rs`: 720p → 480p, not 1080p → 480p). Audio goes from the decoder to
+//! every rung. Channels are bounded, so a slow encoder holds back the decoder instead of piling up
 //! frames. Segment `k` holds the frames whose time (from the video's start) lies in
 //! `[k·S, (k+1)·S)`; its first frame is an IDR in every rung, so segments line up across
 //! rungs. A resumed run (`start_segment > 0`) seeks to the keyframe before `start_segment·S`
@@ -15,6 +17,7 @@
 
 use super::audio::AudioPipeline;
 use super::rung::{self, Msg, RungDone, RungSetup};
+use super::plan;
 use super::source::OpenedSource;
 use super::{SharedFrame, VideoError};
 use ffmpeg_next as ff;
@@ -23,7 +26,7 @@ use ff::{codec, frame, Packet, Rational};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,10 +137,20 @@ pub fn transcode(
     };
     let audio_params = audio.as_ref().map(|a| (a.parameters(), a.time_base()));
 
+    // Who scales from what, and each encoder's threads (plan.rs).
+    let feeders = plan::feeders(&cfg.rungs, src.info.width, src.info.height);
+    let threads = match cfg.encoder {
+        EncoderKind::Cpu => plan::encoder_threads(&cfg.rungs, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        EncoderKind::Nvenc => vec![0; cfg.rungs.len()],
+    };
+    let (txs, rxs): (Vec<SyncSender<Msg>>, Vec<Receiver<Msg>>) = cfg.rungs.iter().map(|_| sync_channel::<Msg>(8)).unzip();
+    // The decoder sends video to the rungs that scale from the source, audio to every rung.
+    let video_txs: Vec<SyncSender<Msg>> = txs.iter().zip(&feeders).filter(|(_, f)| f.is_none()).map(|(t, _)| t.clone()).collect();
     let mut setups = Vec::with_capacity(cfg.rungs.len());
     for (i, r) in cfg.rungs.iter().enumerate() {
         let dir = cfg.work_dir.join(format!("r{i}"));
         std::fs::create_dir_all(&dir).map_err(|e| VideoError::internal("work dir", e))?;
+        let forward = feeders.iter().zip(&txs).filter(|(f, _)| **f == Some(i)).map(|(_, t)| t.clone()).collect();
         setups.push(RungSetup {
             index: i,
             cfg: r.clone(),
@@ -148,19 +161,19 @@ pub fn transcode(
             fps,
             audio: audio_params.clone(),
             dir,
+            threads: threads.get(i).copied().unwrap_or(0),
+            forward,
         });
     }
+    tracing::debug!(?feeders, ?threads, "ladder plan");
 
     let halted = AtomicBool::new(false);
     let should_stop = || halted.load(Ordering::Relaxed) || stop();
     let should_stop = &should_stop;
     let (done_tx, done_rx) = sync_channel::<SegmentFile>(4 * cfg.rungs.len());
     std::thread::scope(|scope| {
-        let mut senders = Vec::new();
         let mut rung_threads = Vec::new();
-        for setup in setups {
-            let (tx, rx) = sync_channel::<Msg>(8);
-            senders.push(tx);
+        for (setup, rx) in setups.into_iter().zip(rxs) {
             let done = done_tx.clone();
             let name = format!("kiln-rung-{}", setup.index);
             let h = std::thread::Builder::new()
@@ -172,7 +185,7 @@ pub fn transcode(
         drop(done_tx);
         let decoder = std::thread::Builder::new()
             .name("kiln-decode".into())
-            .spawn_scoped(scope, move || decode(src, cfg, audio, senders, should_stop, tb, origin_pts, skip_before_s))
+            .spawn_scoped(scope, move || decode(src, cfg, audio, Senders { video: video_txs, all: txs }, should_stop, tb, origin_pts, skip_before_s))
             .map_err(|e| VideoError::internal("decoder thread", e))?;
 
         let mut failure: Option<VideoError> = None;
@@ -239,7 +252,7 @@ fn decode(
     mut src: OpenedSource,
     cfg: &LadderConfig,
     mut audio: Option<AudioPipeline>,
-    senders: Vec<SyncSender<Msg>>,
+    senders: Senders,
     stop: &(dyn Fn() -> bool + Sync),
     tb: Rational,
     origin_pts: i64,
@@ -254,7 +267,7 @@ fn decode(
         }
     }
     let mut stats = DecodeStats { frames: 0, corrupt_packets: 0, decoder: decoder_name };
-    let mut state = FrameState { last_pts: None, senders: &senders, tb: tbf, origin_pts, skip_before_s, cfg };
+    let mut state = FrameState { last_pts: None, senders: &senders.video, tb: tbf, origin_pts, skip_before_s, cfg };
     let mut frame = frame::Video::empty();
     let mut aac: Vec<Packet> = Vec::new();
     let mut packet = Packet::empty();
@@ -288,7 +301,7 @@ fn decode(
         } else if Some(si) == audio_index {
             if let Some(a) = audio.as_mut() {
                 a.push(&packet, &mut aac)?;
-                send_audio(&mut aac, &senders, audio.as_ref().map(|a| a.time_base()));
+                send_audio(&mut aac, &senders.all, audio.as_ref().map(|a| a.time_base()));
             }
         }
     }
@@ -301,12 +314,20 @@ fn decode(
     }
     if let Some(a) = audio.as_mut() {
         a.finish(&mut aac)?;
-        send_audio(&mut aac, &senders, Some(a.time_base()));
+        send_audio(&mut aac, &senders.all, Some(a.time_base()));
     }
     if stats.frames == 0 && skip_before_s == 0.0 {
         return Err(VideoError::Corrupt("no video frame could be decoded".into()));
     }
     Ok(stats)
+}
+
+/// The decoder thread's channels to the rungs.
+struct Senders {
+    /// Rungs that scale from the decoded source.
+    video: Vec<SyncSender<Msg>>,
+    /// Every rung (audio).
+    all: Vec<SyncSender<Msg>>,
 }
 
 struct FrameState<'a> {

@@ -7,6 +7,7 @@
 //! - [`ladder`]: the pipeline — one decoder thread, one thread per rung (scale + encode +
 //!   segment muxer), finished segments handed to the caller's thread as they complete.
 //! - [`rung`]: one rung's scaler, encoder and segment writer.
+//! - [`plan`]: which rung scales from which frames (cascade), and each encoder's threads.
 //! - [`audio`]: audio decode, resample and AAC encode (once, shared by every rung).
 //! - [`probe`]: which codecs this FFmpeg build has and whether NVENC/NVDEC really open.
 //!
@@ -16,6 +17,7 @@ pub mod audio;
 pub mod ladder;
 pub mod probe;
 pub mod rung;
+pub mod plan;
 pub mod source;
 
 pub use ladder::{transcode, EncoderKind, LadderConfig, LadderSummary, RungConfig, SegmentFile, VideoCodec};
@@ -64,8 +66,9 @@ pub fn init() {
 /// A decoded frame shared read-only between the rung threads.
 pub(crate) struct SharedFrame(pub ffmpeg_next::frame::Video);
 
-// SAFETY: the AVFrame and its reference-counted buffers are written only by the decoder
-// thread before the frame is wrapped; afterwards every rung thread only reads it (swscale
-// reads the source planes), and the last `Arc` owner frees it, on whichever thread.
+// SAFETY: the AVFrame and its reference-counted buffers are written only by the thread that
+// made it (the decoder, or a rung for the frames it scaled) before the frame is wrapped;
+// afterwards every reader only reads it (swscale reads the source planes, an encoder copies
+// them in), and the last `Arc` owner frees it, on whichever thread.
 unsafe impl Send for SharedFrame {}
 unsafe impl Sync for SharedFrame {}

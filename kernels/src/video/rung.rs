@@ -35,6 +35,10 @@ pub(crate) struct RungSetup {
     pub fps: Rational,
     pub audio: Option<(codec::Parameters, Rational)>,
     pub dir: PathBuf,
+    /// Encoder threads (0: the encoder's own choice).
+    pub threads: usize,
+    /// Rungs that scale from this rung's frames (see `plan::feeders`).
+    pub forward: Vec<SyncSender<Msg>>,
 }
 
 /// What a rung reports when its input ends.
@@ -113,7 +117,14 @@ pub(crate) fn run(setup: RungSetup, rx: Receiver<Msg>, done: SyncSender<SegmentF
                     scaled.set_kind(picture::Type::None);
                 }
                 drop(shared);
-                encoder.send_frame(&scaled).map_err(|e| VideoError::internal("encoding", e))?;
+                // Smaller rungs cascaded from this one get the scaled frame (read-only, as the
+                // encoder only reads it too). A rung that has gone reports its own error.
+                let scaled = Arc::new(SharedFrame(scaled));
+                for tx in &setup.forward {
+                    let _ = tx.send(Msg::Video { frame: scaled.clone(), seg });
+                }
+                let scaled = &scaled.0;
+                encoder.send_frame(scaled).map_err(|e| VideoError::internal("encoding", e))?;
                 frames += 1;
                 while encoder.receive_packet(&mut packet).is_ok() {
                     w_ctx.video_packet(&mut packet, &mut starts, &mut current, &mut audio, &mut codecs)?;
@@ -168,6 +179,7 @@ impl Writer<'_> {
         p.set_stream(0);
         p.set_duration(0);
         p.rescale_ts(self.setup.tb, seg.v_tb);
+        shift(p, seg.v_tb);
         p.write_interleaved(&mut seg.octx).map_err(|e| VideoError::internal("muxing video", e))?;
         Ok(())
     }
@@ -242,9 +254,27 @@ fn write_audio(seg: &mut Segment, audio: &mut VecDeque<Packet>, keep: impl Fn(f6
         let from = p_tb(&p);
         p.set_stream(1);
         p.rescale_ts(from, a_tb);
+        shift(&mut p, a_tb);
         p.write_interleaved(&mut seg.octx).map_err(|e| VideoError::internal("muxing audio", e))?;
     }
     Ok(())
+}
+
+/// Every segment's timestamps are the source's plus this constant (as FFmpeg's own MPEG-TS
+/// output starts at 1.4 s). B-frames and AAC priming give the first packets a negative DTS,
+/// which a muxer would otherwise shift away in the first segment only, putting it a few
+/// frames out of step with the rest.
+pub const TS_OFFSET_MS: i64 = 1400;
+
+fn shift(p: &mut Packet, tb: Rational) {
+    let (num, den) = (i64::from(tb.numerator().max(1)), i64::from(tb.denominator().max(1)));
+    let off = TS_OFFSET_MS * den / (1000 * num);
+    if let Some(t) = p.pts() {
+        p.set_pts(Some(t + off));
+    }
+    if let Some(t) = p.dts() {
+        p.set_dts(Some(t + off));
+    }
 }
 
 /// The time base an AAC packet was stamped in (its `time_base` field, set by the sender).
@@ -275,7 +305,7 @@ fn open_encoder(setup: &RungSetup) -> Result<ff::encoder::Video, VideoError> {
         let raw = enc.as_mut_ptr();
         (*raw).rc_buffer_size = (bps * 2).min(i32::MAX as usize) as i32;
         // 0 = let the encoder pick its thread count (the ffmpeg CLI's default).
-        (*raw).thread_count = 0;
+        (*raw).thread_count = i32::try_from(setup.threads).unwrap_or(0);
     }
     let mut opts = ff::Dictionary::new();
     opts.set("forced-idr", "1");
