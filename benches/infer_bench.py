@@ -6,7 +6,8 @@ usage: .tools/venv/bin/python benches/infer_bench.py [--requests N] [--kiln targ
 
 For each concurrency level (1, 4, 16) it sends N single-image jobs to `kiln serve` from that
 many client threads and reports images/s and p50/p95 latency; then again at 16 with batching
-off (max_batch = 1) to state what batching adds. The baseline is what a Python user writes:
+off (max_batch = 1) to state what batching adds, and with two model instances (two sessions of
+cores/2 intra-op threads each) at every concurrency. The baseline is what a Python user writes:
 PIL decode (full size, and with draft() JPEG shrink-on-load), nudenet's letterbox (pad
 bottom/right to a square, resize to 320), onnxruntime InferenceSession.run, numpy decoding
 and NMS, one image after another. Needs scripts/fetch-tools.sh and a built kiln.
@@ -120,8 +121,8 @@ def free_port():
 
 
 class Kiln:
-    def __init__(self, kiln, max_batch, delay_ms, slots, tmp, lib=LIB):
-        cfg = os.path.join(tmp, f"kiln-{max_batch}.toml")
+    def __init__(self, kiln, max_batch, delay_ms, slots, tmp, lib=LIB, instances=1, intra=0):
+        cfg = os.path.join(tmp, f"kiln-{max_batch}-{instances}.toml")
         with open(cfg, "w") as f:
             f.write(f"""
 [scheduler]
@@ -129,6 +130,7 @@ cpu_slots = {slots}
 queue_depth = 1024
 [infer]
 ort_dylib = "{lib}"
+intra_threads = {intra}
 [[models]]
 name = "nudenet"
 uri = "file://{MODEL}"
@@ -142,10 +144,11 @@ score_threshold = {THR}
 nms_iou = {IOU}
 max_batch = {max_batch}
 max_delay_ms = {delay_ms}
+instances = {instances}
 warm = true
 """)
         env = dict(os.environ, KILN_CONFIG=cfg, KILN_HTTP_ADDR=f"127.0.0.1:{free_port()}",
-                   KILN_STORE_URL=f"file://{tmp}/store-{max_batch}/", KILN_LOG="warn")
+                   KILN_STORE_URL=f"file://{tmp}/store-{max_batch}-{instances}/", KILN_LOG="warn")
         self.p = subprocess.Popen([kiln, "serve"], env=env, stdout=subprocess.PIPE)
         line = self.p.stdout.readline().decode()
         self.base = line.strip().split("kiln listening on ")[1]
@@ -194,6 +197,7 @@ def main():
     ap.add_argument("--requests", type=int, default=96)
     ap.add_argument("--kiln", default=os.path.join(ROOT, "target/release/kiln"))
     ap.add_argument("--delay-ms", type=int, default=10)
+    ap.add_argument("--instance-batch", type=int, default=4, help="max_batch of the two-instance rows")
     ap.add_argument("--ort-dylib", default=LIB, help="kiln's ONNX Runtime library (onnxruntime-gpu's for CUDA)")
     a = ap.parse_args()
     paths = photos()
@@ -211,6 +215,16 @@ def main():
             for c in (1, 4, 16):
                 ips, p50, p95, mb = k.load(paths, a.requests, c)
                 rows.append((f"kiln serve, batching (max_batch 16, {a.delay_ms} ms)", c, ips, p50, p95, mb))
+        finally:
+            k.stop()
+        # Two sessions of one intra-op thread each, taking batches from one queue.
+        cores = os.cpu_count() or 1
+        ib = a.instance_batch
+        k = Kiln(a.kiln, ib, a.delay_ms, 16, tmp, a.ort_dylib, instances=2, intra=max(1, cores // 2))
+        try:
+            for c in (1, 4, 16):
+                ips, p50, p95, mb = k.load(paths, a.requests, c)
+                rows.append((f"kiln serve, 2 instances x {max(1, cores // 2)} thread(s), batching (max_batch {ib}, {a.delay_ms} ms)", c, ips, p50, p95, mb))
         finally:
             k.stop()
         k = Kiln(a.kiln, 1, 0, 16, tmp, a.ort_dylib)

@@ -44,8 +44,17 @@ cli_round() {
     -map "[c2]" -map 0:a "${common[@]}" -b:v 1500k -maxrate 1650k -bufsize 3000k -hls_segment_filename "$out/480p/seg-%05d.ts" "$out/480p/index.m3u8"
 }
 
+# PSNR (luma, average) of one rung's HLS output against the source scaled straight to the
+# rung's size with bicubic, frames paired by index.
+psnr() {
+  ffmpeg -nostats -i "$1/$2p/index.m3u8" -i "$SRC" -filter_complex \
+    "[0:v]settb=1/30,setpts=N[a];[1:v]settb=1/30,setpts=N,scale=$3:$2:flags=bicubic[r];[a][r]psnr" -f null - 2>&1 |
+    grep -o 'PSNR y:[0-9.]*.*average:[0-9.]*' | awk '{sub("y:","",$2); sub("average:","",$5); printf "%s/%s", $2, $5}'
+}
+
 echo "source: ${SECS}s 1080p30 ($FRAMES frames), kiln binary: $BIN, $(nproc) cores"
 printf "%-6s %10s %8s %10s %10s %8s %10s %7s\n" round kiln_s kiln_fps kiln_MB cli_s cli_fps cli_MB ratio
+KS=0; CS=0
 for r in $(seq 1 "$ROUNDS"); do
   kiln_round "$r"
   cli_round "$r"
@@ -53,6 +62,15 @@ for r in $(seq 1 "$ROUNDS"); do
   read -r cs cm < "$WORK/time-cli-$r"
   awk -v r="$r" -v ks="$ks" -v km="$km" -v cs="$cs" -v cm="$cm" -v f="$FRAMES" 'BEGIN {
     printf "%-6s %10.2f %8.1f %10.0f %10.2f %8.1f %10.0f %7.2f\n", r, ks, f/ks, km/1024, cs, f/cs, cm/1024, cs/ks }'
+  KS=$(awk -v a="$KS" -v b="$ks" 'BEGIN { print a + b }'); CS=$(awk -v a="$CS" -v b="$cs" 'BEGIN { print a + b }')
+  if [ "$r" = 1 ]; then
+    for h in 720:1280 480:854; do
+      echo "quality $h: PSNR y/avg vs the source scaled directly: kiln $(psnr "$WORK/kiln-1" "${h%%:*}" "${h##*:}") dB, cli $(psnr "$WORK/cli-1" "${h%%:*}" "${h##*:}") dB" >> "$WORK/quality"
+    done
+  fi
   rm -rf "$WORK/kiln-$r" "$WORK/cli-$r" "$WORK/store-$r"
 done
+awk -v ks="$KS" -v cs="$CS" -v f="$FRAMES" -v n="$ROUNDS" 'BEGIN {
+  printf "%-6s %10.2f %8.1f %10s %10.2f %8.1f %10s %7.2f\n", "sum", ks, f*n/ks, "", cs, f*n/cs, "", cs/ks }'
 echo "ratio = cli wall / kiln wall (> 1: kiln faster)"
+cat "$WORK/quality"

@@ -97,7 +97,9 @@ fn output<'a>(r: &'a Value, i: usize, name: &str) -> &'a Value {
 
 #[test]
 fn concurrent_jobs_share_batches_and_get_their_own_outputs() {
-    let extra = model_toml("double", &model_uri("double_a.onnx"), "task = \"tensor\"\nmax_batch = 4\nmax_delay_ms = 300");
+    // Two instances (two ONNX Runtime sessions taking batches from one queue): outputs still
+    // go back to the job that sent each item.
+    let extra = model_toml("double", &model_uri("double_a.onnx"), "task = \"tensor\"\nmax_batch = 4\nmax_delay_ms = 300\ninstances = 2");
     let (_d, cfg) = config(&extra, &ort_lib());
     let jobs: Vec<Value> = (0..8).map(|i| tensor_job(&format!("j{i}"), "double", &[vec![i as f32; 4]])).collect();
     let mut all = jobs.clone();

@@ -1,15 +1,19 @@
-//! Dynamic batching: one thread per loaded model owns its ONNX Runtime session and runs the
-//! items of concurrent requests as one batch.
+//! Dynamic batching: each loaded model has one or more instances (Triton's instance group),
+//! each a thread owning its own ONNX Runtime session, and runs the items of concurrent
+//! requests as one batch. The instances share one queue: while one runs a batch, the next
+//! forms its batch from the requests arriving meanwhile.
 //!
 //! A batch starts with the oldest waiting request and takes every request already queued,
 //! then waits for more until `max_delay` after that first request arrived, and runs as soon as
-//! it holds `max_batch` items. So no request waits longer than the delay for others (it may
+//! it holds `max_batch` items. It waits only while another request is on its way: jobs
+//! announce themselves ([`Batcher::announce`]) while they decode and preprocess, so a lone
+//! request (nothing announced) runs at once instead of sitting out the delay. So no request waits longer than the delay for others (it may
 //! wait for the batch before it to finish running). Requests are at most `max_batch` items of
 //! one shape; a request of another shape, or one that would overflow the batch, starts the
 //! next batch. Outputs are split back per request along the first (batch) dimension.
 
 use crate::error::JobError;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,33 +61,54 @@ pub struct BatchStats {
 
 pub struct Batcher {
     tx: Mutex<mpsc::Sender<Request>>,
+    /// Jobs preparing a request for this model (see [`Arrival`]).
+    incoming: Arc<AtomicUsize>,
     pub max_batch: usize,
     pub stats: Arc<BatchStats>,
 }
 
 impl Batcher {
-    /// Starts the model's batch thread; it ends when the `Batcher` is dropped.
-    pub fn start(
+    /// Starts one batch thread per runner (the model's instances); they end when the
+    /// `Batcher` is dropped.
+    pub fn start<R: RunBatch>(
         name: &str,
-        runner: impl RunBatch,
+        runners: Vec<R>,
         max_batch: usize,
         max_delay: Duration,
         stats: Arc<BatchStats>,
     ) -> Result<Batcher, JobError> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let st = stats.clone();
+        let incoming = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Mutex::new(Queue { rx, carry: None, incoming: incoming.clone() }));
         let max_batch = max_batch.max(1);
-        std::thread::Builder::new()
-            .name(format!("kiln-infer-{}", name.chars().take(8).collect::<String>()))
-            .spawn(move || batch_loop(rx, runner, max_batch, max_delay, &st))
-            .map_err(|e| JobError::internal(format!("starting the batch thread: {e}")))?;
-        Ok(Batcher { tx: Mutex::new(tx), max_batch, stats })
+        for (i, runner) in runners.into_iter().enumerate() {
+            let st = stats.clone();
+            let q = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("kiln-infer-{}-{i}", name.chars().take(8).collect::<String>()))
+                .spawn(move || batch_loop(&q, runner, max_batch, max_delay, &st))
+                .map_err(|e| JobError::internal(format!("starting the batch thread: {e}")))?;
+        }
+        Ok(Batcher { tx: Mutex::new(tx), incoming, max_batch, stats })
+    }
+
+    /// Says a request is being prepared (images decoding): batches forming meanwhile wait
+    /// for it, up to their delay. The announcement ends when the `Arrival` is passed to
+    /// [`Batcher::infer`] or dropped.
+    pub fn announce(&self) -> Arrival {
+        self.incoming.fetch_add(1, Ordering::SeqCst);
+        Arrival(self.incoming.clone())
     }
 
     /// Runs `items` (all of one shape, at most `max_batch`) in the next batch and waits for
     /// their outputs and the size of the batch they ran in. `check` is polled while waiting
     /// (cancel, deadline).
-    pub fn infer(&self, items: Vec<Item>, check: impl Fn() -> Result<(), JobError>) -> Result<(Outputs, usize), JobError> {
+    pub fn infer(
+        &self,
+        items: Vec<Item>,
+        arrival: Option<Arrival>,
+        check: impl Fn() -> Result<(), JobError>,
+    ) -> Result<(Outputs, usize), JobError> {
         debug_assert!(!items.is_empty() && items.len() <= self.max_batch);
         let (reply, rx) = mpsc::channel();
         let req = Request { items, arrived: Instant::now(), reply };
@@ -92,6 +117,8 @@ impl Batcher {
             .unwrap_or_else(|p| p.into_inner())
             .send(req)
             .map_err(|_| JobError::internal("the model's batch thread has stopped"))?;
+        // Queued: no longer on its way.
+        drop(arrival);
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(r) => return r,
@@ -102,58 +129,84 @@ impl Batcher {
     }
 }
 
-fn batch_loop(rx: mpsc::Receiver<Request>, mut runner: impl RunBatch, max_batch: usize, delay: Duration, stats: &BatchStats) {
-    let mut carry: Option<Request> = None;
+/// How long a forming batch waits between looks at who is still on the way.
+const WAIT_STEP: Duration = Duration::from_millis(2);
+
+/// A job preparing a request for a model ([`Batcher::announce`]); ends when dropped.
+pub struct Arrival(Arc<AtomicUsize>);
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The requests waiting for a batch, shared by a model's instances; whichever instance holds
+/// the lock forms the next batch.
+struct Queue {
+    rx: mpsc::Receiver<Request>,
+    /// A request that did not fit the previous batch: it starts the next one.
+    carry: Option<Request>,
+    incoming: Arc<AtomicUsize>,
+}
+
+/// A formed batch: its requests, their item shape and count.
+struct Formed {
+    requests: Vec<Request>,
+    shape: Vec<i64>,
+    items: usize,
+}
+
+fn batch_loop(queue: &Mutex<Queue>, mut runner: impl RunBatch, max_batch: usize, delay: Duration, stats: &BatchStats) {
     loop {
-        let first = match carry.take() {
-            Some(r) => r,
-            None => match rx.recv() {
-                Ok(r) => r,
-                Err(_) => return,
-            },
+        let formed = {
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            form(&mut q, max_batch, delay)
         };
-        let deadline = first.arrived + delay;
-        let shape = first.items[0].shape.clone();
-        let mut n = first.items.len();
-        let mut batch = vec![first];
-        let mut closed = false;
-        while n < max_batch {
-            let next = match rx.try_recv() {
-                Ok(r) => Some(r),
-                Err(TryRecvError::Disconnected) => {
-                    closed = true;
-                    None
+        let Some(b) = formed else { return };
+        run_one(&mut runner, b.requests, &b.shape, b.items, stats);
+    }
+}
+
+/// Takes the oldest request, then whatever joins it before its deadline, up to `max_batch`
+/// items of its shape. `None` once the queue has closed and is empty.
+fn form(q: &mut Queue, max_batch: usize, delay: Duration) -> Option<Formed> {
+    let first = match q.carry.take() {
+        Some(r) => r,
+        None => q.rx.recv().ok()?,
+    };
+    let deadline = first.arrived + delay;
+    let shape = first.items[0].shape.clone();
+    let mut n = first.items.len();
+    let mut batch = vec![first];
+    while n < max_batch {
+        let r = match q.rx.try_recv() {
+            Ok(r) => r,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline || q.incoming.load(Ordering::SeqCst) == 0 {
+                    // The delay is over, or nobody is on the way: run what we have.
+                    break;
                 }
-                Err(TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        None
-                    } else {
-                        match rx.recv_timeout(deadline - now) {
-                            Ok(r) => Some(r),
-                            Err(RecvTimeoutError::Timeout) => None,
-                            Err(RecvTimeoutError::Disconnected) => {
-                                closed = true;
-                                None
-                            }
-                        }
-                    }
+                // Wait in short steps, so an announced job that gives up (a bad image) does
+                // not hold the batch for the whole delay.
+                match q.rx.recv_timeout((deadline - now).min(WAIT_STEP)) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
-            };
-            let Some(r) = next else { break };
-            if r.items[0].shape == shape && n + r.items.len() <= max_batch {
-                n += r.items.len();
-                batch.push(r);
-            } else {
-                carry = Some(r);
-                break;
             }
-        }
-        run_one(&mut runner, batch, &shape, n, stats);
-        if closed && carry.is_none() {
-            return;
+        };
+        if r.items[0].shape == shape && n + r.items.len() <= max_batch {
+            n += r.items.len();
+            batch.push(r);
+        } else {
+            q.carry = Some(r);
+            break;
         }
     }
+    Some(Formed { requests: batch, shape, items: n })
 }
 
 fn run_one(runner: &mut impl RunBatch, batch: Vec<Request>, shape: &[i64], n: usize, stats: &BatchStats) {
@@ -230,15 +283,17 @@ mod tests {
     fn concurrent_requests_share_a_batch_and_get_their_own_outputs() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         // A long delay: the batch must run because it is full, not because the delay passed.
-        let b = Arc::new(Batcher::start("t", Fake { sizes: sizes.clone() }, 4, Duration::from_secs(30), Default::default()).unwrap());
+        let b = Arc::new(Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 4, Duration::from_secs(30), Default::default()).unwrap());
         let barrier = Arc::new(Barrier::new(4));
         let started = Instant::now();
         let hs: Vec<_> = (0..4)
             .map(|i| {
                 let (b, barrier) = (b.clone(), barrier.clone());
                 std::thread::spawn(move || {
+                    // Each job says it is coming before any of them sends.
+                    let arrival = b.announce();
                     barrier.wait();
-                    b.infer(vec![item(i as f32)], || Ok(())).unwrap().0
+                    b.infer(vec![item(i as f32)], Some(arrival), || Ok(())).unwrap().0
                 })
             })
             .collect();
@@ -254,29 +309,82 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_request_runs_after_the_delay() {
+    fn a_lone_request_runs_at_once_unless_another_is_announced() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let b = Batcher::start("t", Fake { sizes: sizes.clone() }, 8, Duration::from_millis(20), Default::default()).unwrap();
+        let b = Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 8, Duration::from_millis(300), Default::default()).unwrap();
+        // Nobody else on the way: no wait for the delay.
         let started = Instant::now();
-        let (out, n) = b.infer(vec![item(1.0), item(2.0)], || Ok(())).unwrap();
-        assert_eq!(n, 2);
-        let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(20) && waited < Duration::from_secs(5), "{waited:?}");
-        assert_eq!(out.len(), 2);
+        let (out, n) = b.infer(vec![item(1.0), item(2.0)], None, || Ok(())).unwrap();
+        assert!(started.elapsed() < Duration::from_millis(250), "a lone request waited {:?}", started.elapsed());
+        assert_eq!((n, out.len()), (2, 2));
         assert_eq!(out[1][1].data, vec![2.0]); // the batch held two items
-        assert_eq!(*sizes.lock().unwrap(), vec![2]);
+        // Another job announced but never sends (say its image was bad): the batch waits
+        // for it, but no longer than the delay.
+        let ghost = b.announce();
+        let started = Instant::now();
+        b.infer(vec![item(3.0)], None, || Ok(())).unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "{waited:?}");
+        drop(ghost);
+        // With the announcement over, a lone request runs at once again.
+        let started = Instant::now();
+        b.infer(vec![item(4.0)], None, || Ok(())).unwrap();
+        assert!(started.elapsed() < Duration::from_millis(250), "waited {:?} for a job that gave up", started.elapsed());
+        assert_eq!(*sizes.lock().unwrap(), vec![2, 1, 1]);
     }
 
     #[test]
     fn different_shapes_go_to_different_batches() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let b = Arc::new(Batcher::start("t", Fake { sizes: sizes.clone() }, 8, Duration::from_millis(30), Default::default()).unwrap());
+        let b = Arc::new(Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 8, Duration::from_millis(30), Default::default()).unwrap());
         let b2 = b.clone();
-        let h = std::thread::spawn(move || b2.infer(vec![Item { shape: vec![3], data: vec![1.0; 3] }], || Ok(())).unwrap().0);
-        let out = b.infer(vec![item(1.0)], || Ok(())).unwrap().0;
+        let h = std::thread::spawn(move || b2.infer(vec![Item { shape: vec![3], data: vec![1.0; 3] }], None, || Ok(())).unwrap().0);
+        let out = b.infer(vec![item(1.0)], None, || Ok(())).unwrap().0;
         let other = h.join().unwrap();
         assert_eq!(out[0][0].shape, vec![2]);
         assert_eq!(other[0][0].shape, vec![3]);
         assert_eq!(sizes.lock().unwrap().iter().sum::<usize>(), 2);
+    }
+
+    /// Waits (up to 5 s) until `want` batches have started, and records how many had.
+    struct Overlap {
+        running: Arc<(Mutex<usize>, std::sync::Condvar)>,
+        seen: Arc<AtomicU64>,
+        want: usize,
+    }
+    impl RunBatch for Overlap {
+        fn run(&mut self, shape: &[i64], data: Vec<f32>) -> Result<Vec<BatchOutput>, JobError> {
+            // `running` counts batches started; a batch ends only once `want` have started or
+            // 5 s passed, so `seen` is the number that overlapped.
+            let (lock, cv) = &*self.running;
+            let mut n = lock.lock().unwrap();
+            *n += 1;
+            self.seen.fetch_max(*n as u64, Ordering::SeqCst);
+            cv.notify_all();
+            let _ = cv.wait_timeout_while(n, Duration::from_secs(5), |n| *n < self.want).unwrap();
+            Ok(vec![("y".into(), shape.to_vec(), data)])
+        }
+    }
+
+    #[test]
+    fn instances_run_batches_at_the_same_time() {
+        let running = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let seen = Arc::new(AtomicU64::new(0));
+        let runners = (0..2).map(|_| Overlap { running: running.clone(), seen: seen.clone(), want: 2 }).collect();
+        // Batches of one: two requests make two batches, one on each instance.
+        let b = Arc::new(Batcher::start("t", runners, 1, Duration::from_millis(1), Default::default()).unwrap());
+        let started = Instant::now();
+        let hs: Vec<_> = (0..2)
+            .map(|i| {
+                let b = b.clone();
+                std::thread::spawn(move || b.infer(vec![item(i as f32)], None, || Ok(())).unwrap().0)
+            })
+            .collect();
+        for (i, h) in hs.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap()[0][0].data[0], i as f32);
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 2, "the two batches did not overlap");
+        assert!(started.elapsed() < Duration::from_secs(4), "one instance waited for the other");
+        assert_eq!(b.stats.batches.load(Ordering::SeqCst), 2);
     }
 }

@@ -101,11 +101,18 @@ pub struct ModelConfig {
     /// Longest a request waits for others to join its batch.
     #[serde(default = "default_delay")]
     pub max_delay_ms: u64,
+    /// Sessions of this model running batches side by side (each its own thread and memory);
+    /// on CPU, pair it with `infer.intra_threads` = cores / instances.
+    #[serde(default = "one")]
+    pub instances: usize,
     /// Load at start (before /readyz answers 200) and never evict.
     #[serde(default)]
     pub warm: bool,
 }
 
+fn one() -> usize {
+    1
+}
 fn default_task() -> Task {
     Task::Tensor
 }
@@ -169,6 +176,9 @@ impl ModelConfig {
         }
         if self.max_batch == 0 || self.max_batch > 1024 {
             return err("max_batch must be within 1..1024".into());
+        }
+        if self.instances == 0 || self.instances > 64 {
+            return err("instances must be within 1..64".into());
         }
         if self.max_delay_ms > 10_000 {
             return err("max_delay_ms at most 10000".into());

@@ -15,8 +15,9 @@
 //!   fit the model → `invalid_spec`; `accel: "gpu"` without a usable CUDA device →
 //!   `unsupported`.
 //! - Batching (see [`batcher`]): each job preprocesses its own images on its job thread, then
-//!   hands the tensors to the model's batch thread and waits. Jobs of the same model that
-//!   arrive within `max_delay_ms` of each other share a batch of up to `max_batch` items.
+//!   hands the tensors to the model's batch threads (one per instance) and waits. Jobs of the
+//!   same model that arrive within `max_delay_ms` of each other share a batch of up to
+//!   `max_batch` items; a batch waits only while another job has announced it is coming.
 //! - The cache (see [`cache`]) counts a model's memory as its file size × `memory_factor`.
 
 pub mod batcher;
@@ -237,6 +238,8 @@ fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, J
         span.record("load_ms", model.load_ms);
     }
     ctx.check()?;
+    // Batches forming while this job decodes its images wait for it (up to their delay).
+    let mut arrival = Some(model.batcher.announce());
 
     // Inputs → tensors (images are decoded and preprocessed here, on the job's thread).
     let total = job.len() as u64;
@@ -277,7 +280,7 @@ fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, J
         while chunk.len() < model.batcher.max_batch && rest.peek().is_some_and(|n| n.shape == chunk[0].shape) {
             chunk.extend(rest.next());
         }
-        let (outs, n) = model.batcher.infer(chunk, || ctx.check())?;
+        let (outs, n) = model.batcher.infer(chunk, arrival.take(), || ctx.check())?;
         batches.push(n);
         outputs.extend(outs);
         ctx.progress(outputs.len() as u64, total, "infer");

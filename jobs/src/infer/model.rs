@@ -1,4 +1,5 @@
-//! A loaded model: its ONNX Runtime session (owned by the model's batch thread), its input's
+//! A loaded model: its ONNX Runtime sessions (one per instance, each owned by its batch
+//! thread), its input's
 //! name and shape, its labels, and the device it runs on.
 
 use super::batcher::{BatchOutput, BatchStats, Batcher, Item, RunBatch};
@@ -59,15 +60,19 @@ impl LoadedModel {
         };
         let input_name = input.name().to_owned();
         let item_dims = dims[1..].to_vec();
-        let runner = OrtRunner { session, input: input_name.clone(), model: m.name.clone() };
-        let batcher = Batcher::start(&m.name, runner, max_batch, Duration::from_millis(m.max_delay_ms), stats)?;
-        let estimate = (bytes.len() as f64 * engine.memory_factor) as u64;
+        let mut runners = vec![OrtRunner { session, input: input_name.clone(), model: m.name.clone() }];
+        for _ in 1..m.instances.max(1) {
+            let (session, _) = ortenv::session(env, &m.name, bytes, device == Device::Cuda, engine.intra_threads)?;
+            runners.push(OrtRunner { session, input: input_name.clone(), model: m.name.clone() });
+        }
+        let batcher = Batcher::start(&m.name, runners, max_batch, Duration::from_millis(m.max_delay_ms), stats)?;
+        let estimate = (bytes.len() as f64 * engine.memory_factor) as u64 * m.instances.max(1) as u64;
         let footprint = match device {
             Device::Cpu => Footprint { host_bytes: estimate, gpu_bytes: 0 },
             Device::Cuda => Footprint { host_bytes: bytes.len() as u64, gpu_bytes: estimate },
         };
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(model = %m.name, device = device.name(), load_ms, max_batch, "model loaded");
+        tracing::info!(model = %m.name, device = device.name(), load_ms, max_batch, instances = m.instances, "model loaded");
         Ok((LoadedModel { name: m.name.clone(), input_name, item_dims, labels, device, batcher, load_ms }, footprint))
     }
 

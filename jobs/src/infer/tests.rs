@@ -24,6 +24,10 @@ fn config_defaults_and_validation() {
     let mut bad = m.clone();
     bad.max_batch = 0;
     assert!(bad.validate().unwrap_err().contains("max_batch"));
+    assert_eq!(m.instances, 1);
+    let mut bad = m.clone();
+    bad.instances = 0;
+    assert!(bad.validate().unwrap_err().contains("instances"));
     let mut bad = m.clone();
     bad.uri = "http://x/m.onnx".into();
     assert!(bad.validate().unwrap_err().contains("scheme"));
