@@ -210,29 +210,22 @@ def main():
     rows.append(("python onnxruntime, sequential (PIL draft decode)", 1, ips, p50, p95, 1))
     draft_ips = ips
     with tempfile.TemporaryDirectory() as tmp:
-        k = Kiln(a.kiln, 16, a.delay_ms, 16, tmp, a.ort_dylib)
-        try:
-            for c in (1, 4, 16):
-                ips, p50, p95, mb = k.load(paths, a.requests, c)
-                rows.append((f"kiln serve, batching (max_batch 16, {a.delay_ms} ms)", c, ips, p50, p95, mb))
-        finally:
-            k.stop()
-        # Two sessions of one intra-op thread each, taking batches from one queue.
-        cores = os.cpu_count() or 1
+        def serve(label, levels, max_batch, delay_ms, **kw):
+            k = Kiln(a.kiln, max_batch, delay_ms, 16, tmp, a.ort_dylib, **kw)
+            try:
+                for c in levels:
+                    ips, p50, p95, mb = k.load(paths, a.requests, c)
+                    rows.append((label, c, ips, p50, p95, mb))
+            finally:
+                k.stop()
+
+        serve(f"kiln serve, batching (max_batch 16, {a.delay_ms} ms)", (1, 4, 16), 16, a.delay_ms)
+        # Two sessions of cores/2 intra-op threads each, taking batches from one queue.
+        t = max(1, (os.cpu_count() or 1) // 2)
         ib = a.instance_batch
-        k = Kiln(a.kiln, ib, a.delay_ms, 16, tmp, a.ort_dylib, instances=2, intra=max(1, cores // 2))
-        try:
-            for c in (1, 4, 16):
-                ips, p50, p95, mb = k.load(paths, a.requests, c)
-                rows.append((f"kiln serve, 2 instances x {max(1, cores // 2)} thread(s), batching (max_batch {ib}, {a.delay_ms} ms)", c, ips, p50, p95, mb))
-        finally:
-            k.stop()
-        k = Kiln(a.kiln, 1, 0, 16, tmp, a.ort_dylib)
-        try:
-            ips, p50, p95, mb = k.load(paths, a.requests, 16)
-            rows.append(("kiln serve, batching off (max_batch 1)", 16, ips, p50, p95, mb))
-        finally:
-            k.stop()
+        serve(f"kiln serve, 2 instances x {t} thread(s), batching (max_batch {ib}, {a.delay_ms} ms)", (1, 4, 16), ib,
+              a.delay_ms, instances=2, intra=t)
+        serve("kiln serve, batching off (max_batch 1)", (16,), 1, 0)
     print(f"| runner | concurrency | images/s | p50 ms | p95 ms | mean batch | vs python (full) | vs python (draft) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, c, ips, p50, p95, mb in rows:
