@@ -20,8 +20,11 @@
 //!   video stream, or a codec this FFmpeg cannot decode → `unsupported`; longer than
 //!   `limits.max_video_seconds`, larger than `limits.max_video_pixels`, or more bytes than
 //!   `limits.max_input_bytes` → `input_too_large`.
-//! - `accel`: `cpu` never touches the GPU; `auto` uses NVENC / NVDEC where the codec probe
-//!   proved them (an opened session), else the CPU; `gpu` fails `unsupported` without them.
+//! - `accel`: `cpu` never touches the GPU. `gpu` uses every NVIDIA engine the codec probe
+//!   proved (NVENC, NVDEC, scale_cuda: an opened session, a frame through the filter) and fails
+//!   `unsupported` with none. `auto` goes to the GPU only when NVENC is proven: without it
+//!   libx264 encodes on the CPU anyway, and NVDEC + scale_cuda feeding it measured 0.64× the
+//!   CPU path on a 16-core H100 host (benches/RESULTS.md, "GPU host").
 
 mod hls;
 mod run;

@@ -12,7 +12,7 @@ use crate::error::JobError;
 use crate::kind::JobOutput;
 use crate::store::parse_uri;
 use bytes::Bytes;
-use kiln_kernels::video::{self, EncoderKind, LadderConfig, RungConfig, SegmentFile, SourceInput, VideoCodec, VideoError};
+use kiln_kernels::video::{self, EncoderKind, LadderConfig, RungConfig, ScaleEngine, SegmentFile, SourceInput, VideoCodec, VideoError};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -69,7 +69,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     if let Some(d) = info.duration_s.filter(|d| *d > max_s) {
         return Err(JobError::too_large(format!("source runs {d:.1} s, more than the limit of {max_s} s")));
     }
-    let (encoder, nvdec) = choose_accel(job.accel, job.codec)?;
+    let Accels { encoder, nvdec, scale } = choose_accel(job.accel, job.codec)?;
     let rungs = plan_ladder(&job.ladder, info.height, info.display_aspect);
 
     // Units an earlier attempt completed: a prefix of segment indices.
@@ -89,6 +89,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
         codec: job.codec,
         encoder,
         nvdec,
+        scale: scale.clone(),
         preset: job.preset.clone(),
         segment_seconds: job.segment_seconds,
         audio_bitrate_kbps: job.audio_bitrate_kbps,
@@ -97,7 +98,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
         max_duration_s: Some(max_s),
     };
     tracing::info!(job = %ctx.job_id, source = %job.source, codec = %info.video_codec, width = info.width, height = info.height,
-        rungs = rungs.len(), ?encoder, nvdec, start_segment, "transcode starting");
+        rungs = rungs.len(), ?encoder, nvdec, scaler = scale.name(), start_segment, "transcode starting");
 
     let has_audio = info.audio_codec.is_some();
     let lists = Playlists { job, rungs: &rungs, frame_rate: info.fps };
@@ -146,6 +147,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
             "source": info,
             "encoder": video::rung_encoder_name(job.codec, encoder),
             "decoder": summary.as_ref().map(|s| s.decoder.clone()),
+            "scalers": summary.as_ref().map(|s| s.scalers.clone()),
             "frames_decoded": summary.as_ref().map(|s| s.frames_decoded),
             "rungs": rung_results,
             "run_ms": started.elapsed().as_secs_f64() * 1e3,
@@ -264,12 +266,30 @@ fn restored_unit(rec: &crate::checkpoint::UnitRecord, n: usize) -> Unit {
     Unit { outputs, durations, codecs }
 }
 
-/// Picks the encoder family and whether to decode on NVDEC. `cpu` never consults the GPU probe.
-fn choose_accel(accel: Accel, codec: VideoCodec) -> Result<(EncoderKind, bool), JobError> {
+/// What runs on the GPU for one job.
+#[derive(Debug, PartialEq)]
+pub(super) struct Accels {
+    pub(super) encoder: EncoderKind,
+    pub(super) nvdec: bool,
+    pub(super) scale: ScaleEngine,
+}
+
+/// Picks the encoder family, whether to decode on NVDEC and what scales the rungs, from what
+/// the probe proved (an opened session, a frame through scale_cuda). `cpu` never consults the
+/// GPU probe; `gpu` uses every proven engine and fails `unsupported` when none works; `auto`
+/// uses the GPU only with NVENC (see the module doc for why).
+fn choose_accel(accel: Accel, codec: VideoCodec) -> Result<Accels, JobError> {
     if accel == Accel::Cpu {
-        return Ok((EncoderKind::Cpu, false));
+        return Ok(cpu_accels());
     }
-    let p = video::probe::codecs();
+    accels_from(accel, codec, video::probe::codecs())
+}
+
+pub(super) fn cpu_accels() -> Accels {
+    Accels { encoder: EncoderKind::Cpu, nvdec: false, scale: ScaleEngine::Cpu }
+}
+
+pub(super) fn accels_from(accel: Accel, codec: VideoCodec, p: &video::probe::CodecProbe) -> Result<Accels, JobError> {
     let nvenc = match codec {
         VideoCodec::H264 => p.nvenc_h264,
         VideoCodec::Hevc => p.nvenc_hevc,
@@ -283,7 +303,11 @@ fn choose_accel(accel: Accel, codec: VideoCodec) -> Result<(EncoderKind, bool), 
     if kind == EncoderKind::Cpu && !p.encoders.contains(&cpu_name) {
         return Err(JobError::unsupported(format!("this worker's FFmpeg has no {cpu_name} encoder")));
     }
-    Ok((kind, p.nvdec))
+    if accel == Accel::Auto && kind == EncoderKind::Cpu {
+        return Ok(cpu_accels());
+    }
+    let scale = if p.scale_cuda { ScaleEngine::Cuda } else { ScaleEngine::Cpu };
+    Ok(Accels { encoder: kind, nvdec: p.nvdec, scale })
 }
 
 fn default_codecs(codec: VideoCodec) -> &'static str {

@@ -224,3 +224,46 @@ fn store_streams_are_decoded_as_they_are_read() {
     assert_eq!(r.extra["transcode"]["source"]["seekable"], false);
     assert_eq!(ck.recorded.lock().unwrap().len(), 3);
 }
+
+/// A probe as the codec probe would report it on a host with these engines.
+fn probe_with(nvenc: bool, nvdec: bool, scale_cuda: bool) -> kiln_kernels::video::probe::CodecProbe {
+    kiln_kernels::video::probe::CodecProbe {
+        libavcodec: "59.37.100".into(),
+        encoders: vec!["libx264", "aac"],
+        decoders: vec!["h264"],
+        nvenc_h264: nvenc,
+        nvenc_hevc: nvenc,
+        nvdec,
+        scale_cuda,
+        gpu_note: None,
+    }
+}
+
+#[test]
+fn accel_auto_uses_the_gpu_only_with_nvenc_and_gpu_uses_every_proven_engine() {
+    use super::run::{accels_from, cpu_accels, Accels};
+    use super::spec::Accel;
+    use kiln_kernels::video::{EncoderKind, ScaleEngine, VideoCodec};
+    let h100 = probe_with(false, true, true);
+    // No NVENC (an H100): auto stays on the CPU (NVDEC + scale_cuda feeding libx264 was
+    // slower there); gpu still decodes on NVDEC and scales on scale_cuda.
+    assert_eq!(accels_from(Accel::Auto, VideoCodec::H264, &h100).unwrap(), cpu_accels());
+    assert_eq!(
+        accels_from(Accel::Gpu, VideoCodec::H264, &h100).unwrap(),
+        Accels { encoder: EncoderKind::Cpu, nvdec: true, scale: ScaleEngine::Cuda }
+    );
+    // NVENC proven: auto and gpu use the whole GPU path.
+    let l4 = probe_with(true, true, true);
+    let all = Accels { encoder: EncoderKind::Nvenc, nvdec: true, scale: ScaleEngine::Cuda };
+    assert_eq!(accels_from(Accel::Auto, VideoCodec::Hevc, &l4).unwrap(), all);
+    assert_eq!(accels_from(Accel::Gpu, VideoCodec::H264, &l4).unwrap(), all);
+    // Nothing proven: auto is the CPU, gpu is a clear `unsupported`.
+    let none = probe_with(false, false, false);
+    assert_eq!(accels_from(Accel::Auto, VideoCodec::H264, &none).unwrap(), cpu_accels());
+    let err = accels_from(Accel::Gpu, VideoCodec::H264, &none).unwrap_err();
+    assert_eq!(err.code.as_str(), "unsupported", "{err:?}");
+    // No libx264 and no NVENC: nothing can encode.
+    let mut bare = probe_with(false, true, true);
+    bare.encoders = vec!["aac"];
+    assert!(accels_from(Accel::Auto, VideoCodec::H264, &bare).is_err());
+}

@@ -16,6 +16,7 @@
 //! it produces the same segments as an uninterrupted run.
 
 use super::audio::AudioPipeline;
+use super::scale::ScaleEngine;
 use super::rung::{self, Msg, RungDone, RungSetup};
 use super::plan;
 use super::source::OpenedSource;
@@ -60,6 +61,8 @@ pub struct LadderConfig {
     pub encoder: EncoderKind,
     /// Decode with NVDEC (`*_cuvid`) when FFmpeg has a cuvid decoder for the source codec.
     pub nvdec: bool,
+    /// What resamples the scaled rungs (`ScaleEngine::Cuda`: scale_cuda on the GPU).
+    pub scale: ScaleEngine,
     /// libx264/libx265 preset.
     pub preset: String,
     pub segment_seconds: f64,
@@ -96,6 +99,8 @@ pub struct LadderSummary {
     pub corrupt_packets: u64,
     pub has_audio: bool,
     pub decoder: String,
+    /// Per rung, what resampled its frames (`none` for a rung the source's size).
+    pub scalers: Vec<String>,
 }
 
 struct DecodeStats {
@@ -162,6 +167,7 @@ pub fn transcode(
             audio: audio_params.clone(),
             dir,
             threads: threads.get(i).copied().unwrap_or(0),
+            scale: cfg.scale.clone(),
             forward,
         });
     }
@@ -225,6 +231,7 @@ pub fn transcode(
             corrupt_packets: stats.corrupt_packets,
             has_audio: audio_params.is_some(),
             decoder: stats.decoder,
+            scalers: rungs.iter().map(|r| r.scaler.clone()).collect(),
         })
     })
 }

@@ -7,6 +7,7 @@
 //! - [`ladder`]: the pipeline — one decoder thread, one thread per rung (scale + encode +
 //!   segment muxer), finished segments handed to the caller's thread as they complete.
 //! - [`rung`]: one rung's scaler, encoder and segment writer.
+//! - [`scale`]: a rung's resampler, swscale or scale_cuda (an FFmpeg filter graph).
 //! - [`plan`]: which rung scales from which frames (cascade), and each encoder's threads.
 //! - [`audio`]: audio decode, resample and AAC encode (once, shared by every rung).
 //! - [`probe`]: which codecs this FFmpeg build has and whether NVENC/NVDEC really open.
@@ -18,9 +19,11 @@ pub mod ladder;
 pub mod probe;
 pub mod rung;
 pub mod plan;
+pub mod scale;
 pub mod source;
 
 pub use ladder::{transcode, EncoderKind, LadderConfig, LadderSummary, RungConfig, SegmentFile, VideoCodec};
+pub use scale::ScaleEngine;
 pub use rung::encoder_name as rung_encoder_name;
 pub use source::{open, OpenedSource, SourceInfo, SourceInput};
 

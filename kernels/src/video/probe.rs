@@ -30,6 +30,8 @@ pub struct CodecProbe {
     pub nvenc_hevc: bool,
     /// An `h264_cuvid` (NVDEC) decoder opened.
     pub nvdec: bool,
+    /// A frame went through `hwupload_cuda → scale_cuda → hwdownload` (GPU scaling).
+    pub scale_cuda: bool,
     /// Why NVENC/NVDEC are not available, when they are not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_note: Option<String>,
@@ -54,7 +56,7 @@ fn run_probe() -> CodecProbe {
     let v = unsafe { ff::ffi::avcodec_version() };
     let libavcodec = format!("{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff);
     let gpus = crate::probe::gpus();
-    let mut p = CodecProbe { libavcodec, encoders, decoders, nvenc_h264: false, nvenc_hevc: false, nvdec: false, gpu_note: None };
+    let mut p = CodecProbe { libavcodec, encoders, decoders, nvenc_h264: false, nvenc_hevc: false, nvdec: false, scale_cuda: false, gpu_note: None };
     if gpus.devices.is_empty() {
         p.gpu_note = Some(gpus.unavailable.unwrap_or_else(|| "no NVIDIA device".into()));
         return p;
@@ -70,10 +72,14 @@ fn run_probe() -> CodecProbe {
         Ok(()) => p.nvdec = true,
         Err(e) => notes.push(format!("h264_cuvid: {e}")),
     }
+    match super::scale::cuda_works() {
+        Ok(()) => p.scale_cuda = true,
+        Err(e) => notes.push(format!("scale_cuda: {e}")),
+    }
     if !notes.is_empty() {
         p.gpu_note = Some(notes.join("; "));
     }
-    tracing::info!(nvenc_h264 = p.nvenc_h264, nvenc_hevc = p.nvenc_hevc, nvdec = p.nvdec, note = ?p.gpu_note, "video codec probe");
+    tracing::info!(nvenc_h264 = p.nvenc_h264, nvenc_hevc = p.nvenc_hevc, nvdec = p.nvdec, scale_cuda = p.scale_cuda, note = ?p.gpu_note, "video codec probe");
     p
 }
 
@@ -128,7 +134,7 @@ mod tests {
         assert!(p.encoders.contains(&"aac"));
         assert!(p.decoders.contains(&"h264"));
         if crate::probe::gpus().devices.is_empty() {
-            assert!(!p.nvenc_h264 && !p.nvenc_hevc && !p.nvdec);
+            assert!(!p.nvenc_h264 && !p.nvenc_hevc && !p.nvdec && !p.scale_cuda);
             assert!(p.gpu_note.is_some());
         }
     }

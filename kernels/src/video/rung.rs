@@ -7,7 +7,7 @@ use super::ladder::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 use super::{SharedFrame, VideoError};
 use ffmpeg_next as ff;
 use ff::format::Pixel;
-use ff::software::scaling;
+use super::scale::{ScaleEngine, Scaler};
 use ff::packet::Ref as _;
 use ff::{codec, frame, picture, Packet, Rational};
 use std::collections::VecDeque;
@@ -37,6 +37,8 @@ pub(crate) struct RungSetup {
     pub dir: PathBuf,
     /// Encoder threads (0: the encoder's own choice).
     pub threads: usize,
+    /// What resamples the frames (swscale, or scale_cuda on the GPU).
+    pub scale: ScaleEngine,
     /// Rungs that scale from this rung's frames (see `plan::feeders`).
     pub forward: Vec<SyncSender<Msg>>,
 }
@@ -48,6 +50,8 @@ pub struct RungDone {
     /// RFC 6381 codec string of the video (e.g. `avc1.64001f`).
     pub codecs: String,
     pub frames: u64,
+    /// What resampled this rung's frames (`none`: none needed it).
+    pub scaler: String,
 }
 
 struct Segment {
@@ -64,7 +68,8 @@ pub(crate) fn run(setup: RungSetup, rx: Receiver<Msg>, done: SyncSender<SegmentF
     let mut encoder = open_encoder(&setup)?;
     let vparams = codec::Parameters::from(&encoder);
     let (w, h) = (setup.cfg.width, setup.cfg.height);
-    let mut scaler: Option<(scaling::Context, Pixel, u32, u32)> = None;
+    let mut scaler = Scaler::new(setup.scale.clone(), w, h);
+    let mut scaled_any = false;
     let mut starts: VecDeque<(u32, i64)> = VecDeque::new();
     let mut cur_seg: Option<u32> = None;
     let mut current: Option<Segment> = None;
@@ -97,16 +102,18 @@ pub(crate) fn run(setup: RungSetup, rx: Receiver<Msg>, done: SyncSender<SegmentF
                     }
                     r
                 } else {
-                    let fresh = matches!(&scaler, Some((_, f, sw, sh)) if *f == src.format() && *sw == src.width() && *sh == src.height());
-                    if !fresh {
-                        let ctx = scaling::Context::get(src.format(), src.width(), src.height(), Pixel::YUV420P, w, h, scaling::Flags::BICUBIC)
-                            .map_err(|e| VideoError::internal("scaler", e))?;
-                        scaler = Some((ctx, src.format(), src.width(), src.height()));
+                    scaled_any = true;
+                    match scaler.run(src) {
+                        Ok(f) => f,
+                        Err(e) if *scaler.engine() != ScaleEngine::Cpu && frames == 0 => {
+                            // The GPU chain would not start: this rung scales on the CPU.
+                            tracing::warn!(rung = setup.index, engine = scaler.engine().name(), error = %e,
+                                "GPU scaling failed on the first frame; using swscale");
+                            scaler = Scaler::new(ScaleEngine::Cpu, w, h);
+                            scaler.run(src)?
+                        }
+                        Err(e) => return Err(e),
                     }
-                    let Some((sws, ..)) = scaler.as_mut() else { continue };
-                    let mut scaled = frame::Video::new(Pixel::YUV420P, w, h);
-                    sws.run(src, &mut scaled).map_err(|e| VideoError::internal("scaling", e))?;
-                    scaled
                 };
                 scaled.set_pts(Some(pts));
                 if cur_seg != Some(seg) {
@@ -141,7 +148,8 @@ pub(crate) fn run(setup: RungSetup, rx: Receiver<Msg>, done: SyncSender<SegmentF
         let end = last_pts + last_dur;
         w_ctx.close(seg, end, &mut audio, None, &codecs)?;
     }
-    Ok(RungDone { index: setup.index, codecs: codecs.unwrap_or_else(|| default_codecs(setup.codec)), frames })
+    let scaler = if scaled_any { scaler.engine().name().to_string() } else { "none".to_string() };
+    Ok(RungDone { index: setup.index, codecs: codecs.unwrap_or_else(|| default_codecs(setup.codec)), frames, scaler })
 }
 
 struct Writer<'a> {

@@ -1,0 +1,220 @@
+//! A rung's scaler: swscale on the CPU, or an FFmpeg filter graph — on NVIDIA GPUs
+//! `hwupload_cuda → scale_cuda (bicubic) → hwdownload`, so the resampling runs on the GPU and
+//! only the upload and the smaller download cross the bus.
+//!
+//! Both turn any decoded frame (YUV420P from FFmpeg's decoders, NV12 from NVDEC) into a
+//! YUV420P frame of the rung's size. A graph is built for the first frame's format and size
+//! and rebuilt when they change, like the swscale context.
+
+use super::VideoError;
+use ffmpeg_next as ff;
+use ff::format::Pixel;
+use ff::software::scaling;
+use ff::{filter, frame};
+
+/// Which engine resamples the frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleEngine {
+    /// swscale, bicubic.
+    Cpu,
+    /// `scale_cuda` (bicubic) between `hwupload_cuda` and `hwdownload`.
+    Cuda,
+    /// Any filter chain written with `{w}` and `{h}` for the target size, ending in frames of
+    /// that size (tests drive the graph path with CPU filters through this).
+    Filter(String),
+}
+
+impl ScaleEngine {
+    /// The name results and logs report.
+    pub fn name(&self) -> &str {
+        match self {
+            ScaleEngine::Cpu => "swscale",
+            ScaleEngine::Cuda => "scale_cuda",
+            ScaleEngine::Filter(_) => "filter",
+        }
+    }
+
+    fn chain(&self, w: u32, h: u32) -> Option<String> {
+        match self {
+            ScaleEngine::Cpu => None,
+            ScaleEngine::Cuda => Some(format!(
+                "hwupload_cuda,scale_cuda=w={w}:h={h}:interp_algo=bicubic:format=yuv420p,hwdownload,format=yuv420p"
+            )),
+            ScaleEngine::Filter(c) => Some(c.replace("{w}", &w.to_string()).replace("{h}", &h.to_string())),
+        }
+    }
+}
+
+enum Engine {
+    Sws(scaling::Context),
+    Graph(filter::Graph),
+}
+
+/// Scales frames to one size, keeping its engine between frames of the same format and size.
+pub struct Scaler {
+    engine: ScaleEngine,
+    w: u32,
+    h: u32,
+    current: Option<(Engine, Pixel, u32, u32)>,
+}
+
+impl Scaler {
+    pub fn new(engine: ScaleEngine, w: u32, h: u32) -> Self {
+        Scaler { engine, w, h, current: None }
+    }
+
+    pub fn engine(&self) -> &ScaleEngine {
+        &self.engine
+    }
+
+    /// `src` scaled to the target size as YUV420P. `src` is only read.
+    pub fn run(&mut self, src: &frame::Video) -> Result<frame::Video, VideoError> {
+        let key = (src.format(), src.width(), src.height());
+        let fresh = matches!(&self.current, Some((_, f, w, h)) if (*f, *w, *h) == key);
+        if !fresh {
+            let engine = match self.engine.chain(self.w, self.h) {
+                None => Engine::Sws(
+                    scaling::Context::get(key.0, key.1, key.2, Pixel::YUV420P, self.w, self.h, scaling::Flags::BICUBIC)
+                        .map_err(|e| VideoError::internal("scaler", e))?,
+                ),
+                Some(chain) => Engine::Graph(graph(&chain, key.0, key.1, key.2)?),
+            };
+            self.current = Some((engine, key.0, key.1, key.2));
+        }
+        let Some((engine, ..)) = self.current.as_mut() else {
+            return Err(VideoError::Internal("scaler missing".into()));
+        };
+        match engine {
+            Engine::Sws(sws) => {
+                let mut out = frame::Video::new(Pixel::YUV420P, self.w, self.h);
+                sws.run(src, &mut out).map_err(|e| VideoError::internal("scaling", e))?;
+                Ok(out)
+            }
+            Engine::Graph(g) => {
+                let mut input = g.get("in").ok_or_else(|| VideoError::Internal("filter graph lost its input".into()))?;
+                // SAFETY: `input` is a buffer source of this graph and `src` a valid frame;
+                // av_buffersrc_write_frame takes new references and leaves `src` untouched
+                // (ffmpeg-next's `Source::add` would move the shared frame's buffers out).
+                let ret = unsafe { ff::ffi::av_buffersrc_write_frame(input.as_mut_ptr(), src.as_ptr()) };
+                if ret < 0 {
+                    return Err(VideoError::internal("scaling (filter input)", ff::Error::from(ret)));
+                }
+                let mut out = frame::Video::empty();
+                let mut sink = g.get("out").ok_or_else(|| VideoError::Internal("filter graph lost its output".into()))?;
+                sink.sink().frame(&mut out).map_err(|e| VideoError::internal("scaling (filter output)", e))?;
+                if out.format() != Pixel::YUV420P || out.width() != self.w || out.height() != self.h {
+                    return Err(VideoError::Internal(format!(
+                        "scaling filter gave {:?} {}x{}, not yuv420p {}x{}",
+                        out.format(),
+                        out.width(),
+                        out.height(),
+                        self.w,
+                        self.h
+                    )));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// `buffer → chain → buffersink` for frames of one format and size.
+fn graph(chain: &str, format: Pixel, w: u32, h: u32) -> Result<filter::Graph, VideoError> {
+    let err = |what: &str, e: ff::Error| VideoError::Internal(format!("scaling filter ({chain}): {what}: {e}"));
+    let mut g = filter::Graph::new();
+    let pix = match format.descriptor() {
+        Some(d) => d.name().to_string(),
+        None => (ff::ffi::AVPixelFormat::from(format) as i32).to_string(),
+    };
+    let args = format!("video_size={w}x{h}:pix_fmt={pix}:time_base=1/90000:pixel_aspect=1/1");
+    let buffer = filter::find("buffer").ok_or_else(|| VideoError::Internal("FFmpeg has no buffer filter".into()))?;
+    let sink = filter::find("buffersink").ok_or_else(|| VideoError::Internal("FFmpeg has no buffersink filter".into()))?;
+    g.add(&buffer, "in", &args).map_err(|e| err("source", e))?;
+    g.add(&sink, "out", "").map_err(|e| err("sink", e))?;
+    g.output("in", 0)
+        .and_then(|p| p.input("out", 0))
+        .and_then(|p| p.parse(chain))
+        .map_err(|e| err("parse", e))?;
+    g.validate().map_err(|e| err("configure", e))?;
+    Ok(g)
+}
+
+/// Whether `scale_cuda` works here: a small frame through the whole GPU chain.
+pub fn cuda_works() -> Result<(), VideoError> {
+    super::init();
+    let mut s = Scaler::new(ScaleEngine::Cuda, 64, 36);
+    let src = frame::Video::new(Pixel::NV12, 128, 72);
+    s.run(&src).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(format: Pixel, w: u32, h: u32) -> frame::Video {
+        let mut f = frame::Video::new(format, w, h);
+        for plane in 0..f.planes() {
+            let stride = f.stride(plane);
+            let (pw, ph) = (f.plane_width(plane) as usize, f.plane_height(plane) as usize);
+            let data = f.data_mut(plane);
+            for y in 0..ph {
+                for x in 0..pw {
+                    data[y * stride + x] = ((x * 255 / pw.max(1) + y * 64 / ph.max(1)) % 256) as u8;
+                }
+            }
+        }
+        f
+    }
+
+    fn luma_diff(a: &frame::Video, b: &frame::Video) -> f64 {
+        let (sa, sb) = (a.stride(0), b.stride(0));
+        let (w, h) = (a.width() as usize, a.height() as usize);
+        let mut sum = 0u64;
+        for y in 0..h {
+            for x in 0..w {
+                sum += u64::from(a.data(0)[y * sa + x].abs_diff(b.data(0)[y * sb + x]));
+            }
+        }
+        sum as f64 / (w * h) as f64
+    }
+
+    #[test]
+    fn a_filter_graph_scales_like_swscale_and_leaves_the_source_alone() {
+        super::super::init();
+        let src = gradient(Pixel::YUV420P, 640, 360);
+        let before = src.data(0).to_vec();
+        let mut cpu = Scaler::new(ScaleEngine::Cpu, 320, 180);
+        let mut graph = Scaler::new(ScaleEngine::Filter("scale={w}:{h}:flags=bicubic,format=yuv420p".into()), 320, 180);
+        for _ in 0..3 {
+            let a = cpu.run(&src).expect("swscale");
+            let b = graph.run(&src).expect("filter graph");
+            assert_eq!((b.width(), b.height(), b.format()), (320, 180, Pixel::YUV420P));
+            assert!(luma_diff(&a, &b) < 1.0, "graph and swscale differ by {}", luma_diff(&a, &b));
+        }
+        assert_eq!(src.data(0), &before[..], "the shared source frame was modified");
+        // A new input format (NV12, as NVDEC gives) rebuilds the graph.
+        let nv12 = gradient(Pixel::NV12, 640, 360);
+        let c = graph.run(&nv12).expect("nv12 through the graph");
+        assert_eq!((c.width(), c.height(), c.format()), (320, 180, Pixel::YUV420P));
+    }
+
+    #[test]
+    fn a_broken_chain_is_an_error_not_a_panic() {
+        super::super::init();
+        let src = gradient(Pixel::YUV420P, 64, 64);
+        let mut s = Scaler::new(ScaleEngine::Filter("no_such_filter={w}".into()), 32, 32);
+        assert!(matches!(s.run(&src), Err(VideoError::Internal(_))));
+        // The wrong output size is caught too.
+        let mut s = Scaler::new(ScaleEngine::Filter("scale=16:16,format=yuv420p".into()), 32, 32);
+        assert!(matches!(s.run(&src), Err(VideoError::Internal(m)) if m.contains("not yuv420p 32x32")));
+    }
+
+    #[test]
+    fn scale_cuda_is_refused_cleanly_without_a_gpu() {
+        // On a host with a working CUDA device this passes either way; without one the probe
+        // must report an error (hwupload_cuda cannot create its device), never panic.
+        if crate::probe::gpus().devices.is_empty() {
+            assert!(cuda_works().is_err());
+        }
+    }
+}
