@@ -3,6 +3,11 @@
 at a time, on the same photos and the same model (nudenet's YOLOv8n detector, 320x320).
 
 usage: .tools/venv/bin/python benches/infer_bench.py [--requests N] [--kiln target/release/kiln]
+       [--accel cpu|cuda] [--ort-dylib LIB]
+
+With --accel cuda (benches/gpu/run.sh on a GPU host) the baseline session runs on ONNX Runtime's
+CUDA execution provider and every kiln job asks for `"accel": "gpu"`, so a silent fallback to
+the CPU fails the run instead of passing as a GPU number.
 
 For each concurrency level (1, 4, 16) it sends N single-image jobs to `kiln serve` from that
 many client threads and reports images/s and p50/p95 latency; then again at 16 with batching
@@ -94,8 +99,14 @@ def py_postprocess(pred, factor):
     return [(int(c), float(s), (b * factor).tolist()) for c, s, b in kept]
 
 
+PROVIDERS = ["CPUExecutionProvider"]
+LOG_DIR = None  # --kiln-logs: kiln's own log (KILN_LOG=info) per server, for a run on another host
+
+
 def baseline(paths, n, draft):
-    sess = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(MODEL, providers=PROVIDERS)
+    if sess.get_providers()[0] != PROVIDERS[0]:
+        sys.exit(f"baseline wanted {PROVIDERS[0]}, onnxruntime gave {sess.get_providers()}")
     name = sess.get_inputs()[0].name
     x, f = py_preprocess(paths[0], draft)
     sess.run(None, {name: x})
@@ -121,7 +132,8 @@ def free_port():
 
 
 class Kiln:
-    def __init__(self, kiln, max_batch, delay_ms, slots, tmp, lib=LIB, instances=1, intra=0):
+    def __init__(self, kiln, max_batch, delay_ms, slots, tmp, lib=LIB, instances=1, intra=0, accel="cpu"):
+        self.accel = "gpu" if accel == "cuda" else "cpu"
         cfg = os.path.join(tmp, f"kiln-{max_batch}-{instances}.toml")
         with open(cfg, "w") as f:
             f.write(f"""
@@ -148,25 +160,34 @@ instances = {instances}
 warm = true
 """)
         env = dict(os.environ, KILN_CONFIG=cfg, KILN_HTTP_ADDR=f"127.0.0.1:{free_port()}",
-                   KILN_STORE_URL=f"file://{tmp}/store-{max_batch}-{instances}/", KILN_LOG="warn")
-        self.p = subprocess.Popen([kiln, "serve"], env=env, stdout=subprocess.PIPE)
+                   KILN_STORE_URL=f"file://{tmp}/store-{max_batch}-{instances}/", KILN_LOG="warn",
+                   KILN_ACCEL="auto" if self.accel == "gpu" else "cpu")
+        if LOG_DIR:
+            env["KILN_LOG"] = "info"
+            self.log = open(os.path.join(LOG_DIR, f"kiln-{accel}-{max_batch}-{instances}.log"), "w")
+        else:
+            self.log = None
+        self.p = subprocess.Popen([kiln, "serve"], env=env, stdout=subprocess.PIPE, stderr=self.log)
         line = self.p.stdout.readline().decode()
         self.base = line.strip().split("kiln listening on ")[1]
+        t0 = time.perf_counter()
         for _ in range(600):
             try:
-                if urllib.request.urlopen(self.base + "/readyz").status == 200:
+                if urllib.request.urlopen(self.base + "/readyz", timeout=5).status == 200:
                     break
             except Exception:
                 pass
             time.sleep(0.1)
+        print(f"  (kiln ready after {time.perf_counter() - t0:.1f} s)", flush=True)
 
     def job(self, i, path):
         body = json.dumps({"id": f"b{time.time_ns()}-{i}", "kind": "infer",
-                           "input": {"model": "nudenet", "images": [f"file://{path}"]}}).encode()
+                           "input": {"model": "nudenet", "images": [f"file://{path}"], "accel": self.accel}}).encode()
         s = time.perf_counter()
-        r = urllib.request.urlopen(urllib.request.Request(self.base + "/v1/jobs", data=body, method="POST"))
+        r = urllib.request.urlopen(urllib.request.Request(self.base + "/v1/jobs", data=body, method="POST"), timeout=60)
         res = json.loads(r.read())
         assert res["status"] == "succeeded", res
+        assert res["infer"]["device"] == ("cuda" if self.accel == "gpu" else "cpu"), res["infer"]
         return time.perf_counter() - s, res["infer"]["batches"][0]
 
     def load(self, paths, n, conc):
@@ -190,6 +211,8 @@ warm = true
     def stop(self):
         self.p.terminate()
         self.p.wait(30)
+        if self.log:
+            self.log.close()
 
 
 def main():
@@ -199,33 +222,56 @@ def main():
     ap.add_argument("--delay-ms", type=int, default=10)
     ap.add_argument("--instance-batch", type=int, default=4, help="max_batch of the two-instance rows")
     ap.add_argument("--ort-dylib", default=LIB, help="kiln's ONNX Runtime library (onnxruntime-gpu's for CUDA)")
+    ap.add_argument("--accel", choices=("cpu", "cuda"), default="cpu", help="where the baseline and kiln run the model")
+    ap.add_argument("--levels", default="1,4,16", help="client concurrency levels of the kiln rows")
+    ap.add_argument("--rows", default="batch,instances,off",
+                    help="kiln row groups: batch (one session), instances (--instances sessions), off (max_batch 1)")
+    ap.add_argument("--instances", default="2", help="comma list of instance counts for the instances rows")
+    ap.add_argument("--kiln-logs", default=None, help="folder for kiln's logs (KILN_LOG=info)")
     a = ap.parse_args()
+    global LOG_DIR
+    LOG_DIR = a.kiln_logs
+    if a.accel == "cuda":
+        PROVIDERS.insert(0, "CUDAExecutionProvider")
+    levels = [int(x) for x in a.levels.split(",")]
+    groups = set(a.rows.split(","))
     paths = photos()
-    print(f"{len(paths)} photos, {a.requests} requests per row, model {os.path.basename(MODEL)}, {os.cpu_count()} CPUs")
+    print(f"{len(paths)} photos, {a.requests} requests per row, model {os.path.basename(MODEL)}, {os.cpu_count()} CPUs, "
+          f"accel {a.accel}, onnxruntime {ort.__version__}", flush=True)
     rows = []
+
+    def row(r):
+        rows.append(r)
+        name, c, ips, p50, p95, mb = r
+        print(f"  {name} | c{c} | {ips:.1f} img/s | p50 {p50:.0f} ms | p95 {p95:.0f} ms | batch {mb:.1f}", flush=True)
+
     ips, p50, p95 = baseline(paths, a.requests, draft=False)
-    rows.append(("python onnxruntime, sequential (PIL full decode)", 1, ips, p50, p95, 1))
+    row((f"python onnxruntime ({PROVIDERS[0]}), sequential (PIL full decode)", 1, ips, p50, p95, 1))
     base_ips = ips
     ips, p50, p95 = baseline(paths, a.requests, draft=True)
-    rows.append(("python onnxruntime, sequential (PIL draft decode)", 1, ips, p50, p95, 1))
+    row((f"python onnxruntime ({PROVIDERS[0]}), sequential (PIL draft decode)", 1, ips, p50, p95, 1))
     draft_ips = ips
     with tempfile.TemporaryDirectory() as tmp:
         def serve(label, levels, max_batch, delay_ms, **kw):
-            k = Kiln(a.kiln, max_batch, delay_ms, 16, tmp, a.ort_dylib, **kw)
+            k = Kiln(a.kiln, max_batch, delay_ms, 16, tmp, a.ort_dylib, accel=a.accel, **kw)
             try:
                 for c in levels:
                     ips, p50, p95, mb = k.load(paths, a.requests, c)
-                    rows.append((label, c, ips, p50, p95, mb))
+                    row((label, c, ips, p50, p95, mb))
             finally:
                 k.stop()
 
-        serve(f"kiln serve, batching (max_batch 16, {a.delay_ms} ms)", (1, 4, 16), 16, a.delay_ms)
-        # Two sessions of cores/2 intra-op threads each, taking batches from one queue.
-        t = max(1, (os.cpu_count() or 1) // 2)
-        ib = a.instance_batch
-        serve(f"kiln serve, 2 instances x {t} thread(s), batching (max_batch {ib}, {a.delay_ms} ms)", (1, 4, 16), ib,
-              a.delay_ms, instances=2, intra=t)
-        serve("kiln serve, batching off (max_batch 1)", (16,), 1, 0)
+        if "batch" in groups:
+            serve(f"kiln serve, batching (max_batch 16, {a.delay_ms} ms)", levels, 16, a.delay_ms)
+        # N sessions of cores/N intra-op threads each, taking batches from one queue.
+        if "instances" in groups:
+            ib = a.instance_batch
+            for n in (int(x) for x in a.instances.split(",")):
+                t = max(1, (os.cpu_count() or 1) // n)
+                serve(f"kiln serve, {n} instances x {t} thread(s), batching (max_batch {ib}, {a.delay_ms} ms)", levels, ib,
+                      a.delay_ms, instances=n, intra=t)
+        if "off" in groups:
+            serve("kiln serve, batching off (max_batch 1)", (max(levels),), 1, 0)
     print(f"| runner | concurrency | images/s | p50 ms | p95 ms | mean batch | vs python (full) | vs python (draft) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, c, ips, p50, p95, mb in rows:

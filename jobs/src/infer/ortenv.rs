@@ -118,7 +118,11 @@ pub fn session(
     }
     let mut device = Device::Cpu;
     if want_cuda {
-        match ort::ep::CUDA::default().register(&mut builder) {
+        // Heuristic cuDNN algorithm choice: the default exhaustive search benchmarks every
+        // Conv again for each new input shape, and dynamic batching makes a new shape of every
+        // batch size, so the first batches of each size would stall for seconds.
+        let cuda = ort::ep::CUDA::default().with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
+        match cuda.register(&mut builder) {
             Ok(()) => device = Device::Cuda,
             Err(e) => tracing::warn!(model = name, error = %e, "CUDA execution provider unavailable; running on CPU"),
         }
