@@ -395,6 +395,29 @@ fn serve_warms_models_before_ready_and_reports_them() {
 }
 
 #[test]
+fn padded_batches_run_at_max_batch_and_answer_only_the_real_items() {
+    // `pad_batches` (the default on CUDA) on a CPU session: a 3-item job runs as one batch of
+    // max_batch 4 with a zero item, which ONNX Runtime really computes; the answer holds 3.
+    let extra = model_toml("double", &model_uri("double_a.onnx"), "task = \"tensor\"\nmax_batch = 4\nmax_delay_ms = 0\npad_batches = true");
+    let (d, cfg) = config(&extra, &ort_lib());
+    let (_server, base) = serve(&cfg, d.path(), &[]);
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let job = tensor_job("p1", "double", &[vec![1.0; 4], vec![2.0; 4], vec![3.0; 4]]);
+    let r: Value = client.post(format!("{base}/v1/jobs")).body(job.to_string()).send().unwrap().json().unwrap();
+    let r = ok(&r);
+    assert_eq!(r["infer"]["batches"], json!([3]));
+    assert_eq!(r["inference"].as_array().unwrap().len(), 3);
+    for i in 0..3 {
+        assert_eq!(output(r, i, "y")["data"], json!(vec![2.0 * (i as f64 + 1.0); 4]), "{r:#}");
+        // The model reports the batch it ran: the padded one.
+        assert_eq!(output(r, i, "n")["data"], json!([4.0]), "{r:#}");
+    }
+    let metrics = client.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("kiln_infer_batch_padding_items_total{model=\"double\"} 1"), "{metrics}");
+    assert!(metrics.contains("kiln_infer_batch_items_total{model=\"double\"} 3"), "{metrics}");
+}
+
+#[test]
 fn models_load_from_s3_at_warm_up_and_on_first_use() {
     use kiln_jobs::ObjectStore;
     use kiln_tests::moto::{Moto, AWS_ENV};

@@ -57,6 +57,8 @@ pub struct BatchStats {
     pub items: AtomicU64,
     /// The largest batch so far.
     pub largest: AtomicU64,
+    /// Zero items added to pad batches up to `max_batch` (see [`Batcher::start_padded`]).
+    pub padding: AtomicU64,
 }
 
 pub struct Batcher {
@@ -77,6 +79,20 @@ impl Batcher {
         max_delay: Duration,
         stats: Arc<BatchStats>,
     ) -> Result<Batcher, JobError> {
+        Self::start_padded(name, runners, max_batch, max_delay, false, stats)
+    }
+
+    /// [`Batcher::start`], and with `pad` every batch runs at `max_batch` items: the missing
+    /// ones are zeros and their outputs are dropped, so the session only ever sees one input
+    /// shape (batches of varying size were measured slow on CUDA).
+    pub fn start_padded<R: RunBatch>(
+        name: &str,
+        runners: Vec<R>,
+        max_batch: usize,
+        max_delay: Duration,
+        pad: bool,
+        stats: Arc<BatchStats>,
+    ) -> Result<Batcher, JobError> {
         let (tx, rx) = mpsc::channel::<Request>();
         let incoming = Arc::new(AtomicUsize::new(0));
         let queue = Arc::new(Mutex::new(Queue { rx, carry: None, incoming: incoming.clone() }));
@@ -86,7 +102,7 @@ impl Batcher {
             let q = queue.clone();
             std::thread::Builder::new()
                 .name(format!("kiln-infer-{}-{i}", name.chars().take(8).collect::<String>()))
-                .spawn(move || batch_loop(&q, runner, max_batch, max_delay, &st))
+                .spawn(move || batch_loop(&q, runner, max_batch, max_delay, pad, &st))
                 .map_err(|e| JobError::internal(format!("starting the batch thread: {e}")))?;
         }
         Ok(Batcher { tx: Mutex::new(tx), incoming, max_batch, stats })
@@ -157,14 +173,15 @@ struct Formed {
     items: usize,
 }
 
-fn batch_loop(queue: &Mutex<Queue>, mut runner: impl RunBatch, max_batch: usize, delay: Duration, stats: &BatchStats) {
+fn batch_loop(queue: &Mutex<Queue>, mut runner: impl RunBatch, max_batch: usize, delay: Duration, pad: bool, stats: &BatchStats) {
     loop {
         let formed = {
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
             form(&mut q, max_batch, delay)
         };
         let Some(b) = formed else { return };
-        run_one(&mut runner, b.requests, &b.shape, b.items, stats);
+        let run_as = if pad { max_batch.max(b.items) } else { b.items };
+        run_one(&mut runner, b.requests, &b.shape, b.items, run_as, stats);
     }
 }
 
@@ -209,21 +226,24 @@ fn form(q: &mut Queue, max_batch: usize, delay: Duration) -> Option<Formed> {
     Some(Formed { requests: batch, shape, items: n })
 }
 
-fn run_one(runner: &mut impl RunBatch, batch: Vec<Request>, shape: &[i64], n: usize, stats: &BatchStats) {
+/// Runs the `n` items of `batch` as a batch of `run_as` ≥ `n` (zeros after the real items).
+fn run_one(runner: &mut impl RunBatch, batch: Vec<Request>, shape: &[i64], n: usize, run_as: usize, stats: &BatchStats) {
     let per_item: usize = shape.iter().map(|d| *d as usize).product();
-    let mut data = Vec::with_capacity(per_item * n);
+    let mut data = Vec::with_capacity(per_item * run_as);
     for r in &batch {
         for it in &r.items {
             data.extend_from_slice(&it.data);
         }
     }
-    let mut batch_shape = vec![n as i64];
+    data.resize(per_item * run_as, 0.0);
+    let mut batch_shape = vec![run_as as i64];
     batch_shape.extend_from_slice(shape);
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.items.fetch_add(n as u64, Ordering::Relaxed);
     stats.largest.fetch_max(n as u64, Ordering::Relaxed);
+    stats.padding.fetch_add((run_as - n) as u64, Ordering::Relaxed);
     let started = Instant::now();
-    let result = runner.run(&batch_shape, data).and_then(|outs| split(outs, n));
+    let result = runner.run(&batch_shape, data).and_then(|outs| split(unpad(outs, n, run_as), n));
     tracing::debug!(batch = n, requests = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch run");
     match result {
         Ok(mut per_item) => {
@@ -239,6 +259,23 @@ fn run_one(runner: &mut impl RunBatch, batch: Vec<Request>, shape: &[i64], n: us
             }
         }
     }
+}
+
+/// Drops the padding items' outputs: every output whose batch dimension is `run_as` keeps
+/// its first `n` items.
+fn unpad(outs: Vec<BatchOutput>, n: usize, run_as: usize) -> Vec<BatchOutput> {
+    if run_as == n {
+        return outs;
+    }
+    outs.into_iter()
+        .map(|(name, mut shape, mut data)| {
+            if shape.first().copied() == Some(run_as as i64) && data.len() % run_as == 0 {
+                data.truncate(data.len() / run_as * n);
+                shape[0] = n as i64;
+            }
+            (name, shape, data)
+        })
+        .collect()
 }
 
 /// Splits batched outputs into one list of outputs per item.
@@ -333,6 +370,28 @@ mod tests {
         b.infer(vec![item(4.0)], None, || Ok(())).unwrap();
         assert!(started.elapsed() < delay / 2, "waited {:?} for a job that gave up", started.elapsed());
         assert_eq!(*sizes.lock().unwrap(), vec![2, 1, 1]);
+    }
+
+    #[test]
+    fn padded_batches_always_run_at_max_batch_and_return_only_the_real_items() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let b = Batcher::start_padded("t", vec![Fake { sizes: sizes.clone() }], 4, Duration::from_millis(1), true, Default::default())
+            .unwrap();
+        let (out, n) = b.infer(vec![item(1.0), item(2.0)], None, || Ok(())).unwrap();
+        // The caller gets its two items back (and the real batch size), the session saw four.
+        assert_eq!((n, out.len()), (2, 2));
+        assert_eq!(out[0][0].data, vec![2.0, 3.0]);
+        assert_eq!(out[1][0].data, vec![4.0, 5.0]);
+        assert_eq!(out[1][1].data, vec![4.0], "the runner reports the batch it ran");
+        let (out, _) = b.infer(vec![item(3.0)], None, || Ok(())).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0][0].data, vec![6.0, 7.0]);
+        assert_eq!(*sizes.lock().unwrap(), vec![4, 4]);
+        assert_eq!(b.stats.padding.load(Ordering::SeqCst), 2 + 3);
+        assert_eq!(b.stats.items.load(Ordering::SeqCst), 3);
+        // An output without the batch dimension first is passed through as it is, and then
+        // refused by the split like any output that is not per item.
+        assert_eq!(unpad(vec![("s".into(), vec![1], vec![9.0])], 2, 4), vec![("s".to_string(), vec![1i64], vec![9.0f32])]);
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct ModelConfig {
     /// on CPU, pair it with `infer.intra_threads` = cores / instances.
     #[serde(default = "one")]
     pub instances: usize,
+    /// Run every batch at `max_batch` items, zero-padded, so the session sees one input shape.
+    /// Unset: padded on CUDA (batches of varying size were measured slow there), not on CPU
+    /// (where the padding would be wasted work).
+    #[serde(default)]
+    pub pad_batches: Option<bool>,
     /// Load at start (before /readyz answers 200) and never evict.
     #[serde(default)]
     pub warm: bool,

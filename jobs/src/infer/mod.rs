@@ -202,6 +202,10 @@ impl JobKind for Infer {
         for (m, st) in stats.iter() {
             let _ = writeln!(out, "kiln_infer_batch_items_total{{model=\"{m}\"}} {}", st.items.load(Ordering::Relaxed));
         }
+        let _ = writeln!(out, "# HELP kiln_infer_batch_padding_items_total Zero items added to pad batches to max_batch\n# TYPE kiln_infer_batch_padding_items_total counter");
+        for (m, st) in stats.iter() {
+            let _ = writeln!(out, "kiln_infer_batch_padding_items_total{{model=\"{m}\"}} {}", st.padding.load(Ordering::Relaxed));
+        }
     }
 }
 

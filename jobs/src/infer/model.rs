@@ -65,14 +65,16 @@ impl LoadedModel {
             let (session, _) = ortenv::session(env, &m.name, bytes, device == Device::Cuda, engine.intra_threads)?;
             runners.push(OrtRunner { session, input: input_name.clone(), model: m.name.clone() });
         }
-        let batcher = Batcher::start(&m.name, runners, max_batch, Duration::from_millis(m.max_delay_ms), stats)?;
+        // A fixed batch dimension above 1 only takes full batches: pad to it as well.
+        let pad = dims[0] > 1 || m.pad_batches.unwrap_or(device == Device::Cuda);
+        let batcher = Batcher::start_padded(&m.name, runners, max_batch, Duration::from_millis(m.max_delay_ms), pad, stats)?;
         let estimate = (bytes.len() as f64 * engine.memory_factor) as u64 * m.instances.max(1) as u64;
         let footprint = match device {
             Device::Cpu => Footprint { host_bytes: estimate, gpu_bytes: 0 },
             Device::Cuda => Footprint { host_bytes: bytes.len() as u64, gpu_bytes: estimate },
         };
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(model = %m.name, device = device.name(), load_ms, max_batch, instances = m.instances, "model loaded");
+        tracing::info!(model = %m.name, device = device.name(), load_ms, max_batch, instances = m.instances, pad, "model loaded");
         Ok((LoadedModel { name: m.name.clone(), input_name, item_dims, labels, device, batcher, load_ms }, footprint))
     }
 

@@ -210,6 +210,52 @@ mod tests {
     }
 
     #[test]
+    fn a_ladder_asked_for_scale_cuda_without_a_gpu_falls_back_to_swscale() {
+        use crate::video::{open, transcode, EncoderKind, LadderConfig, RungConfig, SourceInput, VideoCodec};
+        if !crate::probe::gpus().devices.is_empty() {
+            return; // a GPU host runs the real thing (benches/gpu/run.sh)
+        }
+        let dir = std::env::temp_dir().join(format!("kiln-scale-fallback-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let clip = dir.join("clip.mp4");
+        let st = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=2"])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+            .arg(&clip)
+            .status()
+            .expect("ffmpeg CLI");
+        assert!(st.success());
+        let cfg = LadderConfig {
+            rungs: vec![
+                RungConfig { width: 320, height: 240, bitrate_kbps: 400 },
+                RungConfig { width: 160, height: 120, bitrate_kbps: 200 },
+            ],
+            codec: VideoCodec::H264,
+            encoder: EncoderKind::Cpu,
+            nvdec: false,
+            scale: ScaleEngine::Cuda,
+            preset: "ultrafast".into(),
+            segment_seconds: 1.0,
+            audio_bitrate_kbps: 64,
+            start_segment: 0,
+            work_dir: dir.join("work"),
+            max_duration_s: None,
+        };
+        let src = open(SourceInput::Path(clip)).expect("open clip");
+        let mut segments = 0;
+        let summary = transcode(src, &cfg, &|| false, |_| {
+            segments += 1;
+            Ok(())
+        })
+        .expect("the ladder still runs");
+        // The source-size rung passes frames through; the scaled one fell back to swscale.
+        assert_eq!(summary.scalers, ["none", "swscale"]);
+        assert_eq!(summary.frames_encoded, [50, 50]);
+        assert_eq!(segments, 4, "2 rungs x 2 one-second segments");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn scale_cuda_is_refused_cleanly_without_a_gpu() {
         // On a host with a working CUDA device this passes either way; without one the probe
         // must report an error (hwupload_cuda cannot create its device), never panic.
