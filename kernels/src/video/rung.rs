@@ -1,7 +1,8 @@
 //! One rung of the ladder, on its own thread: scale each shared decoded frame (a reused
-//! `scale::Scaler`: swscale, or scale_cuda on the GPU), encode it (libx264 or NVENC, an IDR forced on the first frame of every
-//! segment), and cut the packets into MPEG-TS segment files — one muxer per segment, so each
-//! file is complete (and handed back) as soon as the next segment's IDR comes out.
+//! `scale::Scaler`: swscale, or scale_cuda on the GPU), encode it (libx264 or NVENC, an IDR
+//! forced on the first frame of every segment), and cut the packets into MPEG-TS segment
+//! files — one muxer per segment, so each file is complete (and handed back) as soon as the
+//! next segment's IDR comes out.
 
 use super::ladder::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 use super::{SharedFrame, VideoError};
