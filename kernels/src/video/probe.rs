@@ -62,6 +62,10 @@ fn run_probe() -> CodecProbe {
         return p;
     }
     let mut notes = Vec::new();
+    // An engine that does not open is an expected finding (an H100 has no NVENC), reported in
+    // `gpu_note`: FFmpeg's own error lines for it would only alarm whoever reads stderr.
+    let level = ff::util::log::get_level().unwrap_or(ff::util::log::Level::Error);
+    ff::util::log::set_level(ff::util::log::Level::Quiet);
     for (name, flag) in [("h264_nvenc", &mut p.nvenc_h264), ("hevc_nvenc", &mut p.nvenc_hevc)] {
         match open_encoder_session(name) {
             Ok(()) => *flag = true,
@@ -76,6 +80,7 @@ fn run_probe() -> CodecProbe {
         Ok(()) => p.scale_cuda = true,
         Err(e) => notes.push(format!("scale_cuda: {e}")),
     }
+    ff::util::log::set_level(level);
     if !notes.is_empty() {
         p.gpu_note = Some(notes.join("; "));
     }
