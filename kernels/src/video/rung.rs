@@ -70,7 +70,6 @@ pub(crate) fn run(setup: RungSetup, rx: Receiver<Msg>, done: SyncSender<SegmentF
     let vparams = codec::Parameters::from(&encoder);
     let (w, h) = (setup.cfg.width, setup.cfg.height);
     let mut scaler = Scaler::new(setup.scale.clone(), w, h);
-    let mut scaled_any = false;
     let mut starts: VecDeque<(u32, i64)> = VecDeque::new();
     let mut cur_seg: Option<u32> = None;
     let mut current: Option<Segment> = None;
@@ -103,7 +102,6 @@ pub(crate) fn run(setup: RungSetup, rx: Receiver<Msg>, done: SyncSender<SegmentF
                     }
                     r
                 } else {
-                    scaled_any = true;
                     match scaler.run(src) {
                         Ok(f) => f,
                         Err(e) if *scaler.engine() != ScaleEngine::Cpu && frames == 0 => {
@@ -149,7 +147,7 @@ pub(crate) fn run(setup: RungSetup, rx: Receiver<Msg>, done: SyncSender<SegmentF
         let end = last_pts + last_dur;
         w_ctx.close(seg, end, &mut audio, None, &codecs)?;
     }
-    let scaler = if scaled_any { scaler.engine().name().to_string() } else { "none".to_string() };
+    let scaler = scaler.used_name().to_string();
     Ok(RungDone { index: setup.index, codecs: codecs.unwrap_or_else(|| default_codecs(setup.codec)), frames, scaler })
 }
 

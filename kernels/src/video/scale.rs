@@ -67,6 +67,11 @@ impl Scaler {
         &self.engine
     }
 
+    /// What results report: the engine's name once it has scaled a frame, else `none`.
+    pub fn used_name(&self) -> &str {
+        if self.current.is_some() { self.engine.name() } else { "none" }
+    }
+
     /// `src` scaled to the target size as YUV420P. `src` is only read.
     pub fn run(&mut self, src: &frame::Video) -> Result<frame::Video, VideoError> {
         let key = (src.format(), src.width(), src.height());
