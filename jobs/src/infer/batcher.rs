@@ -57,7 +57,7 @@ pub struct BatchStats {
     pub items: AtomicU64,
     /// The largest batch so far.
     pub largest: AtomicU64,
-    /// Zero items added to pad batches up to `max_batch` (see [`Batcher::start_padded`]).
+    /// Zero items added to pad batches up to `max_batch` (see [`Batcher::start`]).
     pub padding: AtomicU64,
 }
 
@@ -71,21 +71,10 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts one batch thread per runner (the model's instances); they end when the
-    /// `Batcher` is dropped.
-    pub fn start<R: RunBatch>(
-        name: &str,
-        runners: Vec<R>,
-        max_batch: usize,
-        max_delay: Duration,
-        stats: Arc<BatchStats>,
-    ) -> Result<Batcher, JobError> {
-        Self::start_padded(name, runners, max_batch, max_delay, false, stats)
-    }
-
-    /// [`Batcher::start`], and with `pad` every batch runs at `max_batch` items: the missing
+    /// `Batcher` is dropped. With `pad` every batch runs at `max_batch` items: the missing
     /// ones are zeros and their outputs are dropped, so the session only ever sees one input
     /// shape (batches of varying size were measured slow on CUDA).
-    pub fn start_padded<R: RunBatch>(
+    pub fn start<R: RunBatch>(
         name: &str,
         runners: Vec<R>,
         max_batch: usize,
@@ -320,7 +309,7 @@ mod tests {
     fn concurrent_requests_share_a_batch_and_get_their_own_outputs() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         // A long delay: the batch must run because it is full, not because the delay passed.
-        let b = Arc::new(Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 4, Duration::from_secs(30), Default::default()).unwrap());
+        let b = Arc::new(Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 4, Duration::from_secs(30), false, Default::default()).unwrap());
         let barrier = Arc::new(Barrier::new(4));
         let started = Instant::now();
         let hs: Vec<_> = (0..4)
@@ -350,7 +339,7 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         // A delay long enough that a busy test host cannot mistake waiting it out for not.
         let delay = Duration::from_millis(1500);
-        let b = Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 8, delay, Default::default()).unwrap();
+        let b = Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 8, delay, false, Default::default()).unwrap();
         // Nobody else on the way: no wait for the delay.
         let started = Instant::now();
         let (out, n) = b.infer(vec![item(1.0), item(2.0)], None, || Ok(())).unwrap();
@@ -375,7 +364,7 @@ mod tests {
     #[test]
     fn padded_batches_always_run_at_max_batch_and_return_only_the_real_items() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let b = Batcher::start_padded("t", vec![Fake { sizes: sizes.clone() }], 4, Duration::from_millis(1), true, Default::default())
+        let b = Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 4, Duration::from_millis(1), true, Default::default())
             .unwrap();
         let (out, n) = b.infer(vec![item(1.0), item(2.0)], None, || Ok(())).unwrap();
         // The caller gets its two items back (and the real batch size), the session saw four.
@@ -397,7 +386,7 @@ mod tests {
     #[test]
     fn different_shapes_go_to_different_batches() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let b = Arc::new(Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 8, Duration::from_millis(30), Default::default()).unwrap());
+        let b = Arc::new(Batcher::start("t", vec![Fake { sizes: sizes.clone() }], 8, Duration::from_millis(30), false, Default::default()).unwrap());
         let b2 = b.clone();
         let h = std::thread::spawn(move || b2.infer(vec![Item { shape: vec![3], data: vec![1.0; 3] }], None, || Ok(())).unwrap().0);
         let out = b.infer(vec![item(1.0)], None, || Ok(())).unwrap().0;
@@ -433,7 +422,7 @@ mod tests {
         let seen = Arc::new(AtomicU64::new(0));
         let runners = (0..2).map(|_| Overlap { running: running.clone(), seen: seen.clone(), want: 2 }).collect();
         // Batches of one: two requests make two batches, one on each instance.
-        let b = Arc::new(Batcher::start("t", runners, 1, Duration::from_millis(1), Default::default()).unwrap());
+        let b = Arc::new(Batcher::start("t", runners, 1, Duration::from_millis(1), false, Default::default()).unwrap());
         let started = Instant::now();
         let hs: Vec<_> = (0..2)
             .map(|i| {

@@ -67,7 +67,7 @@ impl LoadedModel {
         }
         // A fixed batch dimension above 1 only takes full batches: pad to it as well.
         let pad = dims[0] > 1 || m.pad_batches.unwrap_or(device == Device::Cuda);
-        let batcher = Batcher::start_padded(&m.name, runners, max_batch, Duration::from_millis(m.max_delay_ms), pad, stats)?;
+        let batcher = Batcher::start(&m.name, runners, max_batch, Duration::from_millis(m.max_delay_ms), pad, stats)?;
         let estimate = (bytes.len() as f64 * engine.memory_factor) as u64 * m.instances.max(1) as u64;
         let footprint = match device {
             Device::Cpu => Footprint { host_bytes: estimate, gpu_bytes: 0 },
