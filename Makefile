@@ -28,9 +28,13 @@ demo: build-release
 	@echo "== outputs: $(DEMO_STORE)/outputs/<job id>/"
 	@ls $(DEMO_STORE)/outputs/*/ | head -40
 
+# The end-to-end tests drive the test-only `debug` job kind, which only this feature compiles in.
+TEST_FEATURES := --features kiln-worker/debug-kind
+
 test: fixtures
-	$(CARGO) build --workspace
-	$(CARGO) test --workspace
+	python3 scripts/check-architecture-paths.py ARCHITECTURE.md jobs/src/*/README.md
+	$(CARGO) build --workspace $(TEST_FEATURES)
+	$(CARGO) test --workspace $(TEST_FEATURES)
 
 bench-thumbnail: build-release fixtures
 	bash benches/thumbnail.sh --write

@@ -1,11 +1,13 @@
 //! Shared helpers of the end-to-end tests.
 //!
 //! - where things are: [`workspace_root`], [`kiln_bin`], [`data_dir`];
+//! - processes: [`proc`] (kill-on-drop guard, `kiln serve` on a free port, readiness);
 //! - the image corpus (real photos + generated cases), built once per process: [`ensure_corpus`];
 //! - driving `kiln run -`: [`run_jobs`], [`run_jobs_full`];
 //! - comparing pixels: [`decode_rgb8`], [`psnr`], [`psnr_aligned`], [`image_magic`].
 
 pub mod moto;
+pub mod proc;
 
 use serde_json::Value;
 use std::io::{Read, Write};

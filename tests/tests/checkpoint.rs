@@ -10,18 +10,18 @@
 
 use kiln_tests::moto::{Moto, Proxy, AWS_ENV};
 use kiln_jobs::ObjectStore;
-use kiln_tests::{kiln_bin, scratch_dir, workspace_root};
+use kiln_tests::proc::{kiln, Proc};
+use kiln_tests::{scratch_dir, workspace_root};
 use kiln_worker::config::S3Config;
 use kiln_worker::store::s3::S3Store;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A `kiln run` process with one job on stdin; stdout and stderr go to files.
 struct Worker {
-    child: Child,
+    proc: Proc,
     stdout: PathBuf,
     stderr: PathBuf,
 }
@@ -32,7 +32,7 @@ impl Worker {
         std::fs::write(&stdin, format!("{job}\n")).unwrap();
         let stdout = dir.join(format!("{name}.out"));
         let stderr = dir.join(format!("{name}.err"));
-        let mut cmd = Command::new(kiln_bin());
+        let mut cmd = kiln();
         cmd.args(["run", "-"])
             .current_dir(workspace_root())
             .env_remove("KILN_CONFIG")
@@ -45,16 +45,13 @@ impl Worker {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn kiln run");
-        Worker { child, stdout, stderr }
+        Worker { proc: Proc::spawn(&mut cmd), stdout, stderr }
     }
 
     /// Waits (bounded) for the process to exit and returns its one result.
     fn result(mut self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "kiln run did not finish; stderr:\n{}", self.stderr_text());
-            std::thread::sleep(Duration::from_millis(20));
+        if self.proc.wait_timeout(Duration::from_secs(120)).is_none() {
+            panic!("kiln run did not finish; stderr:\n{}", self.stderr_text());
         }
         let out = std::fs::read_to_string(&self.stdout).unwrap();
         let line = out.lines().find(|l| !l.trim().is_empty()).unwrap_or_else(|| panic!("no result; stderr:\n{}", self.stderr_text()));
@@ -66,14 +63,7 @@ impl Worker {
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
+        self.proc.kill(); // SIGKILL
     }
 }
 

@@ -3,24 +3,15 @@
 //! Jobs of the `debug` kind (KILN_DEBUG_KINDS=1) hold their slot until a gate file appears,
 //! so each test decides exactly when a job may finish; no test waits on a fixed sleep.
 
+use kiln_tests::proc::{kiln, serve, Proc};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn kiln_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_BIN") {
-        return p.into();
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kiln");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
-    p
-}
 
 /// A `kiln serve` process, killed on drop.
 struct Server {
-    child: Child,
+    proc: Proc,
     base: String,
     dir: tempfile::TempDir,
     client: reqwest::Client,
@@ -34,26 +25,19 @@ impl Server {
     async fn start_with(env: &[(&str, &str)], stderr: Stdio) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = url_of(dir.path());
-        let mut cmd = Command::new(kiln_bin());
-        cmd.arg("serve")
-            .env("KILN_HTTP_ADDR", "127.0.0.1:0")
-            .env("KILN_STORE_URL", &store)
+        let mut cmd = kiln();
+        cmd.env("KILN_STORE_URL", &store)
             .env("KILN_DEBUG_KINDS", "1")
             .env("KILN_LOG", "warn")
             .env_remove("KILN_CONFIG")
             .current_dir(dir.path())
-            .stdout(Stdio::piped())
             .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn kiln serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let base = line.trim().strip_prefix("kiln listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        let (proc, base) = serve(&mut cmd);
         let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        let s = Server { child, base, dir, client };
+        let s = Server { proc, base, dir, client };
         s.wait_until(|| async { s.get("/readyz").await.0 == 200 }, "ready").await;
         s
     }
@@ -143,15 +127,7 @@ impl Server {
     }
 
     fn sigterm(&self) {
-        let ok = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.signal("TERM");
     }
 }
 
@@ -318,7 +294,7 @@ async fn sigterm_drains_accepted_work_then_exits_zero() {
     let e2 = s.sse(w2).await;
     assert_eq!(e1.last().unwrap().1["status"], "succeeded");
     assert_eq!(e2.last().unwrap().1["status"], "succeeded");
-    let status = s.child.wait().unwrap();
+    let status = s.proc.child().wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(s.dir.path().join("outputs/d2/o.txt").exists());
     assert!(s.dir.path().join("jobs/d2/result.json").exists());
@@ -332,7 +308,7 @@ async fn sigterm_grace_cancels_what_cannot_finish() {
     s.sigterm();
     let events = s.sse(w).await;
     assert_eq!(events.last().unwrap().1["status"], "cancelled");
-    assert_eq!(s.child.wait().unwrap().code(), Some(0));
+    assert_eq!(s.proc.child().wait().unwrap().code(), Some(0));
 }
 
 #[tokio::test]
@@ -406,7 +382,7 @@ async fn capacity_reports_reach_the_router_until_draining() {
     let next = recv(&rx);
     assert!(next["seq"].as_u64() > report["seq"].as_u64(), "sequence numbers grow");
     s.sigterm();
-    assert_eq!(s.child.wait().unwrap().code(), Some(0));
+    assert_eq!(s.proc.child().wait().unwrap().code(), Some(0));
     let rest: Vec<Value> = rx.try_iter().collect();
     assert_eq!(rest.last().map(|r| r["state"].clone()), Some(json!("draining")), "the last report says draining");
 }
@@ -421,7 +397,7 @@ async fn a_traceparent_puts_the_job_into_the_callers_trace() {
     let (code, _, r) = s.post(&json!({"id": "untraced", "kind": "debug", "input": {}}), &[("traceparent", "garbage")]).await;
     assert_eq!(code, 200, "a malformed traceparent is ignored: {r}");
     s.sigterm();
-    assert_eq!(s.child.wait().unwrap().code(), Some(0));
+    assert_eq!(s.proc.child().wait().unwrap().code(), Some(0));
     let text = std::fs::read_to_string(logs.path()).unwrap();
     // JSON log lines of the job carry the trace id, the caller's span as parent, and a new span.
     let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();

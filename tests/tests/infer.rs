@@ -5,13 +5,13 @@
 //! generated per test run by tests/infer/make_models.py; the real detector is compared with
 //! Python onnxruntime by tests/infer/reference.py.
 
-use kiln_tests::{kiln_bin, run_jobs_full, workspace_root};
+use kiln_tests::proc::{kiln, serve as spawn_serve, wait_ready, Proc};
+use kiln_tests::{run_jobs_full, workspace_root};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn tools() -> PathBuf {
     workspace_root().join(".tools")
@@ -312,7 +312,7 @@ fn nudenet_detections_match_python_onnxruntime() {
 #[test]
 fn probe_lists_execution_providers() {
     let (_d, cfg) = config("", &ort_lib());
-    let out = Command::new(kiln_bin()).arg("probe").env("KILN_CONFIG", &cfg).env("KILN_LOG", "warn").output().unwrap();
+    let out = kiln().arg("probe").env("KILN_CONFIG", &cfg).env("KILN_LOG", "warn").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let p: Value = serde_json::from_slice(&out.stdout).unwrap();
     let ort = &p["onnxruntime"];
@@ -325,41 +325,19 @@ fn probe_lists_execution_providers() {
     assert!(p["kinds"].as_array().unwrap().iter().any(|k| k == "infer"));
 }
 
-/// A `kiln serve` process, killed on drop.
-struct Served(std::process::Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `kiln serve` with the config (store under `dir`) and waits (bounded) until
 /// /readyz says it is warm. Returns the process and its base URL.
-fn serve(cfg: &Path, dir: &Path, env: &[(&str, &str)]) -> (Served, String) {
-    let mut cmd = Command::new(kiln_bin());
-    cmd.arg("serve")
-        .env("KILN_CONFIG", cfg)
-        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
+fn serve(cfg: &Path, dir: &Path, env: &[(&str, &str)]) -> (Proc, String) {
+    let mut cmd = kiln();
+    cmd.env("KILN_CONFIG", cfg)
         .env("KILN_STORE_URL", format!("file://{}/store/", dir.display()))
         .env("KILN_LOG", "warn")
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let served = Served(child);
-    let base = line.trim().strip_prefix("kiln listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
-    let client = reqwest::blocking::Client::new();
-    let started = Instant::now();
-    while client.get(format!("{base}/readyz")).send().map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (served, base) = spawn_serve(&mut cmd);
+    wait_ready(&base, Duration::from_secs(60));
     (served, base)
 }
 

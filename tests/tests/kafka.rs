@@ -11,21 +11,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{kiln_bin, workspace_root as root};
+use kiln_tests::proc::{kiln, serve, Proc};
+use kiln_tests::workspace_root as root;
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -33,7 +26,7 @@ fn free_port() -> u16 {
 
 struct Broker {
     addr: String,
-    _proc: Killed,
+    _proc: Proc,
 }
 
 impl Broker {
@@ -53,7 +46,7 @@ impl Broker {
             assert!(start.elapsed() < Duration::from_secs(20), "broker did not listen");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let b = Broker { addr: format!("127.0.0.1:{port}"), _proc: Killed(proc) };
+        let b = Broker { addr: format!("127.0.0.1:{port}"), _proc: Proc::from_child(proc) };
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b.addr).create().unwrap();
         let topics = [
             NewTopic::new("kiln.jobs", partitions, TopicReplication::Fixed(1)),
@@ -88,6 +81,21 @@ impl Broker {
         c.assign(&tpl).unwrap();
         c
     }
+
+    /// Every message of a topic's single partition written so far: a marker is appended and
+    /// the partition read up to it (everything before it is all that was there).
+    async fn read_all(&self, topic: &str) -> Vec<Msg> {
+        let p = self.producer();
+        p.send(FutureRecord::to(topic).key("end-marker").payload("{}"), Duration::from_secs(10)).await.unwrap();
+        let c = self.reader(topic);
+        let mut got = tokio::task::spawn_blocking(move || {
+            collect(&c, |g| g.last().is_some_and(|(k, _, _)| k.as_deref() == Some("end-marker")))
+        })
+        .await
+        .unwrap();
+        got.pop();
+        got
+    }
 }
 
 /// A consumed message: key, payload, headers.
@@ -117,11 +125,9 @@ fn results_by_id(msgs: &[Msg]) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn worker(broker: &Broker, store: &Path, extra: &[(&str, &str)]) -> (Killed, String) {
-    let mut cmd = Command::new(kiln_bin());
-    cmd.arg("serve")
-        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
-        .env("KILN_STORE_URL", format!("file://{}/", store.display()))
+fn worker(broker: &Broker, store: &Path, extra: &[(&str, &str)]) -> (Proc, String) {
+    let mut cmd = kiln();
+    cmd.env("KILN_STORE_URL", format!("file://{}/", store.display()))
         .env("KILN_KAFKA_BROKERS", &broker.addr)
         .env("KILN_KAFKA_GROUP", "kiln-test")
         .env("KILN_KAFKA_SESSION_TIMEOUT_MS", "2000")
@@ -129,16 +135,11 @@ fn worker(broker: &Broker, store: &Path, extra: &[(&str, &str)]) -> (Killed, Str
         .env("KILN_DEBUG_KINDS", "1")
         .env("KILN_LOG", "warn")
         .env_remove("KILN_CONFIG")
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("kiln listening on ").unwrap().to_owned();
-    (Killed(child), base)
+    serve(&mut cmd)
 }
 
 fn job(id: &str, input: Value) -> Vec<u8> {
@@ -149,7 +150,7 @@ fn job(id: &str, input: Value) -> Vec<u8> {
 async fn every_job_gets_exactly_one_result_and_its_outputs() {
     let broker = Broker::start(3).await;
     let store = tempfile::tempdir().unwrap();
-    let (_w, _) = worker(&broker, store.path(), &[]);
+    let (mut w, _) = worker(&broker, store.path(), &[]);
     let p = broker.producer();
     let n = 40;
     for i in 0..n {
@@ -169,6 +170,18 @@ async fn every_job_gets_exactly_one_result_and_its_outputs() {
     let events = broker.reader("kiln.events");
     let ev = tokio::task::spawn_blocking(move || collect(&events, |g| g.iter().filter(|(_, v, _)| v.windows(8).any(|w| w == b"\"result\"")).count() >= n)).await.unwrap();
     assert!(ev.iter().any(|(_, v, _)| serde_json::from_slice::<Value>(v).unwrap()["event"] == "output"));
+    // Exactly one: once the worker has drained and left, the whole results topic holds each
+    // job's result once (a duplicate would not show in `by_id`).
+    w.signal("TERM");
+    assert!(w.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "the worker did not drain and exit");
+    let all = broker.read_all("kiln.results").await;
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, v, _) in &all {
+        let r: Value = serde_json::from_slice(v).unwrap();
+        *per_id.entry(r["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+    }
+    let dup: Vec<_> = per_id.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(dup.is_empty() && per_id.len() == n, "results per job id: {dup:?} ({} ids)", per_id.len());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,8 +229,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_reruns_nothing_finished() {
         assert!(start.elapsed() < Duration::from_secs(60), "no progress");
         std::thread::sleep(Duration::from_millis(5));
     }
-    w.0.kill().unwrap();
-    w.0.wait().unwrap();
+    w.kill();
     let finished: Vec<String> = (0..n).map(|i| format!("c{i}")).filter(|id| store.path().join(format!("jobs/{id}/result.json")).exists()).collect();
     assert!(finished.len() < n, "the kill came too late to test anything");
 
@@ -265,7 +277,7 @@ async fn a_full_queue_pauses_partitions_and_memory_stays_bounded() {
         assert!(start.elapsed() < Duration::from_secs(30), "partitions never paused");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", w.0.id()))
+    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", w.id()))
         .unwrap()
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -305,8 +317,7 @@ async fn two_workers_share_partitions_and_one_takes_over_when_the_other_dies() {
         assert!(start.elapsed() < Duration::from_secs(60), "both workers should get partitions");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
+    a.kill();
     for i in n..n + 20 {
         let id = format!("s{i}");
         broker.produce(&p, &id, &job(&id, json!({"output": "o.txt"}))).await;

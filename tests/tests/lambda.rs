@@ -5,10 +5,11 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{kiln_bin, workspace_root as root};
+use kiln_tests::proc::{kiln, Proc};
+use kiln_tests::workspace_root as root;
 
 fn emulator_bin() -> PathBuf {
     let p = root().join(".tools/bin/cargo-lambda");
@@ -20,19 +21,12 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The emulator and one kiln function process attached to it.
 struct Function {
     port: u16,
-    _emulator: Killed,
-    _kiln: Killed,
+    _emulator: Proc,
+    _kiln: Proc,
     dir: tempfile::TempDir,
     client: reqwest::blocking::Client,
 }
@@ -45,20 +39,19 @@ impl Function {
         std::fs::create_dir_all(dir.path().join("fn/src")).unwrap();
         std::fs::write(dir.path().join("fn/Cargo.toml"), "[package]\nname = \"f\"\nversion = \"0.0.0\"\nedition = \"2021\"\n[workspace]\n").unwrap();
         std::fs::write(dir.path().join("fn/src/main.rs"), "fn main() {}\n").unwrap();
-        let emulator = Command::new(emulator_bin())
+        let emulator = Proc::spawn(
+            Command::new(emulator_bin())
             .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
             .current_dir(dir.path().join("fn"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the cargo-lambda emulator");
-        let emulator = Killed(emulator);
+                .stderr(Stdio::null()),
+        );
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(start.elapsed() < Duration::from_secs(30), "emulator did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut cmd = Command::new(kiln_bin());
+        let mut cmd = kiln();
         cmd.env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}/.rt"))
             .env("AWS_LAMBDA_FUNCTION_NAME", "_")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
@@ -75,7 +68,7 @@ impl Function {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let kiln = Killed(cmd.spawn().expect("start kiln"));
+        let kiln = Proc::spawn(&mut cmd);
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
         Function { port, _emulator: emulator, _kiln: kiln, dir, client }
     }
@@ -190,24 +183,23 @@ fn streaming_sends_events_as_ndjson_then_the_result() {
 #[test]
 fn without_lambda_variables_the_same_binary_serves_http() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(kiln_bin())
-        .env_remove("AWS_LAMBDA_RUNTIME_API")
-        .env_remove("KILN_MODE")
-        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
-        .env("KILN_STORE_URL", format!("file://{}/", dir.path().display()))
-        .env("KILN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = Killed(child);
+    let mut child = Proc::spawn(
+        kiln()
+            .env_remove("AWS_LAMBDA_RUNTIME_API")
+            .env_remove("KILN_MODE")
+            .env("KILN_HTTP_ADDR", "127.0.0.1:0")
+            .env("KILN_STORE_URL", format!("file://{}/", dir.path().display()))
+            .env("KILN_LOG", "warn")
+            .stdout(Stdio::piped()),
+    );
     let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.child().stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = line.trim().strip_prefix("kiln listening on ").expect("serve mode").to_owned();
     let r = reqwest::blocking::get(format!("{base}/healthz")).unwrap();
     assert_eq!(r.status(), 200);
 
     // KILN_MODE=lambda without the Runtime API is a clear error, not a panic.
-    let out = Command::new(kiln_bin()).env("KILN_MODE", "lambda").env_remove("AWS_LAMBDA_RUNTIME_API").output().unwrap();
+    let out = kiln().env("KILN_MODE", "lambda").env_remove("AWS_LAMBDA_RUNTIME_API").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_LAMBDA_RUNTIME_API"));
 }

@@ -1,21 +1,13 @@
 //! End-to-end tests of `kiln run`: JSONL, JSON and stdin in; JSONL results out; exit codes.
 
+use kiln_tests::proc::kiln as kiln_cmd;
 use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn kiln_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_BIN") {
-        return p.into();
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kiln");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
-    p
-}
+use std::path::Path;
+use std::process::{Output, Stdio};
 
 fn kiln(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(kiln_bin())
+    let mut child = kiln_cmd()
         .args(args)
         .env("KILN_STORE_URL", format!("file://{}/store/", dir.display()))
         .env("KILN_DEBUG_KINDS", "1")
@@ -102,7 +94,7 @@ fn many_jobs_through_a_small_queue() {
     let dir = tempfile::tempdir().unwrap();
     let jobs: String = (0..300).map(|i| format!("{{\"id\":\"m{i}\",\"kind\":\"debug\",\"input\":{{}}}}\n")).collect();
     let mut child = {
-        let mut c = Command::new(kiln_bin());
+        let mut c = kiln_cmd();
         c.args(["run", "-"])
             .env("KILN_STORE_URL", format!("file://{}/store/", dir.path().display()))
             .env("KILN_DEBUG_KINDS", "1")
@@ -126,7 +118,7 @@ fn many_jobs_through_a_small_queue() {
 #[test]
 fn bad_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(kiln_bin())
+    let out = kiln_cmd()
         .args(["run", "-"])
         .env("KILN_HTTP_ADDR", "not-an-address")
         .current_dir(dir.path())
@@ -136,9 +128,9 @@ fn bad_config_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("http.addr"), "{err}");
-    let v = Command::new(kiln_bin()).arg("--version").output().unwrap();
+    let v = kiln_cmd().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("kiln "));
-    let probe = Command::new(kiln_bin()).arg("probe").output().unwrap();
+    let probe = kiln_cmd().arg("probe").output().unwrap();
     let probe: Value = serde_json::from_slice(&probe.stdout).unwrap();
     assert!(probe["cpu"]["logical_cores"].as_u64().unwrap() >= 1);
     assert!(probe["kinds"].as_array().unwrap().iter().any(|k| k == "thumbnail"));
@@ -147,7 +139,7 @@ fn bad_config_is_a_clear_error() {
 #[test]
 fn logs_are_json_with_job_spans_when_stderr_is_not_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(kiln_bin())
+    let out = kiln_cmd()
         .args(["run", "-"])
         .env("KILN_STORE_URL", format!("file://{}/store/", dir.path().display()))
         .env("KILN_DEBUG_KINDS", "1")

@@ -4,24 +4,16 @@
 //! counts, an IDR at every segment start, bitrate within tolerance, playlists parse); bad
 //! inputs give their codes.
 
+use kiln_tests::proc::kiln;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn kiln_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_BIN") {
-        return p.into();
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kiln");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
-    p
-}
 
 fn kiln_run(dir: &Path, jobs: &[Value], config: Option<&str>) -> BTreeMap<String, Value> {
     let jsonl: String = jobs.iter().map(|j| format!("{j}\n")).collect();
     std::fs::write(dir.join("jobs.jsonl"), jsonl).unwrap();
-    let mut cmd = Command::new(kiln_bin());
+    let mut cmd = kiln();
     cmd.args(["run", "jobs.jsonl"]).env("KILN_STORE_URL", format!("file://{}/store/", dir.display())).current_dir(dir);
     cmd.env_remove("KILN_CONFIG");
     let _ = std::fs::remove_file(dir.join("kiln.toml"));

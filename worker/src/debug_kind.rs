@@ -1,4 +1,5 @@
-//! The `debug` job kind, registered only when `KILN_DEBUG_KINDS=1`: a job that holds its slot
+//! The `debug` job kind, compiled only with the `debug-kind` feature (never in a release
+//! build) and registered only when `KILN_DEBUG_KINDS=1`: a job that holds its slot
 //! for a while or until a gate file appears, panics, or writes a small output. End-to-end
 //! tests use it to exercise the scheduler (overload, priority, deadlines, cancellation,
 //! drain, panic isolation) with exact control over when a job ends, and, with `units`, the

@@ -6,7 +6,8 @@
 //! - [`pool`]: the job threads, one per CPU slot.
 //! - [`jobtable`]: live jobs and their event logs.
 //! - [`store`]: object store backends.
-//! - [`sources`]: HTTP and file/stdin.
+//! - [`sources`]: where jobs come from: HTTP, file/stdin, Kafka, Lambda.
+//! - [`sinks`]: where results and events go, one per transport, with one result → status mapping.
 //! - [`capacity`]: the capacity report and its publisher.
 //! - [`telemetry`]: logs and metrics.
 //! - [`tracectx`]: W3C trace context: a job's span inside its caller's trace.
@@ -15,12 +16,14 @@
 pub mod capacity;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "debug-kind")]
 pub mod debug_kind;
 pub mod jobtable;
 pub mod modes;
 pub mod pool;
 pub mod runtime;
 pub mod scheduler;
+pub mod sinks;
 pub mod sources;
 pub mod store;
 pub mod telemetry;

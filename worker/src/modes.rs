@@ -1,26 +1,28 @@
-//! The modes of the one binary: `run` (file or stdin → JSONL on stdout), `serve` (HTTP),
-//! and `probe` (what this host offers).
+//! The modes of the one binary and its composition root: [`registry`] and [`runtime`] assemble
+//! the job kinds, the store and the runtime that `run` (file or stdin → JSONL on stdout),
+//! `serve` (HTTP, and Kafka when brokers are set), `lambda` and `probe` share.
 
 use crate::capacity::{publish_loop, Reporter};
 use crate::config::Config;
 use crate::runtime::Runtime;
+use crate::sinks::stdout::JsonlSink;
 use crate::sources::{file, http};
 use crate::store::StoreRouter;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use kiln_jobs::{JobStatus, ObjectStore, Registry};
-use std::io::{IsTerminal, Write};
+use kiln_jobs::{ObjectStore, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// The job kinds of this process: the built-in ones, `infer` with the configured model
-/// registry, plus `debug` with KILN_DEBUG_KINDS=1.
+/// registry, plus `debug` with KILN_DEBUG_KINDS=1 in a build with the `debug-kind` feature.
 pub fn registry(cfg: &Config, store: Arc<dyn ObjectStore>) -> Registry {
     let mut r = Registry::builtin();
     if let Some(infer) = infer_kind(cfg) {
         r.register(Arc::new(infer.with_store(store)));
     }
+    #[cfg(feature = "debug-kind")]
     if std::env::var("KILN_DEBUG_KINDS").is_ok_and(|v| v == "1") {
         r.register(Arc::new(crate::debug_kind::DebugKind));
     }
@@ -49,24 +51,15 @@ pub fn runtime(cfg: Config) -> Arc<Runtime> {
 /// whether every job succeeded.
 pub async fn run(cfg: Config, path: &str) -> anyhow::Result<bool> {
     let rt = runtime(cfg);
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} jobs [{elapsed}] {wide_bar} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
+    let mut sink = JsonlSink::stdout();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let feeder = {
         let rt = rt.clone();
-        let bar = bar.clone();
+        let submitted = sink.submitted();
         let path = path.to_owned();
         tokio::spawn(async move {
             let on_submit = |entry: Arc<crate::jobtable::JobEntry>| {
-                if let Some(b) = &bar {
-                    b.inc_length(1);
-                }
+                submitted();
                 let _ = tx.send(entry);
             };
             if path == "-" {
@@ -78,8 +71,6 @@ pub async fn run(cfg: Config, path: &str) -> anyhow::Result<bool> {
         })
     };
     let mut waiting = FuturesUnordered::new();
-    let mut all_ok = true;
-    let mut stdout = std::io::stdout().lock();
     let mut input_done = false;
     loop {
         tokio::select! {
@@ -87,22 +78,11 @@ pub async fn run(cfg: Config, path: &str) -> anyhow::Result<bool> {
                 Some(e) => waiting.push(async move { e.wait().await }),
                 None => input_done = true,
             },
-            Some(result) = waiting.next(), if !waiting.is_empty() => {
-                all_ok &= result.status == JobStatus::Succeeded;
-                serde_json::to_writer(&mut stdout, &*result)?;
-                stdout.write_all(b"\n")?;
-                stdout.flush()?;
-                if let Some(b) = &bar {
-                    b.inc(1);
-                    b.set_message(result.id.clone());
-                }
-            }
+            Some(result) = waiting.next(), if !waiting.is_empty() => sink.write(&result)?,
             else => break,
         }
     }
-    if let Some(b) = &bar {
-        b.finish();
-    }
+    let all_ok = sink.finish();
     feeder.await??;
     // Every result is out; let the jobs' last steps (a checkpoint lease's release) finish.
     rt.drain(Duration::from_secs(10)).await;

@@ -4,25 +4,21 @@
 //! **Invariant:** a job's result is stored (and its outputs before it) before the job's
 //! entry is finished, so nothing is reported, and nothing acknowledged, before it is durable.
 
+mod drive;
 mod lease;
 
-use crate::checkpoint::{self, Acquired};
-use lease::{renew_lease, Holder};
+use crate::checkpoint;
 use crate::config::{Accel, Config};
 use crate::jobtable::{JobEntry, JobTable};
-use crate::scheduler::{Permit, Rejected, Scheduler, Ticket};
-use crate::store::patient::PatientStore;
+use crate::scheduler::{Rejected, Scheduler};
 use crate::telemetry::Metrics;
 use crate::tracectx::TraceContext;
-use bytes::Bytes;
 use kiln_jobs::envelope::validate_id;
 use kiln_jobs::store::{join_dir, join_output, parse_uri};
 use kiln_jobs::{
-    Envelope, ErrorCode, EventSink, JobContext, JobError, JobOutput, JobResult, JobStatus, ObjectStore, PreparedJob,
-    Priority, Registry, Timings, WorkerInfo,
+    Envelope, ErrorCode, JobError, JobResult, ObjectStore, PreparedJob, Priority, Registry, Timings, WorkerInfo,
 };
 use kiln_router_client::WorkerState;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +41,26 @@ async fn until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a source hands to [`Runtime::submit`].
+pub enum Submission<'a> {
+    /// The envelope's bytes, parsed by the runtime (a bad envelope becomes a failed result).
+    Bytes(&'a [u8]),
+    /// An envelope the source parsed already (Lambda, to check that the job fits first).
+    Envelope(Envelope),
+}
+
+impl<'a> From<&'a [u8]> for Submission<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        Submission::Bytes(b)
+    }
+}
+
+impl From<Envelope> for Submission<'_> {
+    fn from(env: Envelope) -> Self {
+        Submission::Envelope(env)
     }
 }
 
@@ -198,31 +214,27 @@ impl Runtime {
         entry
     }
 
-    /// Submits one envelope given as bytes (HTTP body, JSONL line, Kafka value).
-    pub async fn submit_bytes(self: &Arc<Self>, bytes: &[u8], admission: Admission) -> Arc<JobEntry> {
-        self.submit_bytes_traced(bytes, admission, None).await
-    }
-
-    /// As [`Runtime::submit_bytes`], inside the caller's trace: the job's span records the
-    /// trace id, its own span id and the caller's, so every log line of the job carries them.
-    pub async fn submit_bytes_traced(self: &Arc<Self>, bytes: &[u8], admission: Admission, trace: Option<&TraceContext>) -> Arc<JobEntry> {
-        match Envelope::parse(bytes) {
-            Ok(env) => self.submit_traced(env, admission, trace).await,
-            Err((id, err)) => {
-                let id = id.unwrap_or_else(|| ulid::Ulid::new().to_string());
-                self.refused(id, "unknown".into(), &err)
-            }
-        }
-    }
-
-    /// Submits a job. Always returns an entry: queued/running, or already finished (bad
+    /// Submits a job: an envelope, or its bytes as a transport received them (HTTP body,
+    /// JSONL line, Kafka value), optionally inside the caller's trace (the job's span records
+    /// the trace id, its own span id and the caller's, so every log line of the job carries
+    /// them). Always returns an entry: queued/running, or already finished (bad envelope or
     /// spec, stored result, overload — the result says which).
-    pub async fn submit(self: &Arc<Self>, env: Envelope, admission: Admission) -> Arc<JobEntry> {
-        self.submit_traced(env, admission, None).await
-    }
-
-    /// As [`Runtime::submit`], the job's span joining the caller's trace.
-    pub async fn submit_traced(self: &Arc<Self>, env: Envelope, admission: Admission, trace: Option<&TraceContext>) -> Arc<JobEntry> {
+    pub async fn submit<'a>(
+        self: &Arc<Self>,
+        input: impl Into<Submission<'a>>,
+        admission: Admission,
+        trace: Option<&TraceContext>,
+    ) -> Arc<JobEntry> {
+        let env = match input.into() {
+            Submission::Envelope(env) => env,
+            Submission::Bytes(bytes) => match Envelope::parse(bytes) {
+                Ok(env) => env,
+                Err((id, err)) => {
+                    let id = id.unwrap_or_else(|| ulid::Ulid::new().to_string());
+                    return self.refused(id, "unknown".into(), &err);
+                }
+            },
+        };
         let received = Instant::now();
         let id = env.id.clone().unwrap_or_else(|| ulid::Ulid::new().to_string());
         if let Err(e) = validate_id(&id) {
@@ -310,199 +322,6 @@ impl Runtime {
         Ok((prepared, output))
     }
 
-    /// Waits for a slot (and, for a checkpointed job, its lease), runs the job, stores and
-    /// reports its result.
-    async fn drive(self: Arc<Self>, entry: Arc<JobEntry>, prepared: Box<dyn PreparedJob>, ticket: Ticket, job: Admitted) {
-        let deadline = job.deadline;
-        let until_deadline = until(deadline);
-        tokio::pin!(until_deadline);
-        let cancel = entry.cancel.clone();
-        let stopped = |received: Instant| Timings { queued_ms: ms_since(received), run_ms: 0.0 };
-
-        enum Waited {
-            Granted(Permit),
-            Stopped(JobError),
-        }
-        let mut ticket = ticket;
-        let (permit, lease) = loop {
-            let waited = async {
-                tokio::select! {
-                    p = ticket.granted() => Waited::Granted(p),
-                    _ = &mut until_deadline => { cancel.expire(); Waited::Stopped(JobError::deadline()) }
-                    _ = cancel.token().cancelled() => Waited::Stopped(cancel.error().unwrap_or_else(JobError::cancelled)),
-                }
-            }
-            .instrument(info_span!("queue_wait"))
-            .await;
-            let permit = match waited {
-                Waited::Granted(p) => p,
-                Waited::Stopped(err) => return self.complete(&entry, Err(err), stopped(job.received), 1).await,
-            };
-            let Some(hash) = &job.spec_hash else { break (permit, None) };
-            match self.take_lease(&entry, hash).await {
-                Ok(Acquired::Mine(lease)) => break (permit, Some(lease)),
-                Ok(Acquired::Held { owner, expires_ms }) => {
-                    // Another worker runs this job: wait (without a slot) for its result, or
-                    // for its lease to lapse, then queue again.
-                    drop(permit);
-                    info!(job_id = %entry.id, %owner, lease_expires_ms = expires_ms, "job is running on another worker; waiting for its result");
-                    match self.await_holder(&entry, deadline, &cancel).await {
-                        Holder::Finished(result) => {
-                            self.metrics.idempotent_hits.with_label_values(&[entry.kind.as_str()]).inc();
-                            return self.finish_with(&entry, result);
-                        }
-                        Holder::Stopped(err) => return self.complete(&entry, Err(err), stopped(job.received), 1).await,
-                        Holder::Gone => {}
-                    }
-                    ticket = match self.scheduler.enqueue(&entry.kind, job.priority).await {
-                        Ok(t) => t,
-                        Err(rej) => {
-                            let err = JobError::new(ErrorCode::Overloaded, rej.to_string());
-                            return self.complete(&entry, Err(err), stopped(job.received), 1).await;
-                        }
-                    };
-                }
-                Err(e) => {
-                    drop(permit);
-                    if e.code == ErrorCode::InvalidSpec {
-                        // A spec that conflicts with the job's checkpoint: refused, but not
-                        // stored, since it is not the job's outcome.
-                        return self.finish_with(&entry, self.failed_result(&entry, &e, stopped(job.received)));
-                    }
-                    return self.complete(&entry, Err(e), stopped(job.received), 1).await;
-                }
-            }
-        };
-        drop(ticket);
-        let queued_ms = ms_since(job.received);
-        self.metrics.queue_wait_seconds.with_label_values(&[entry.kind.as_str()]).observe(queued_ms / 1e3);
-        entry.set_status(JobStatus::Running);
-        let started = Instant::now();
-
-        // A checkpointed job waits out store outages instead of failing at the first one.
-        let store = match &lease {
-            Some(_) => Arc::new(PatientStore::new(self.store.clone(), Duration::from_millis(self.cfg.checkpoint.store_wait_ms)))
-                as Arc<dyn ObjectStore>,
-            None => self.store.clone(),
-        };
-        let ctx = JobContext::new(
-            entry.id.clone(),
-            job.output,
-            self.cfg.limits.clone(),
-            self.worker.accel.clone(),
-            store,
-            entry.clone() as Arc<dyn EventSink>,
-            cancel.clone(),
-            tokio::runtime::Handle::current(),
-        );
-        let ctx = match &lease {
-            Some(l) => ctx.with_checkpoint(l.clone()),
-            None => ctx,
-        };
-        let renewal = lease.as_ref().map(|l| tokio::spawn(renew_lease(l.clone(), cancel.clone())));
-        let run_span = info_span!("run");
-        let mut handle = self.pool.run(move || {
-            let _g = run_span.entered();
-            std::panic::catch_unwind(AssertUnwindSafe(|| prepared.run(&ctx)))
-        });
-        let (outcome, finished) = tokio::select! {
-            r = &mut handle => (flatten(r), true),
-            _ = &mut until_deadline => { cancel.expire(); (Err(JobError::deadline()), false) }
-            _ = cancel.token().cancelled() => (Err(cancel.error().unwrap_or_else(JobError::cancelled)), false),
-        };
-        if let Some(r) = renewal {
-            r.abort();
-        }
-        if finished {
-            drop(permit);
-        } else {
-            // The job stops at its next check; its slot stays taken until it has.
-            hold_until_done(handle, permit);
-        }
-        let t = Timings { queued_ms, run_ms: ms_since(started) };
-        let Some(lease) = lease else { return self.complete(&entry, outcome, t, 1).await };
-        let outcome = match outcome {
-            _ if lease.is_lost() => Err(lease.lost_error()),
-            Ok(mut out) => {
-                out.resumed |= lease.resumed();
-                let units = serde_json::json!({"restored": lease.restored_count(), "run": lease.recorded_count()});
-                out.extra.insert("units".into(), units);
-                Ok(out)
-            }
-            Err(e) => Err(e),
-        };
-        self.complete(&entry, outcome, t, lease.attempt()).await;
-        if entry.status() != JobStatus::Succeeded {
-            // Let a retry (here or on another worker) take the job over at once.
-            lease.release().await;
-        }
-    }
-
-    fn failed_result(&self, entry: &JobEntry, err: &JobError, timings: Timings) -> JobResult {
-        let mut r = JobResult::failed(entry.id.clone(), entry.kind.clone(), err, self.worker.clone());
-        r.timings = timings;
-        r
-    }
-
-    /// Finishes an entry with a result that is not to be stored: one another worker stored,
-    /// or a refusal that is not the job's outcome.
-    fn finish_with(&self, entry: &Arc<JobEntry>, result: JobResult) {
-        self.metrics.jobs.with_label_values(&[entry.kind.as_str(), result.status.as_str()]).inc();
-        info!(job_id = %entry.id, status = result.status.as_str(), "job answered without running here");
-        entry.finish(result);
-        self.table.finished(entry);
-    }
-
-    /// Builds, stores and announces the result.
-    async fn complete(&self, entry: &Arc<JobEntry>, outcome: Result<JobOutput, JobError>, timings: Timings, attempt: u32) {
-        let mut result = match &outcome {
-            Ok(out) => JobResult {
-                id: entry.id.clone(),
-                kind: entry.kind.clone(),
-                status: JobStatus::Succeeded,
-                outputs: out.outputs.clone(),
-                error: None,
-                attempt,
-                resumed: out.resumed,
-                timings: timings.clone(),
-                worker: self.worker.clone(),
-                extra: out.extra.clone(),
-            },
-            Err(e) => {
-                let mut r = self.failed_result(entry, e, timings.clone());
-                r.attempt = attempt;
-                r
-            }
-        };
-        let keep = result.status == JobStatus::Succeeded || result.error_code().is_some_and(ErrorCode::is_final);
-        if keep {
-            let store_span = info_span!("store_result");
-            if let Err(e) = self.store_result(&result).instrument(store_span).await {
-                warn!(job_id = %entry.id, error = %e, "storing the result failed");
-                let err = JobError::internal(format!("the job ran but its result could not be stored: {e}")).retryable(true);
-                result = self.failed_result(entry, &err, timings);
-            }
-        }
-        let status = result.status.as_str();
-        self.metrics.jobs.with_label_values(&[entry.kind.as_str(), status]).inc();
-        if result.status == JobStatus::Succeeded {
-            self.metrics.run_seconds.with_label_values(&[entry.kind.as_str()]).observe(result.timings.run_ms / 1e3);
-            self.metrics.observe_latency(&entry.kind, result.timings.run_ms);
-        }
-        match &result.error {
-            None => info!(job_id = %entry.id, run_ms = result.timings.run_ms, "job succeeded"),
-            Some(e) => info!(job_id = %entry.id, code = %e.code, message = %e.message, "job did not succeed"),
-        }
-        entry.finish(result);
-        self.table.finished(entry);
-    }
-
-    async fn store_result(&self, result: &JobResult) -> Result<(), JobError> {
-        let uri = self.result_uri(&result.id)?;
-        let body = serde_json::to_vec(result).map_err(|e| JobError::internal(e.to_string()))?;
-        self.store.put(&uri, Bytes::from(body), "application/json").await.map_err(|e| e.into_output_error())
-    }
-
     /// Cancels a queued or running job. `None` when the id is unknown here; otherwise whether
     /// the job was still live.
     pub fn cancel(&self, id: &str) -> Option<(Arc<JobEntry>, bool)> {
@@ -548,33 +367,3 @@ pub enum Lookup {
     Stored(Arc<JobResult>),
 }
 
-fn ms_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
-
-type RunResult = std::thread::Result<Result<JobOutput, JobError>>;
-
-fn flatten(r: Result<RunResult, tokio::sync::oneshot::error::RecvError>) -> Result<JobOutput, JobError> {
-    match r {
-        Ok(Ok(res)) => res,
-        Ok(Err(panic)) => Err(JobError::internal(format!("the job panicked: {}", panic_message(&panic)))),
-        Err(e) => Err(JobError::internal(format!("the job's thread failed: {e}"))),
-    }
-}
-
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
-}
-
-fn hold_until_done(handle: tokio::sync::oneshot::Receiver<RunResult>, permit: Permit) {
-    tokio::spawn(async move {
-        let _ = handle.await;
-        drop(permit);
-    });
-}

@@ -26,18 +26,18 @@ where
             Ok(serde_json::Value::Array(items)) => {
                 for item in items {
                     let bytes = serde_json::to_vec(&item).unwrap_or_default();
-                    on_submit(rt.submit_bytes(&bytes, Admission::Wait).await);
+                    on_submit(rt.submit(&bytes[..], Admission::Wait, None).await);
                 }
             }
-            Ok(_) => on_submit(rt.submit_bytes(pending.as_bytes(), Admission::Wait).await),
+            Ok(_) => on_submit(rt.submit(pending.as_bytes(), Admission::Wait, None).await),
             // An object spread over lines: read on.
             Err(e) if e.is_eof() => continue,
-            Err(_) => on_submit(rt.submit_bytes(pending.as_bytes(), Admission::Wait).await),
+            Err(_) => on_submit(rt.submit(pending.as_bytes(), Admission::Wait, None).await),
         }
         pending.clear();
     }
     if !pending.trim().is_empty() {
-        on_submit(rt.submit_bytes(pending.as_bytes(), Admission::Wait).await);
+        on_submit(rt.submit(pending.as_bytes(), Admission::Wait, None).await);
     }
     Ok(())
 }

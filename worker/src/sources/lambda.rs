@@ -12,13 +12,13 @@
 
 use crate::jobtable::JobEntry;
 use crate::runtime::{Admission, Runtime};
+use crate::sinks::lambda::{self as answer, Invocation};
 use base64::Engine;
-use futures_util::StreamExt;
 use kiln_jobs::store::parse_uri;
-use kiln_jobs::{Envelope, ErrorCode, JobError, JobResult};
-use lambda_runtime::streaming::{channel, Body};
-use lambda_runtime::{FunctionResponse, LambdaEvent, StreamResponse};
-use serde_json::{json, Value};
+use kiln_jobs::{Envelope, ErrorCode, JobError};
+use lambda_runtime::streaming::Body;
+use lambda_runtime::{FunctionResponse, LambdaEvent};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -139,72 +139,24 @@ impl LambdaSource {
             }
             return (self.rt.refuse_with_id(entry_id, &kind, &e), incoming.http);
         }
-        (self.rt.submit(env, Admission::Refuse).await, incoming.http)
-    }
-
-    fn annotate(&self, result: &JobResult, n: u64) -> Value {
-        let mut v = serde_json::to_value(result).unwrap_or(Value::Null);
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("lambda".into(), json!({"cold_start": n == 1, "init_ms": self.init_ms, "invocation": n}));
-        }
-        v
+        (self.rt.submit(env, Admission::Refuse, None).await, incoming.http)
     }
 
     /// One invocation.
     pub async fn handle(self: Arc<Self>, event: LambdaEvent<Value>) -> Result<FunctionResponse<Value, Body>, lambda_runtime::Error> {
         let (payload, ctx) = event.into_parts();
         let n = self.invocations.fetch_add(1, Ordering::SeqCst) + 1;
+        let inv = Invocation { number: n, init_ms: self.init_ms };
         let remaining = remaining_time(ctx.deadline, SystemTime::now());
         let started = Instant::now();
         let (entry, http) = self.start(&payload, remaining).await;
         info!(request_id = %ctx.request_id, job_id = %entry.id, cold_start = n == 1, "invocation");
-
         if self.rt.config().lambda.response == "stream" {
-            let (mut tx, rx) = channel();
-            let this = self.clone();
-            tokio::spawn(async move {
-                let mut events = std::pin::pin!(entry.events());
-                while let Some(ev) = events.next().await {
-                    let line = match &ev {
-                        kiln_jobs::Event::Result(r) => {
-                            let mut v = this.annotate(r, n);
-                            if let Some(o) = v.as_object_mut() {
-                                o.insert("event".into(), Value::from("result"));
-                            }
-                            v
-                        }
-                        other => serde_json::to_value(other).unwrap_or(Value::Null),
-                    };
-                    let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-                    bytes.push(b'\n');
-                    if tx.send_data(bytes.into()).await.is_err() {
-                        // The caller went away: stop the job rather than work for nobody.
-                        warn!(job_id = %entry.id, "stream closed by the caller; cancelling the job");
-                        entry.cancel.cancel();
-                        break;
-                    }
-                }
-            });
-            let mut resp = StreamResponse::from(rx);
-            resp.metadata_prelude.headers.insert(
-                "content-type",
-                axum::http::HeaderValue::from_static("application/x-ndjson"),
-            );
-            return Ok(FunctionResponse::StreamingResponse(resp));
+            return Ok(answer::stream(entry, inv));
         }
-
         let result = entry.wait().await;
         info!(job_id = %entry.id, ms = started.elapsed().as_secs_f64() * 1e3, status = result.status.as_str(), "invocation done");
-        let body = self.annotate(&result, n);
-        if http {
-            let status = crate::sources::http::status_for(&result).as_u16();
-            return Ok(FunctionResponse::BufferedResponse(json!({
-                "statusCode": status,
-                "headers": {"content-type": "application/json"},
-                "body": body.to_string(),
-            })));
-        }
-        Ok(FunctionResponse::BufferedResponse(body))
+        Ok(answer::buffered(&result, inv, http))
     }
 }
 
@@ -233,6 +185,7 @@ pub async fn run(rt: Arc<Runtime>, init_ms: f64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn deadlines_absolute_and_relative() {

@@ -1,5 +1,5 @@
-//! The Kafka source: a consumer-group member on the jobs topic that produces results, events
-//! and dead letters, at least once.
+//! The Kafka source: a consumer-group member on the jobs topic, at least once. What it sends
+//! back (results, events, dead letters) goes through the Kafka sink ([`crate::sinks::kafka`]).
 //!
 //! - **Commit watermark.** Jobs of one partition run concurrently; a partition's offset is
 //!   stored (auto-committed by librdkafka) only up to just below its lowest unfinished job,
@@ -22,15 +22,15 @@ pub mod offsets;
 use crate::config::KafkaConfig;
 use crate::jobtable::JobEntry;
 use crate::runtime::{Admission, Runtime};
+use crate::sinks::kafka::KafkaSink;
 use crate::tracectx::TraceContext;
 use offsets::{Offsets, Tp};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
-use futures_util::StreamExt;
-use kiln_jobs::{ErrorCode, JobResult};
+use kiln_jobs::ErrorCode;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -121,26 +121,9 @@ pub struct KafkaSource {
     cfg: KafkaConfig,
     shared: Arc<Shared>,
     consumer: StreamConsumer<Ctx>,
-    producer: FutureProducer,
+    sink: KafkaSink,
     /// Job followers still publishing.
     followers: tokio_util::task::TaskTracker,
-}
-
-fn error_headers(code: ErrorCode, message: &str, traceparent: Option<&str>) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new()
-        .insert(Header { key: "kiln-error-code", value: Some(code.as_str()) })
-        .insert(Header { key: "kiln-error-message", value: Some(message) });
-    if let Some(tp) = traceparent {
-        h = h.insert(Header { key: "traceparent", value: Some(tp) });
-    }
-    h
-}
-
-fn trace_headers(traceparent: Option<&str>) -> OwnedHeaders {
-    match traceparent {
-        Some(tp) => OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(tp) }),
-        None => OwnedHeaders::new(),
-    }
 }
 
 /// One taken message, owned (the borrowed message is released at once).
@@ -181,7 +164,8 @@ impl KafkaSource {
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "2")
             .create()?;
-        Ok(Arc::new(KafkaSource { cfg, shared, consumer, producer, followers: tokio_util::task::TaskTracker::new() }))
+        let sink = KafkaSink::new(producer, cfg.topics.clone(), shared.rt.metrics.kafka_dlq.clone());
+        Ok(Arc::new(KafkaSource { cfg, shared, consumer, sink, followers: tokio_util::task::TaskTracker::new() }))
     }
 
     fn rt(&self) -> &Arc<Runtime> {
@@ -249,7 +233,7 @@ impl KafkaSource {
                 }
             }
         }
-        let entry = self.rt().submit_bytes_traced(&t.payload, Admission::Wait, t.trace.as_ref()).await;
+        let entry = self.rt().submit(&t.payload[..], Admission::Wait, t.trace.as_ref()).await;
         let this = self.clone();
         self.followers.spawn(async move { this.follow(entry, t, 1).await });
     }
@@ -259,7 +243,7 @@ impl KafkaSource {
     async fn follow(self: Arc<Self>, mut entry: Arc<JobEntry>, t: Taken, mut attempt: u32) {
         let tp = t.traceparent.as_deref();
         let result = loop {
-            self.forward_events(&entry, t.traceparent.clone());
+            self.sink.forward_events(&entry, t.traceparent.clone());
             let mut result = (*entry.wait().await).clone();
             result.attempt = attempt;
             let Some(err) = result.error.clone() else { break result };
@@ -273,7 +257,7 @@ impl KafkaSource {
                 self.rt().metrics.kafka_retries.with_label_values(&[result.kind.as_str()]).inc();
                 tokio::time::sleep(wait).await;
                 attempt += 1;
-                entry = self.rt().submit_bytes_traced(&t.payload, Admission::Wait, t.trace.as_ref()).await;
+                entry = self.rt().submit(&t.payload[..], Admission::Wait, t.trace.as_ref()).await;
                 continue;
             }
             if err.retryable {
@@ -281,7 +265,7 @@ impl KafkaSource {
             }
             break result;
         };
-        self.publish_result(&result, tp).await;
+        self.sink.publish_result(&result, tp).await;
         let mark = self.shared.lock().finish(&t.tp, t.offset);
         self.shared.changed.notify_all();
         if let Some(mark) = mark {
@@ -292,65 +276,9 @@ impl KafkaSource {
         }
     }
 
-    fn forward_events(&self, entry: &Arc<JobEntry>, traceparent: Option<String>) {
-        let producer = self.producer.clone();
-        let topic = self.cfg.topics.events.clone();
-        let events = entry.events();
-        let id = entry.id.clone();
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(events);
-            // Best effort, the result included as the stream's last event; the acknowledged copy
-            // of the result is the one on the results topic.
-            while let Some(ev) = events.next().await {
-                let Ok(body) = serde_json::to_vec(&ev) else { continue };
-                let rec = FutureRecord::to(&topic).key(&id).payload(&body).headers(trace_headers(traceparent.as_deref()));
-                if let Err((e, _)) = producer.send(rec, Duration::from_secs(5)).await {
-                    debug!(error = %e, "event not delivered");
-                }
-            }
-        });
-    }
-
-    /// Publishes the result and waits for the broker's acknowledgement, retrying until it
-    /// comes: the job's offset is not released before.
-    async fn publish_result(&self, result: &JobResult, traceparent: Option<&str>) {
-        let body = match serde_json::to_vec(result) {
-            Ok(b) => b,
-            Err(e) => return warn!(error = %e, "result not serialisable"),
-        };
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let rec = FutureRecord::to(&self.cfg.topics.results)
-                .key(&result.id)
-                .payload(&body)
-                .headers(trace_headers(traceparent));
-            match self.producer.send(rec, Duration::from_secs(30)).await {
-                Ok(_) => return,
-                Err((e, _)) => {
-                    warn!(job_id = %result.id, error = %e, "publishing the result failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
     async fn dead_letter(&self, t: &Taken, code: ErrorCode, message: &str) {
-        self.rt().metrics.kafka_dlq.with_label_values(&[code.as_str()]).inc();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let rec: FutureRecord<'_, [u8], Vec<u8>> = FutureRecord::to(&self.cfg.topics.dlq)
-                .payload(&t.payload)
-                .headers(error_headers(code, message, t.traceparent.as_deref()));
-            match self.producer.send(rec, Duration::from_secs(30)).await {
-                Ok(_) => return info!(code = %code, partition = t.tp.1, offset = t.offset, "message dead-lettered"),
-                Err((e, _)) => {
-                    warn!(error = %e, "dead-lettering failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        self.sink.dead_letter(&t.payload, code, message, t.traceparent.as_deref()).await;
+        info!(code = %code, partition = t.tp.1, offset = t.offset, "message dead-lettered");
     }
 
     /// After intake stopped and the runtime drained: waits for the followers to publish,
