@@ -176,7 +176,8 @@ impl RequestFeatures {
     ) -> Result<Self, FeatureError> {
         let obj = envelope.as_object().ok_or(FeatureError::NotAnObject)?;
         let kind = obj.get("kind").and_then(Value::as_str).ok_or(FeatureError::NoKind)?.to_owned();
-        let spec = obj.get("input").unwrap_or(&Value::Null);
+        let null = Value::Null;
+        let spec = obj.get("input").unwrap_or(&null);
         let payload_bytes =
             payload_bytes.or_else(|| u64_field(spec, "source_bytes")).or_else(|| u64_field(spec, "bytes")).unwrap_or(0);
         let deadline_ms = match obj.get("deadline_ms") {

@@ -84,7 +84,6 @@ struct Tiers<'a> {
     container_run: f64,
     /// Predicted latency on the function (cold start included when no instance is idle).
     serverless: f64,
-    cold_ms: f64,
     /// Why the request cannot go serverless.
     serverless_block: Option<String>,
 }
@@ -152,7 +151,7 @@ fn assess<'a>(config: &PolicyConfig, f: &RequestFeatures, needs_gpu: bool, snap:
     } else {
         None
     };
-    Tiers { container, container_run: run_c, serverless, cold_ms, serverless_block }
+    Tiers { container, container_run: run_c, serverless, serverless_block }
 }
 
 /// The primary's pressure: a reason when a threshold is crossed.
@@ -423,6 +422,12 @@ impl Router {
     /// Features of a job envelope with this policy's duration model.
     pub fn features(&self, envelope: &Value, payload_bytes: Option<u64>) -> Result<RequestFeatures, FeatureError> {
         RequestFeatures::from_envelope(envelope, &self.config.durations, payload_bytes)
+    }
+
+    /// Predicted run time of a request on a tier: the duration model's prediction scaled by
+    /// the closed loop's observed/predicted ratio for that tier and kind.
+    pub fn predicted_run_ms(&self, f: &RequestFeatures, tier: Tier) -> f64 {
+        f.predicted_ms * self.closed_loop.ratio(tier, &f.kind)
     }
 
     /// What a decision for these features sees in the view now.

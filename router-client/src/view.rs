@@ -93,15 +93,15 @@ impl CapacityView {
         if !report.is_fresh(now_ms) {
             return Ingest::Expired;
         }
-        match self.workers.get(&report.worker_id) {
-            Some(held) if held.seq >= report.seq => Ingest::Stale,
-            Some(_) => {
+        match self.workers.get(&report.worker_id).map(|held| held.seq) {
+            Some(seq) if seq >= report.seq => Ingest::Stale,
+            held => {
                 self.workers.insert(report.worker_id.clone(), report);
-                Ingest::Replaced
-            }
-            None => {
-                self.workers.insert(report.worker_id.clone(), report);
-                Ingest::Inserted
+                if held.is_some() {
+                    Ingest::Replaced
+                } else {
+                    Ingest::Inserted
+                }
             }
         }
     }
@@ -180,6 +180,12 @@ impl CapacityView {
             in_flight: pool.in_flight,
             cold_init_ms: (pool.cold_starts > 0).then(|| pool.cold_init_total_ms / pool.cold_starts as f64),
         }
+    }
+
+    /// The instances of a function seen so far (idle ones included until
+    /// [`CapacityView::expire`]), by instance id.
+    pub fn instances(&self, function: &str) -> impl Iterator<Item = (&str, &Instance)> {
+        self.functions.get(function).into_iter().flat_map(|p| p.instances.iter().map(|(id, i)| (id.as_str(), i)))
     }
 
     /// Cold starts seen by a function so far.
@@ -297,6 +303,8 @@ mod tests {
         let p = v.pool("kiln", 2000);
         assert_eq!((p.warm, p.in_flight, p.cold_init_ms), (2, 1, Some(900.0)));
         assert_eq!(p.occupancy(), 0.5);
+        let seen: Vec<_> = v.instances("kiln").map(|(id, i)| (id, i.cold_start, i.last_seen_ms)).collect();
+        assert_eq!(seen, vec![("i1", true, 1000), ("i2", true, 2000)]);
         v.observe_invocation(&obs("i1", false, 5000));
         assert_eq!(v.cold_starts("kiln"), 2);
         // i2 last seen at 2000: idle past 12_000; i1 (5000) until 15_000.

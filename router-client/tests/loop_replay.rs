@@ -70,6 +70,8 @@ fn duration_predictions_follow_observed_latency() {
     assert!(flipped.is_some(), "prediction never crossed the serverless limit");
     assert!(r.closed_loop().ratio(Tier::Serverless, "render") > 1.5);
     assert_eq!(r.closed_loop().ratio(Tier::Container, "render"), 1.0);
+    assert!(r.predicted_run_ms(&f, Tier::Serverless) > 60_000.0);
+    assert_eq!(r.predicted_run_ms(&f, Tier::Container), 40_000.0);
 }
 
 #[test]
@@ -106,6 +108,7 @@ fn mixed_log(r: &mut Router) -> Vec<String> {
     warm(&mut v, "kiln", 1);
     let mut lines = Vec::new();
     for i in 0..2000u64 {
+        let accel = if i % 3 == 0 { "gpu" } else { "auto" };
         let env = match i % 4 {
             0 => {
                 json!({"id": format!("t{i}"), "kind": "thumbnail", "input": {"source_width": 4000, "source_height": 3000},
@@ -115,7 +118,7 @@ fn mixed_log(r: &mut Router) -> Vec<String> {
                 json!({"id": format!("r{i}"), "kind": "render", "input": {"pages": [{}, {}]}, "tenant": "acme", "priority": "batch"})
             }
             2 => json!({"id": format!("i{i}"), "kind": "infer",
-                        "input": {"model": "detector", "images": ["a"], "accel": if i % 3 == 0 { "gpu" } else { "auto" }}}),
+                        "input": {"model": "detector", "images": ["a"], "accel": accel}}),
             _ => {
                 json!({"id": format!("v{i}"), "kind": "transcode", "input": {"duration_s": 5 + i % 40, "ladder": [{}, {}]}})
             }
