@@ -127,7 +127,7 @@ impl DurationModel {
                 let pixels = u64_field(spec, "source_pixels")
                     .or_else(|| u64_field(spec, "source_width")?.checked_mul(u64_field(spec, "source_height")?))
                     .map(|p| p as f64)
-                    .or_else(|| (payload_bytes > 0).then(|| payload_bytes as f64 * self.pixels_per_byte))?;
+                    .or_else(|| (payload_bytes > 0).then_some(payload_bytes as f64 * self.pixels_per_byte))?;
                 Some(pixels / 1e6)
             }
             "transcode" => {
