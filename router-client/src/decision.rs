@@ -100,6 +100,12 @@ impl Decision {
         serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 
+    /// A stable label for the rule that chose the target (for metrics: "decisions by tier
+    /// and reason"): the label of the last reason, dual routing aside; see [`reason_label`].
+    pub fn rule(&self) -> &'static str {
+        self.reasons.iter().rev().map(|r| reason_label(r)).find(|l| *l != "dual").unwrap_or("primary")
+    }
+
     /// Whether two decisions place the request the same way (target, tiers, exercise,
     /// dual), whatever their reasons, predictions and policy versions.
     pub fn same_placement(&self, other: &Decision) -> bool {
@@ -110,6 +116,30 @@ impl Decision {
             && self.dual == other.dual
             && self.shadow == other.shadow
     }
+}
+
+/// The stable label of one reason string (the reasons themselves carry numbers).
+pub fn reason_label(reason: &str) -> &'static str {
+    const PREFIXES: [(&str, &str); 14] = [
+        ("overflow held", "overflow held"),
+        ("overflow:", "overflow"),
+        ("share ", "overflow"),
+        ("kept on ", "overflow not drawn"),
+        ("cold-start override", "cold-start override"),
+        ("exercise:", "exercise"),
+        ("dual:", "dual"),
+        ("gpu:", "gpu"),
+        ("too long for serverless", "too long for serverless"),
+        ("too big for serverless", "too big for serverless"),
+        ("serverless tier disabled", "serverless disabled"),
+        ("no ready container", "no container"),
+        ("deadline:", "deadline"),
+        ("primary ", "primary"),
+    ];
+    if reason.starts_with("tenant ") {
+        return if reason.contains(" ignored: ") { "tenant pin ignored" } else { "tenant pin" };
+    }
+    PREFIXES.iter().find(|(p, _)| reason.starts_with(p)).map_or("other", |(_, l)| l)
 }
 
 /// The uniform draws in [0, 1) one decision consumed. Every decision draws all three, in
@@ -237,8 +267,41 @@ mod tests {
             "exercise":false,"dual":false,"predicted_ms":18.0,"policy_version":7});
         assert_eq!(v, want);
         assert!(!d.to_json_line().contains('\n'));
+        assert_eq!(d.rule(), "overflow");
         let f = Target::function("kiln");
         assert_eq!(serde_json::to_value(&f).unwrap(), serde_json::json!({"tier":"serverless","function":"kiln"}));
+    }
+
+    #[test]
+    fn reason_labels_are_stable() {
+        for (reason, label) in [
+            ("overflow: container queue 12 > 8", "overflow"),
+            ("kept on container (share 0.3)", "overflow not drawn"),
+            ("overflow held: container p95 300 ms >= serverless p95 212 ms", "overflow held"),
+            ("cold-start override: kiln has no idle warm instance (warm 0, in flight 0); container w1 64 ms < 864 ms", "cold-start override"),
+            ("tenant acme pinned to container", "tenant pin"),
+            ("tenant g pin to serverless ignored: gpu: never serverless", "tenant pin ignored"),
+            ("no ready container serves render; queued", "no container"),
+            ("primary container for render", "primary"),
+            ("something new", "other"),
+        ] {
+            assert_eq!(reason_label(reason), label, "{reason}");
+        }
+        let d = |reasons: &[&str]| Decision {
+            job_id: String::new(),
+            kind: "k".into(),
+            primary: Tier::Container,
+            fallback: None,
+            target: Target::container_queue(),
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            exercise: false,
+            dual: false,
+            predicted_ms: 0.0,
+            policy_version: 1,
+            shadow: None,
+        };
+        assert_eq!(d(&["gpu: never serverless", "dual: also serverless (share 0.1)"]).rule(), "gpu");
+        assert_eq!(d(&["dual: also serverless (share 0.1)"]).rule(), "primary");
     }
 
     #[test]

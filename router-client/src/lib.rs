@@ -50,7 +50,7 @@ pub mod view;
 
 pub use closed_loop::ClosedLoop;
 pub use config::{ColdStartOverride, ConfigError, KindRule, LoopConfig, Overflow, PolicyConfig, ServerlessLimits, TenantPin};
-pub use decision::{Candidate, Decision, Draws, LogRecord, PoolStats, Snapshot, Target, TierPair};
+pub use decision::{reason_label, Candidate, Decision, Draws, LogRecord, PoolStats, Snapshot, Target, TierPair};
 pub use features::{DurationModel, FeatureError, KindCost, Priority, RequestFeatures};
 pub use hints::{hints, Forecast, ForecastEntry, HintAction, WarmupHint};
 pub use policy::{place, Placement, PlacementRequest, Policy};
