@@ -18,8 +18,8 @@
 //!   the pure rule chain; its module docs list every rule and its reason strings.
 //! - [`closed_loop`]: rolling p95 and observed/predicted ratios per tier and kind.
 //! - [`decision`]: [`Decision`] (the DESIGN.md JSON) and the [`LogRecord`] JSONL line.
-//! - [`replay`]: re-decide a decision log with another policy and count the differences.
-//! - [`hints`]: warm-up hints ahead of a forecast burst.
+//! - [`replay`](mod@replay): re-decide a decision log with another policy and count the differences.
+//! - [`hints`](mod@hints): warm-up hints ahead of a forecast burst.
 //!
 //! ```
 //! use kiln_router_client::{CapacityView, PolicyConfig, Router, Tier};

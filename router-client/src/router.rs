@@ -1,6 +1,6 @@
 //! The full placement policy (seed §5 and §8): [`Router`] holds a [`PolicyConfig`], its
 //! version, the [`ClosedLoop`] and a seeded random stream; [`decide`] is the pure rule
-//! chain it runs, so a logged decision can be re-decided exactly (see [`crate::replay`]).
+//! chain it runs, so a logged decision can be re-decided exactly (see [`crate::replay()`]).
 //!
 //! The rules, in the order they apply, with the reasons they add (`{…}` are filled in):
 //!

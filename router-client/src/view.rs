@@ -11,7 +11,7 @@
 //!   occupancy = in flight / warm.
 //!
 //! [`CapacityView::snapshot`] condenses what one decision needs into a
-//! [`Snapshot`](crate::decision::Snapshot), which is also what the decision log keeps.
+//! [`Snapshot`], which is also what the decision log keeps.
 
 use crate::closed_loop::ClosedLoop;
 use crate::decision::{Candidate, PoolStats, Snapshot};

@@ -222,3 +222,23 @@ fn hints_suggest_prewarm_model_load_and_slots() {
     v.ingest_report(r, NOW);
     assert!(hints(&v, &forecast, &c, NOW).iter().all(|x| !matches!(x.action, HintAction::LoadModel { .. })));
 }
+
+/// Rough placement overhead (run with `--ignored --nocapture`; numbers from a debug build
+/// are an upper bound): p50/p99 of `Router::place_logged` over 20 workers.
+#[test]
+#[ignore]
+fn placement_overhead() {
+    let mut r = Router::new(PolicyConfig::default(), 1).unwrap();
+    let mut v = view((0..20).map(|i| worker(&format!("w{i:02}"), "thumbnail", 8, i % 9, i % 3, 60.0)).collect());
+    warm(&mut v, "kiln", 4);
+    let f = feats("j", "thumbnail", 64.0);
+    let mut us: Vec<f64> = (0..20_000)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            std::hint::black_box(r.place_logged(&f, &v, NOW));
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    us.sort_by(f64::total_cmp);
+    println!("place_logged: p50 {:.1} us, p99 {:.1} us", us[us.len() / 2], us[us.len() * 99 / 100]);
+}
