@@ -287,3 +287,16 @@ fn the_simple_stateless_place_keeps_its_signature() {
     let p: Placement = place(&req, &[worker("w1", "thumbnail", 4, 0, 0, 20.0)], &Policy::default(), NOW);
     assert_eq!((p.tier, p.worker_id.as_deref(), p.reason), (Tier::Container, Some("w1"), "warm container slot"));
 }
+
+#[test]
+fn same_seed_same_decisions() {
+    let c = PolicyConfig { exercise_share: 0.2, dual_share: 0.2, ..PolicyConfig::default() };
+    let mut v = view(vec![worker("a", "render", 2, 2, 6, 50.0), worker("b", "render", 2, 2, 6, 50.0)]);
+    warm(&mut v, "kiln", 2);
+    let run = |seed| {
+        let mut r = Router::new(c.clone(), seed).unwrap();
+        (0..500).map(|i| r.place(&feats(&i.to_string(), "render", 65.0), &v, NOW)).collect::<Vec<_>>()
+    };
+    assert_eq!(run(4), run(4));
+    assert_ne!(run(4), run(5));
+}
