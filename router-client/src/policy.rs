@@ -1,6 +1,11 @@
 //! The hybrid placement policy: serverless for short, bursty, CPU-sized jobs; containers for
 //! long, large or accelerated ones; overflow between tiers when one is full; a cold-start
 //! override that keeps latency-critical jobs off a cold serverless tier.
+//!
+//! This is the simple, stateless entry point ([`place`]), kept with its signature and
+//! behaviour for existing callers. The full policy of the seed (per-kind primary and
+//! fallback, overflow fractions, tenant pins, exercised and dual-routed shares, the closed
+//! loop, decision logs and replay) is [`crate::Router`].
 
 use crate::report::{CapacityReport, Tier, WorkerState};
 use serde::{Deserialize, Serialize};
@@ -73,7 +78,8 @@ fn best_container(req: &PlacementRequest, reports: &[CapacityReport], now_ms: u6
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-/// Places one request given the live container reports.
+/// Places one request given the live container reports: the simple stateless entry point
+/// (see [`crate::Router`] for the full policy).
 pub fn place(req: &PlacementRequest, reports: &[CapacityReport], policy: &Policy, now_ms: u64) -> Placement {
     let serverless_ok = !req.needs_gpu
         && req.est_run_ms <= policy.serverless_max_run_ms

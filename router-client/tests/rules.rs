@@ -1,0 +1,302 @@
+//! Every placement rule of `Router`/`decide`, with its reason string.
+
+mod common;
+
+use common::*;
+use kiln_router_client::*;
+
+fn draws(overflow: f64) -> Draws {
+    Draws { overflow, ..no_draw() }
+}
+
+#[test]
+fn primary_reason_when_nothing_fires() {
+    let c = quiet();
+    let v = view(vec![worker("w1", "render", 4, 0, 0, 65.0)]);
+    let d = decide_now(&c, &feats("j", "render", 65.0), &v, no_draw());
+    assert_eq!(d.target, Target::worker("w1"));
+    assert_eq!((d.primary, d.fallback), (Tier::Container, Some(Tier::Serverless)));
+    assert_eq!(d.reasons, vec!["primary container for render"]);
+    assert_eq!(d.predicted_ms, 65.0);
+    assert!(!d.exercise && !d.dual && d.shadow.is_none());
+}
+
+#[test]
+fn least_predicted_wait_worker_is_chosen_ties_to_lowest_id() {
+    let c = quiet();
+    let v = view(vec![
+        worker("a", "render", 2, 2, 2, 50.0),
+        worker("c", "render", 4, 0, 0, 50.0),
+        worker("b", "render", 4, 3, 0, 50.0),
+    ]);
+    let d = decide_now(&c, &feats("j", "render", 65.0), &v, no_draw());
+    assert_eq!(d.target, Target::worker("b"));
+    let v = view(vec![worker("a", "render", 2, 2, 2, 50.0)]);
+    // Two jobs ahead per slot beyond the free ones: one p50 of wait.
+    assert_eq!(decide_now(&c, &feats("j", "render", 65.0), &v, no_draw()).predicted_ms, 100.0 + 65.0);
+}
+
+#[test]
+fn gpu_work_never_goes_serverless() {
+    let mut c = PolicyConfig { exercise_share: 1.0, dual_share: 1.0, ..PolicyConfig::default() };
+    c.kinds.get_mut("infer").unwrap().overflow.fraction = 1.0;
+    let mut r = Router::new(c, 3).unwrap();
+    let mut v = view(vec![worker("cpu", "infer", 8, 0, 0, 10.0), gpu_worker("gpu", "infer", 1, 1, 9, 10.0)]);
+    warm(&mut v, "kiln", 4);
+    let mut f = feats("j", "infer", 20.0);
+    f.needs_gpu = true;
+    for _ in 0..500 {
+        let d = r.place(&f, &v, NOW);
+        assert_eq!(d.target, Target::worker("gpu"));
+        assert_eq!(d.fallback, None);
+        assert!(d.shadow.is_none() && !d.exercise && !d.dual);
+        assert_eq!(d.reasons, vec!["gpu: never serverless"]);
+    }
+    // A kind whose primary is serverless.
+    let mut t = feats("t", "thumbnail", 20.0);
+    t.needs_gpu = true;
+    let v = view(vec![gpu_worker("g", "thumbnail", 4, 0, 0, 10.0)]);
+    let d = r.place(&t, &v, NOW);
+    assert_eq!((d.target.tier, d.primary, d.fallback), (Tier::Container, Tier::Container, None));
+    // A kind rule can demand a GPU whatever the spec says.
+    let mut c = quiet();
+    c.kinds.get_mut("render").unwrap().needs_gpu = true;
+    let v = view(vec![worker("cpu", "render", 8, 0, 0, 10.0)]);
+    let d = decide_now(&c, &feats("j", "render", 65.0), &v, no_draw());
+    assert_eq!(d.target, Target::container_queue());
+    assert_eq!(d.reasons, vec!["gpu: never serverless", "no ready container serves render; queued"]);
+}
+
+#[test]
+fn too_long_or_too_big_never_goes_serverless() {
+    let c = PolicyConfig { exercise_share: 1.0, dual_share: 1.0, ..PolicyConfig::default() };
+    let mut v = view(vec![worker("w1", "thumbnail", 4, 0, 0, 60.0)]);
+    warm(&mut v, "kiln", 2);
+    let long = feats("j", "thumbnail", 120_000.0);
+    let d = decide_now(&c, &long, &v, Draws { overflow: 0.0, exercise: 0.0, dual: 0.0 });
+    assert_eq!(d.target, Target::worker("w1"));
+    assert_eq!((d.primary, d.fallback, d.dual), (Tier::Container, None, false));
+    assert_eq!(d.reasons, vec!["too long for serverless: predicted 120000 ms > 60000 ms"]);
+    let mut big = feats("j", "thumbnail", 60.0);
+    big.payload_bytes = 300_000_000;
+    let d = decide_now(&c, &big, &v, Draws { overflow: 0.0, exercise: 0.0, dual: 0.0 });
+    assert_eq!(d.target.tier, Tier::Container);
+    assert_eq!(d.reasons, vec!["too big for serverless: 300000000 bytes > 268435456 bytes"]);
+    let mut off = quiet();
+    off.serverless.enabled = false;
+    let d = decide_now(&off, &feats("j", "thumbnail", 60.0), &v, no_draw());
+    assert_eq!(d.reasons, vec!["serverless tier disabled"]);
+}
+
+#[test]
+fn no_ready_container_falls_back_or_queues() {
+    let c = quiet();
+    let d = decide_now(&c, &feats("j", "render", 65.0), &view(vec![]), no_draw());
+    assert_eq!(d.target, Target::function("kiln"));
+    assert_eq!(d.reasons, vec!["no ready container serves render; fallback serverless"]);
+    // Cold function and no container: the cold start is in the prediction.
+    assert_eq!(d.predicted_ms, 65.0 + 800.0);
+}
+
+#[test]
+fn tenant_pin_is_honoured_and_not_exercised() {
+    let mut c = PolicyConfig { exercise_share: 1.0, dual_share: 0.0, ..PolicyConfig::default() };
+    c.tenants
+        .insert("acme".into(), TenantPin { tier: Tier::Container, kinds: vec![], priority: Some(Priority::Batch) });
+    c.tenants
+        .insert("gpuco".into(), TenantPin { tier: Tier::Serverless, kinds: vec!["thumbnail".into()], priority: None });
+    let mut v = view(vec![worker("w1", "thumbnail", 4, 0, 0, 60.0), gpu_worker("g1", "thumbnail", 4, 0, 0, 60.0)]);
+    warm(&mut v, "kiln", 2);
+    let mut f = feats("j", "thumbnail", 64.0);
+    f.tenant = Some("acme".into());
+    f.priority = Priority::Batch;
+    let d = decide_now(&c, &f, &v, Draws { overflow: 0.0, exercise: 0.0, dual: 0.0 });
+    assert_eq!(d.target, Target::worker("g1"), "both free: equal latency, lowest id");
+    assert_eq!(d.reasons, vec!["tenant acme pinned to container"]);
+    assert_eq!((d.primary, d.fallback, d.exercise), (Tier::Container, Some(Tier::Serverless), false));
+    // The same tenant's interactive traffic is not pinned (and here gets exercised).
+    f.priority = Priority::Interactive;
+    let d = decide_now(&c, &f, &v, Draws { overflow: 0.0, exercise: 0.0, dual: 0.0 });
+    assert_eq!(d.primary, Tier::Serverless);
+    assert!(d.exercise);
+    // A pin to serverless cannot carry GPU work.
+    let mut g = feats("j", "thumbnail", 64.0);
+    g.tenant = Some("gpuco".into());
+    g.needs_gpu = true;
+    let d = decide_now(&c, &g, &v, no_draw());
+    assert_eq!(d.target, Target::worker("g1"));
+    assert_eq!(d.reasons, vec!["tenant gpuco pin to serverless ignored: gpu: never serverless"]);
+}
+
+#[test]
+fn overflow_on_queue_depth_moves_the_drawn_share() {
+    let c = quiet();
+    let mut v = view(vec![worker("a", "render", 2, 2, 6, 50.0), worker("b", "render", 2, 2, 6, 50.0)]);
+    warm(&mut v, "kiln", 2);
+    let f = feats("j", "render", 65.0);
+    let d = decide_now(&c, &f, &v, draws(0.1));
+    assert_eq!(d.target, Target::function("kiln"));
+    assert_eq!(d.reasons, vec!["overflow: container queue 12 > 8", "share 0.3"]);
+    assert_eq!(d.predicted_ms, 65.0);
+    let d = decide_now(&c, &f, &v, draws(0.5));
+    assert_eq!(d.target, Target::worker("a"));
+    assert_eq!(d.reasons, vec!["overflow: container queue 12 > 8", "kept on container (share 0.3)"]);
+}
+
+#[test]
+fn overflow_on_rolling_p95_and_deadline_and_held() {
+    let c = quiet();
+    let mut v = view(vec![worker("w1", "thumbnail", 4, 0, 0, 60.0)]);
+    warm(&mut v, "kiln", 2);
+    let f = feats("j", "thumbnail", 64.0);
+    let mut s = snap(&v, "thumbnail", &c);
+    s.p95_ms.serverless = Some(212.0);
+    let d = decide(&c, 7, &f, &s, draws(0.1));
+    assert_eq!(d.target, Target::worker("w1"));
+    assert_eq!(d.reasons, vec!["overflow: serverless p95 212 ms > 150 ms", "share 0.3"]);
+    assert_eq!((d.primary, d.fallback, d.policy_version), (Tier::Serverless, Some(Tier::Container), 7));
+    // The fallback is doing no better: hold.
+    s.p95_ms.container = Some(300.0);
+    let d = decide(&c, 7, &f, &s, draws(0.1));
+    assert_eq!(d.target, Target::function("kiln"));
+    assert_eq!(
+        d.reasons,
+        vec![
+            "overflow: serverless p95 212 ms > 150 ms",
+            "overflow held: container p95 300 ms >= serverless p95 212 ms"
+        ]
+    );
+    // A tighter deadline lowers the threshold.
+    s.p95_ms = TierPair { container: None, serverless: Some(100.0) };
+    let mut tight = f.clone();
+    tight.deadline_ms = Some(80);
+    let d = decide(&c, 7, &tight, &s, draws(0.1));
+    assert_eq!(d.reasons, vec!["overflow: serverless p95 100 ms > 80 ms", "share 0.3"]);
+    // Before the loop has samples, reports' p95 stand in for containers.
+    let mut v = view(vec![worker("w1", "render", 4, 0, 0, 100.0)]);
+    warm(&mut v, "kiln", 1);
+    let mut r = feats("j", "render", 65.0);
+    r.deadline_ms = Some(150);
+    let d = decide_now(&c, &r, &v, draws(0.1));
+    assert_eq!(d.reasons, vec!["overflow: container p95 200 ms > 150 ms", "share 0.3"]);
+    assert_eq!(d.target, Target::function("kiln"));
+}
+
+#[test]
+fn overflow_fraction_is_close_to_the_configured_share() {
+    let mut r = Router::new(quiet(), 11).unwrap();
+    let mut v = view(vec![worker("a", "render", 2, 2, 6, 50.0), worker("b", "render", 2, 2, 6, 50.0)]);
+    warm(&mut v, "kiln", 3);
+    let n = 10_000;
+    let moved = (0..n)
+        .filter(|i| r.place(&feats(&i.to_string(), "render", 65.0), &v, NOW).target.tier == Tier::Serverless)
+        .count();
+    let share = moved as f64 / n as f64;
+    assert!((share - 0.3).abs() < 0.015, "overflow share {share}");
+}
+
+#[test]
+fn exercise_and_dual_shares() {
+    let c = PolicyConfig { exercise_share: 0.05, dual_share: 0.1, ..PolicyConfig::default() };
+    let mut r = Router::new(c, 5).unwrap();
+    let mut v = view(vec![worker("w1", "render", 4, 0, 0, 65.0)]);
+    warm(&mut v, "kiln", 2);
+    let n = 20_000;
+    let (mut exercised, mut dual) = (0, 0);
+    for i in 0..n {
+        let d = r.place(&feats(&i.to_string(), "render", 65.0), &v, NOW);
+        if d.exercise {
+            exercised += 1;
+            assert_eq!(d.target, Target::function("kiln"));
+            assert_eq!(d.reasons, vec!["exercise: fallback serverless (share 0.05)"]);
+            assert!(!d.dual);
+        } else if d.dual {
+            dual += 1;
+            assert_eq!(d.target, Target::worker("w1"));
+            assert_eq!(d.shadow, Some(Target::function("kiln")));
+            assert_eq!(d.reasons, vec!["dual: also serverless (share 0.1)"]);
+        } else {
+            assert_eq!(d.reasons, vec!["primary container for render"]);
+        }
+    }
+    let (e, du) = (exercised as f64 / n as f64, dual as f64 / n as f64);
+    assert!((e - 0.05).abs() < 0.006, "exercise share {e}");
+    // Dual routing skips exercised requests: 0.1 x 0.95.
+    assert!((du - 0.095).abs() < 0.008, "dual share {du}");
+}
+
+#[test]
+fn cold_start_override_moves_interactive_work_to_a_warm_container() {
+    let c = quiet();
+    let v = view(vec![worker("w1", "thumbnail", 4, 0, 0, 60.0)]);
+    let f = feats("j", "thumbnail", 64.0);
+    let d = decide_now(&c, &f, &v, no_draw());
+    assert_eq!(d.target, Target::worker("w1"));
+    assert_eq!((d.primary, d.fallback), (Tier::Serverless, Some(Tier::Container)));
+    assert_eq!(
+        d.reasons,
+        vec!["cold-start override: kiln has no idle warm instance (warm 0, in flight 0); container w1 64 ms < 864 ms"]
+    );
+    assert_eq!(d.predicted_ms, 64.0);
+    // Batch work tolerates the cold start.
+    let mut b = f.clone();
+    b.priority = Priority::Batch;
+    let d = decide_now(&c, &b, &v, no_draw());
+    assert_eq!((d.target.clone(), d.predicted_ms), (Target::function("kiln"), 864.0));
+    assert_eq!(d.reasons, vec!["primary serverless for thumbnail"]);
+    // Every warm instance busy (occupancy 1): the next request would be cold.
+    let mut busy = v.clone();
+    warm(&mut busy, "kiln", 2);
+    busy.invocation_started("kiln");
+    busy.invocation_started("kiln");
+    let d = decide_now(&c, &f, &busy, no_draw());
+    assert_eq!(
+        d.reasons,
+        vec!["cold-start override: kiln has no idle warm instance (warm 2, in flight 2); container w1 64 ms < 964 ms"]
+    );
+    // An idle warm instance: no override.
+    let mut idle = v.clone();
+    warm(&mut idle, "kiln", 1);
+    let d = decide_now(&c, &f, &idle, no_draw());
+    assert_eq!((d.target.clone(), d.predicted_ms), (Target::function("kiln"), 64.0));
+    // A container slower than the cold start: no override.
+    let slow = view(vec![worker("w1", "thumbnail", 1, 1, 20, 100.0)]);
+    let d = decide_now(&c, &f, &slow, no_draw());
+    assert_eq!(d.target, Target::function("kiln"));
+    // Disabled.
+    let mut off = quiet();
+    off.cold_start_override.enabled = false;
+    assert_eq!(decide_now(&off, &f, &v, no_draw()).target, Target::function("kiln"));
+}
+
+#[test]
+fn deadline_moves_to_a_fallback_that_meets_it() {
+    let c = quiet();
+    let mut v = view(vec![worker("w1", "render", 1, 1, 5, 100.0)]);
+    warm(&mut v, "kiln", 1);
+    let mut f = feats("j", "render", 65.0);
+    f.deadline_ms = Some(300);
+    let d = decide_now(&c, &f, &v, no_draw());
+    assert_eq!(d.target, Target::function("kiln"));
+    assert_eq!(d.reasons, vec!["deadline: container predicted 665 ms > 300 ms; serverless 65 ms"]);
+}
+
+#[test]
+fn the_simple_stateless_place_keeps_its_signature() {
+    let req = PlacementRequest { kind: "thumbnail".into(), est_run_ms: 20.0, interactive: true, ..Default::default() };
+    let p: Placement = place(&req, &[worker("w1", "thumbnail", 4, 0, 0, 20.0)], &Policy::default(), NOW);
+    assert_eq!((p.tier, p.worker_id.as_deref(), p.reason), (Tier::Container, Some("w1"), "warm container slot"));
+}
+
+#[test]
+fn same_seed_same_decisions() {
+    let c = PolicyConfig { exercise_share: 0.2, dual_share: 0.2, ..PolicyConfig::default() };
+    let mut v = view(vec![worker("a", "render", 2, 2, 6, 50.0), worker("b", "render", 2, 2, 6, 50.0)]);
+    warm(&mut v, "kiln", 2);
+    let run = |seed| {
+        let mut r = Router::new(c.clone(), seed).unwrap();
+        (0..500).map(|i| r.place(&feats(&i.to_string(), "render", 65.0), &v, NOW)).collect::<Vec<_>>()
+    };
+    assert_eq!(run(4), run(4));
+    assert_ne!(run(4), run(5));
+}
