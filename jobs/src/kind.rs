@@ -1,5 +1,6 @@
-//! The job-kind trait and the registry of kinds. Adding a kind touches its own module and one
-//! line in [`Registry::builtin`].
+//! The job-kind trait and the registry of kinds. The registry is filled by the binary's
+//! composition root (kiln-worker's `modes::registry`), so this module knows no kind: adding a
+//! kind touches its own module and one registration line there.
 
 use crate::context::{JobContext, Limits};
 use crate::envelope::OutputInfo;
@@ -63,15 +64,6 @@ impl Registry {
         Registry { kinds: BTreeMap::new() }
     }
 
-    /// Every kind built into kiln.
-    pub fn builtin() -> Self {
-        let mut r = Self::empty();
-        r.register(Arc::new(crate::thumbnail::Thumbnail));
-        r.register(Arc::new(crate::transcode::Transcode));
-        r.register(Arc::new(crate::render::Render));
-        r
-    }
-
     pub fn register(&mut self, kind: Arc<dyn JobKind>) {
         self.kinds.insert(kind.name(), kind);
     }
@@ -97,12 +89,26 @@ mod tests {
     use super::*;
     use crate::error::ErrorCode;
 
+    struct Stub(&'static str);
+
+    impl JobKind for Stub {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn prepare(&self, _input: &Value, _limits: &Limits) -> Result<Box<dyn PreparedJob>, JobError> {
+            Err(JobError::internal("stub"))
+        }
+    }
+
     #[test]
     fn unknown_kinds_are_unsupported() {
-        let r = Registry::builtin();
-        assert!(r.get("thumbnail").is_ok());
+        let mut r = Registry::empty();
+        r.register(Arc::new(Stub("thumbnail")));
+        r.register(Arc::new(Stub("render")));
+        assert_eq!(r.get("thumbnail").map(|k| k.name()).ok(), Some("thumbnail"));
+        assert_eq!(r.names().collect::<Vec<_>>(), ["render", "thumbnail"]);
         let e = r.get("teleport").err().unwrap();
         assert_eq!(e.code, ErrorCode::Unsupported);
-        assert!(e.message.contains("thumbnail"));
+        assert!(e.message.contains("render, thumbnail"), "{}", e.message);
     }
 }

@@ -9,7 +9,9 @@
 //! - [`store`]: the [`ObjectStore`] trait jobs read sources from and write outputs to.
 //! - [`checkpoint`]: [`Checkpointer`] and [`UnitRecord`]: resumable units of long jobs.
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
-//! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds.
+//! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds (filled by the binary).
+//! - [`convert`]: every mapping of a kernel or store error onto a [`JobError`].
+//! - [`spec_util`]: spec helpers shared by several kinds (colours).
 //! - [`thumbnail`]: the thumbnail job.
 //! - [`infer`]: the infer job (ONNX Runtime; registered by the worker with its model registry).
 //! - [`transcode`]: the transcode job (HLS ladders, segment checkpoints).
@@ -17,11 +19,13 @@
 
 pub mod checkpoint;
 pub mod context;
+pub mod convert;
 pub mod envelope;
 pub mod error;
 pub mod infer;
 pub mod kind;
 pub mod render;
+pub mod spec_util;
 pub mod store;
 #[cfg(test)]
 mod testutil;

@@ -14,10 +14,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The job kinds of this process: the built-in ones, `infer` with the configured model
-/// registry, plus `debug` with KILN_DEBUG_KINDS=1.
+/// The job kinds of this process (the composition root: a new kind is one line here):
+/// thumbnail, transcode, render, `infer` with the configured model registry, plus `debug`
+/// with KILN_DEBUG_KINDS=1.
 pub fn registry(cfg: &Config, store: Arc<dyn ObjectStore>) -> Registry {
-    let mut r = Registry::builtin();
+    let mut r = Registry::empty();
+    r.register(Arc::new(kiln_jobs::thumbnail::Thumbnail));
+    r.register(Arc::new(kiln_jobs::transcode::Transcode));
+    r.register(Arc::new(kiln_jobs::render::Render));
     if let Some(infer) = infer_kind(cfg) {
         r.register(Arc::new(infer.with_store(store)));
     }
@@ -237,4 +241,22 @@ pub fn probe(cfg: &Config) -> serde_json::Value {
         "store": cfg.store_url().to_string(),
         "onnxruntime": onnxruntime,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_jobs::ErrorCode;
+
+    #[test]
+    fn the_registry_holds_every_kind_and_refuses_unknown_ones() {
+        let cfg = Config::default();
+        let reg = registry(&cfg, Arc::new(StoreRouter::new(cfg.store.s3.clone())));
+        for kind in ["thumbnail", "transcode", "render", "infer"] {
+            assert!(reg.get(kind).is_ok(), "{kind} is registered");
+        }
+        let e = reg.get("teleport").err().unwrap();
+        assert_eq!(e.code, ErrorCode::Unsupported);
+        assert!(e.message.contains("render, thumbnail, transcode"), "{}", e.message);
+    }
 }

@@ -5,7 +5,7 @@
 use super::batcher::Item;
 use super::config::{ChannelOrder, Layout, ModelConfig, PadAlign};
 use crate::error::JobError;
-use crate::thumbnail::image_error;
+use crate::convert::image_error;
 use kiln_kernels::image::{self as img, fit::CropRect, orient, DecodeOptions, Image, PixelKind, SrgbTransform};
 
 /// How source pixels map to input pixels: `input = source × scale + pad`.

@@ -9,7 +9,7 @@
 use super::spec::{DrawnPage, Layer};
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::thumbnail::image_error;
+use crate::convert::image_error;
 use kiln_kernels::image::{self as img, fit::CropRect, DecodeOptions, Image, SrgbTransform};
 use kiln_kernels::render::{self as render, raster, text, Compositor, PageLayers, RenderError, Source};
 use std::collections::HashMap;

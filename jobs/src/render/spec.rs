@@ -4,7 +4,7 @@
 use crate::context::{ensure, Limits};
 use crate::error::JobError;
 use crate::store::parse_uri;
-use crate::thumbnail::parse_color;
+use crate::spec_util::parse_color;
 use kiln_kernels::render::{text, Accel, BlendMode};
 use serde::Deserialize;
 use serde_json::Value;

@@ -23,8 +23,7 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use run::image_error;
-pub use spec::{parse_color, Output, OutputSpec, Resolved, ThumbnailSpec, Watermark, WatermarkSpec};
+pub use spec::{Output, OutputSpec, Resolved, ThumbnailSpec, Watermark, WatermarkSpec};
 
 use crate::context::{JobContext, Limits};
 use crate::error::JobError;

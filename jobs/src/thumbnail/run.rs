@@ -4,23 +4,14 @@
 
 use super::spec::{Output, Resolved, Watermark};
 use crate::context::JobContext;
+use crate::convert::image_error;
 use crate::error::JobError;
 use crate::kind::JobOutput;
 use bytes::Bytes;
 use kiln_kernels::image::{
-    self as img, composite, fit, orient, DecodeOptions, EncodeOptions, Image, ImageError, Plan, SrgbTransform,
+    self as img, composite, fit, orient, DecodeOptions, EncodeOptions, Image, Plan, SrgbTransform,
 };
 use std::time::Instant;
-
-/// Maps a kernel error onto the job error codes, naming what failed (`source`, `watermark`).
-pub fn image_error(what: &str, e: ImageError) -> JobError {
-    match e {
-        ImageError::Unsupported(m) => JobError::unsupported(format!("{what}: {m}")),
-        ImageError::Corrupt(m) => JobError::corrupt(format!("{what}: {m}")),
-        e @ ImageError::TooManyPixels { .. } => JobError::too_large(format!("{what}: {e}")),
-        ImageError::Internal(m) => JobError::internal(format!("{what}: {m}")),
-    }
-}
 
 pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     let started = Instant::now();
