@@ -9,6 +9,10 @@
 //! - [`rung`]: one rung's scaler, encoder and segment writer.
 //! - [`scale`]: a rung's resampler, swscale or scale_cuda (an FFmpeg filter graph).
 //! - [`plan`]: which rung scales from which frames (cascade), and each encoder's threads.
+//! - [`types`]: the plain types those share (codec, encoder family, rung, segment file).
+//!
+//! One-way order: `types` ← `plan` ← `rung` ← `ladder` (and `scale`, `audio`, `source`,
+//! `probe` below `ladder`).
 //! - [`audio`]: audio decode, resample and AAC encode (once, shared by every rung).
 //! - [`probe`]: which codecs this FFmpeg build has and whether NVENC/NVDEC really open.
 //!
@@ -21,11 +25,13 @@ pub mod rung;
 pub mod plan;
 pub mod scale;
 pub mod source;
+pub mod types;
 
-pub use ladder::{transcode, EncoderKind, LadderConfig, LadderSummary, RungConfig, SegmentFile, VideoCodec};
+pub use ladder::{transcode, LadderConfig, LadderSummary};
 pub use scale::ScaleEngine;
 pub use rung::encoder_name as rung_encoder_name;
 pub use source::{open, OpenedSource, SourceInfo, SourceInput};
+pub use types::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 
 use std::sync::Once;
 
