@@ -38,3 +38,5 @@ pub use envelope::{Envelope, ErrorBody, Event, JobResult, JobStatus, OutputInfo,
 pub use error::{ErrorCode, JobError};
 pub use kind::{JobKind, JobOutput, PreparedJob, Registry};
 pub use store::{ObjectMeta, ObjectStore, StoreError, Version};
+/// `auto | cpu | gpu`: the one acceleration type of specs and the worker (from kiln-kernels).
+pub use kiln_kernels::Accel;

@@ -33,8 +33,7 @@ pub fn registry(cfg: &Config, store: Arc<dyn ObjectStore>) -> Registry {
 
 /// The infer kind built from `[infer]` and `[[models]]` (the config is validated already).
 fn infer_kind(cfg: &Config) -> Option<kiln_jobs::infer::Infer> {
-    let accel = serde_json::to_value(cfg.accel).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    match kiln_jobs::infer::Infer::new(cfg.models.clone(), cfg.infer.clone(), &accel) {
+    match kiln_jobs::infer::Infer::new(cfg.models.clone(), cfg.infer.clone(), cfg.accel) {
         Ok(k) => Some(k),
         Err(e) => {
             warn!(error = %e, "infer kind disabled");

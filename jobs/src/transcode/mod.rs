@@ -33,7 +33,7 @@ mod spec;
 mod tests;
 
 pub use hls::{master_playlist, media_playlist, target_duration, PlaylistKind, SegmentEntry, Variant};
-pub use spec::{plan_ladder, Accel, PlannedRung, Resolved, RungSpec, TranscodeSpec};
+pub use spec::{plan_ladder, PlannedRung, Resolved, RungSpec, TranscodeSpec};
 
 use crate::context::{JobContext, Limits};
 use crate::error::JobError;

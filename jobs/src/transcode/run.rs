@@ -5,7 +5,7 @@
 //! and master playlists.
 
 use super::hls::{self, PlaylistKind, SegmentEntry, Variant};
-use super::spec::{plan_ladder, Accel, PlannedRung, Resolved};
+use super::spec::{plan_ladder, PlannedRung, Resolved};
 use crate::context::JobContext;
 use crate::convert::ReadingInput;
 use crate::envelope::OutputInfo;
@@ -13,6 +13,7 @@ use crate::error::JobError;
 use crate::kind::JobOutput;
 use crate::store::parse_uri;
 use bytes::Bytes;
+use kiln_kernels::Accel;
 use kiln_kernels::video::{self, EncoderKind, LadderConfig, RungConfig, ScaleEngine, SegmentFile, SourceInput, VideoCodec, VideoError};
 use serde_json::json;
 use std::collections::BTreeMap;

@@ -77,11 +77,8 @@ impl Runtime {
     pub fn new(cfg: Config, store: Arc<dyn ObjectStore>, kinds: Registry) -> Arc<Self> {
         let scheduler =
             Scheduler::new(cfg.cpu_slots(), cfg.scheduler.queue_depth, cfg.scheduler.per_kind.clone().into_iter().collect());
-        let accel = match cfg.accel {
-            Accel::Gpu => "gpu",
-            _ => "cpu",
-        };
-        let worker = WorkerInfo { id: cfg.worker_id(), tier: cfg.worker.tier.clone(), accel: accel.to_owned() };
+        let accel = if cfg.accel == Accel::Gpu { Accel::Gpu } else { Accel::Cpu };
+        let worker = WorkerInfo { id: cfg.worker_id(), tier: cfg.worker.tier.clone(), accel: accel.to_string() };
         let store_url = cfg.store_url();
         let retain = cfg.scheduler.retain_finished;
         let pool = crate::pool::JobPool::new(scheduler.slots()).expect("starting the job threads");
