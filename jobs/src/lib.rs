@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: [`Checkpointer`] and [`UnitRecord`]: resumable units of long jobs.
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
 //! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds (filled by the binary).
+//! - [`layout`]: the store keys of a job (`jobs/{id}/result.json`, `state.json`, `outputs/{id}/`).
 //! - [`convert`]: every mapping of a kernel or store error onto a [`JobError`].
 //! - [`spec_util`]: spec helpers shared by several kinds (colours).
 //! - [`thumbnail`]: the thumbnail job.
@@ -24,6 +25,7 @@ pub mod envelope;
 pub mod error;
 pub mod infer;
 pub mod kind;
+pub mod layout;
 pub mod render;
 pub mod spec_util;
 pub mod store;

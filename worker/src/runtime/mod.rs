@@ -16,7 +16,8 @@ use crate::telemetry::Metrics;
 use crate::tracectx::TraceContext;
 use bytes::Bytes;
 use kiln_jobs::envelope::validate_id;
-use kiln_jobs::store::{join_dir, join_output, parse_uri};
+use kiln_jobs::layout;
+use kiln_jobs::store::parse_uri;
 use kiln_jobs::{
     Envelope, ErrorCode, EventSink, JobContext, JobError, JobOutput, JobResult, JobStatus, ObjectStore, PreparedJob,
     Priority, Registry, Timings, WorkerInfo,
@@ -142,7 +143,7 @@ impl Runtime {
     }
 
     fn result_uri(&self, id: &str) -> Result<Url, JobError> {
-        join_output(&self.store_url, &format!("jobs/{id}/result.json"))
+        layout::result_uri(&self.store_url, id)
     }
 
     /// Looks up a job: live or recently finished in memory, else its stored result.
@@ -301,7 +302,7 @@ impl Runtime {
         let kind = self.kinds.get(&env.kind)?;
         let output = match &env.output {
             Some(o) => parse_uri(o)?,
-            None => join_dir(&self.store_url, &format!("outputs/{id}"))?,
+            None => layout::default_output(&self.store_url, id)?,
         };
         let prepared = kind.prepare(&env.input, &self.cfg.limits)?;
         Ok((prepared, output))
