@@ -5,6 +5,7 @@
 use crate::context::{JobContext, Limits};
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
+use kiln_kernels::Accel;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,9 +42,26 @@ pub trait JobKind: Send + Sync + 'static {
     fn render_metrics(&self, _out: &mut String) {}
 }
 
+/// What a validated job asks of the worker that would run it, so that a tier can refuse what
+/// it cannot finish (the Lambda fit check) without reading the raw spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The acceleration the spec asks for (`auto` when it does not say).
+    pub accel: Accel,
+    /// The one input the job is built around (thumbnail's and transcode's `source`): its size
+    /// bounds the job's scratch space. `None` for kinds without one (render, infer, …).
+    pub source: Option<String>,
+    /// Every URI named in the spec that the job will read, in spec order (`source` included;
+    /// models, which come from the worker's configuration, are not).
+    pub reads: Vec<String>,
+}
+
 /// A validated job, ready to run on a blocking thread.
 pub trait PreparedJob: Send + 'static {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError>;
+
+    /// What the job needs from the worker (acceleration, inputs), read from its spec.
+    fn needs(&self) -> Needs;
 
     /// Whether the job is made of resumable units. The worker then takes the job's lease and
     /// keeps its `state.json` (see [`crate::checkpoint`]) before and while it runs; units

@@ -38,7 +38,7 @@ pub use checkpoint::{Checkpointer, UnitRecord};
 pub use context::{CancelSignal, EventSink, JobContext, Limits};
 pub use envelope::{Envelope, ErrorBody, Event, JobResult, JobStatus, OutputInfo, Priority, Timings, WorkerInfo};
 pub use error::{ErrorCode, JobError};
-pub use kind::{JobKind, JobOutput, PreparedJob, Registry};
+pub use kind::{JobKind, JobOutput, Needs, PreparedJob, Registry};
 pub use store::{ObjectMeta, ObjectStore, StoreError, Version};
 /// `auto | cpu | gpu`: the one acceleration type of specs and the worker (from kiln-kernels).
 pub use kiln_kernels::Accel;

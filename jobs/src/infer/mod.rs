@@ -38,7 +38,7 @@ pub use spec::{InferSpec, Inputs, Resolved};
 use crate::context::{JobContext, Limits};
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
-use crate::kind::{JobKind, JobOutput, PreparedJob};
+use crate::kind::{JobKind, JobOutput, Needs, PreparedJob};
 use crate::store::{parse_uri, ObjectStore};
 use batcher::{BatchStats, Item, ItemOutput};
 use bytes::Bytes;
@@ -219,6 +219,14 @@ pub struct Prepared {
 impl PreparedJob for Prepared {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
         run(&self.job, &self.engine, ctx)
+    }
+
+    fn needs(&self) -> Needs {
+        let reads = match &self.job.inputs {
+            Inputs::Images(uris) => uris.clone(),
+            Inputs::Tensors(_) => Vec::new(),
+        };
+        Needs { accel: self.job.accel, source: None, reads }
     }
 }
 
