@@ -29,6 +29,7 @@ demo: build-release
 	@ls $(DEMO_STORE)/outputs/*/ | head -40
 
 test: fixtures
+	python3 scripts/check-module-cycles.py
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
 
