@@ -9,12 +9,12 @@
 //! - [`rung`]: one rung's scaler, encoder and segment writer.
 //! - [`scale`]: a rung's resampler, swscale or scale_cuda (an FFmpeg filter graph).
 //! - [`plan`]: which rung scales from which frames (cascade), and each encoder's threads.
-//! - [`types`]: the plain types those share (codec, encoder family, rung, segment file).
-//!
-//! One-way order: `types` ← `plan` ← `rung` ← `ladder` (and `scale`, `audio`, `source`,
-//! `probe` below `ladder`).
 //! - [`audio`]: audio decode, resample and AAC encode (once, shared by every rung).
 //! - [`probe`]: which codecs this FFmpeg build has and whether NVENC/NVDEC really open.
+//! - [`types`]: the plain types the others share (codec, encoder family, rung, segment file).
+//!
+//! Dependencies point one way: `ladder` → `rung`, `plan`, `scale`, `audio`, `source`, `probe`;
+//! `rung` → `scale`; `probe` → `scale`; everything → `types`, which imports none of them.
 //!
 //! This module knows nothing of jobs, stores or playlists.
 

@@ -1,6 +1,6 @@
 //! The plain types the ladder's modules share (codec, encoder family, one rung's size and
-//! bitrate, a finished segment file), kept at the bottom of the video modules' one-way order:
-//! `types` ← `plan` ← `rung` ← `ladder`.
+//! bitrate, a finished segment file). They sit at the bottom of the video modules' one-way
+//! order (`types` ← `plan`, `rung` ← `ladder`), so `plan` and `rung` need not import `ladder`.
 
 use serde::Serialize;
 use std::path::PathBuf;
