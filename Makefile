@@ -32,6 +32,7 @@ demo: build-release
 TEST_FEATURES := --features kiln-worker/debug-kind
 
 test: fixtures
+	python3 scripts/check-module-cycles.py
 	python3 scripts/check-architecture-paths.py ARCHITECTURE.md jobs/src/*/README.md
 	$(CARGO) build --workspace $(TEST_FEATURES)
 	$(CARGO) test --workspace $(TEST_FEATURES)

@@ -2,6 +2,7 @@
 //! and the limits. Jobs run on blocking threads; store calls go through [`JobContext::block_on`].
 
 use crate::checkpoint::{Checkpointer, UnitRecord};
+use crate::convert::{ReadingInput, WritingOutput};
 use crate::envelope::{Event, OutputInfo};
 use crate::error::{ErrorCode, JobError};
 use crate::store::{join_output, parse_uri, ObjectStore};
@@ -181,7 +182,7 @@ impl JobContext {
     pub fn read_input(&self, uri: &str) -> Result<Bytes, JobError> {
         let url = parse_uri(uri)?;
         let limit = self.limits.max_input_bytes;
-        self.block_on(self.store.get(&url, limit)).map_err(|e| e.into_input_error())
+        Ok(self.block_on(self.store.get(&url, limit)).map_err(ReadingInput)?)
     }
 
     /// Stores one output under the job's output prefix, then announces it as an `output`
@@ -210,7 +211,7 @@ impl JobContext {
         self.check()?;
         let uri = join_output(&self.output_prefix, name)?;
         let bytes = data.len() as u64;
-        self.block_on(self.store.put(&uri, data, content_type)).map_err(|e| e.into_output_error())?;
+        self.block_on(self.store.put(&uri, data, content_type)).map_err(WritingOutput)?;
         Ok(output_info(name, &uri, content_type, bytes, dims))
     }
 
@@ -226,7 +227,7 @@ impl JobContext {
         self.check()?;
         let uri = join_output(&self.output_prefix, name)?;
         let bytes = std::fs::metadata(path).map_err(|e| JobError::internal(format!("output file {}: {e}", path.display())))?.len();
-        self.block_on(self.store.put_file(&uri, path, content_type)).map_err(|e| e.into_output_error())?;
+        self.block_on(self.store.put_file(&uri, path, content_type)).map_err(WritingOutput)?;
         Ok(output_info(name, &uri, content_type, bytes, dims))
     }
 

@@ -1,9 +1,11 @@
-//! The job-kind trait and the registry of kinds. Adding a kind touches its own module and one
-//! line in [`Registry::builtin`].
+//! The job-kind trait and the registry of kinds. The registry is filled by the binary's
+//! composition root (kiln-worker's `modes::registry`), so this module knows no kind: adding a
+//! kind touches its own module and one registration line there.
 
 use crate::context::{JobContext, Limits};
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
+use kiln_kernels::Accel;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,9 +42,26 @@ pub trait JobKind: Send + Sync + 'static {
     fn render_metrics(&self, _out: &mut String) {}
 }
 
+/// What a validated job asks of the worker that would run it, so that a tier can refuse what
+/// it cannot finish (the Lambda fit check) without reading the raw spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The acceleration the spec asks for (`auto` when it does not say).
+    pub accel: Accel,
+    /// The one input the job is built around (thumbnail's and transcode's `source`): its size
+    /// bounds the job's scratch space. `None` for kinds without one (render, infer, …).
+    pub source: Option<String>,
+    /// Every URI named in the spec that the job will read, in spec order (`source` included;
+    /// models, which come from the worker's configuration, are not).
+    pub reads: Vec<String>,
+}
+
 /// A validated job, ready to run on a blocking thread.
 pub trait PreparedJob: Send + 'static {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError>;
+
+    /// What the job needs from the worker (acceleration, inputs), read from its spec.
+    fn needs(&self) -> Needs;
 
     /// Whether the job is made of resumable units. The worker then takes the job's lease and
     /// keeps its `state.json` (see [`crate::checkpoint`]) before and while it runs; units
@@ -61,15 +80,6 @@ pub struct Registry {
 impl Registry {
     pub fn empty() -> Self {
         Registry { kinds: BTreeMap::new() }
-    }
-
-    /// Every kind built into kiln.
-    pub fn builtin() -> Self {
-        let mut r = Self::empty();
-        r.register(Arc::new(crate::thumbnail::Thumbnail));
-        r.register(Arc::new(crate::transcode::Transcode));
-        r.register(Arc::new(crate::render::Render));
-        r
     }
 
     pub fn register(&mut self, kind: Arc<dyn JobKind>) {
@@ -97,12 +107,26 @@ mod tests {
     use super::*;
     use crate::error::ErrorCode;
 
+    struct Stub(&'static str);
+
+    impl JobKind for Stub {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn prepare(&self, _input: &Value, _limits: &Limits) -> Result<Box<dyn PreparedJob>, JobError> {
+            Err(JobError::internal("stub"))
+        }
+    }
+
     #[test]
     fn unknown_kinds_are_unsupported() {
-        let r = Registry::builtin();
-        assert!(r.get("thumbnail").is_ok());
+        let mut r = Registry::empty();
+        r.register(Arc::new(Stub("thumbnail")));
+        r.register(Arc::new(Stub("render")));
+        assert_eq!(r.get("thumbnail").map(|k| k.name()).ok(), Some("thumbnail"));
+        assert_eq!(r.names().collect::<Vec<_>>(), ["render", "thumbnail"]);
         let e = r.get("teleport").err().unwrap();
         assert_eq!(e.code, ErrorCode::Unsupported);
-        assert!(e.message.contains("thumbnail"));
+        assert!(e.message.contains("render, thumbnail"), "{}", e.message);
     }
 }

@@ -9,7 +9,10 @@
 //! - [`store`]: the [`ObjectStore`] trait jobs read sources from and write outputs to.
 //! - [`checkpoint`]: [`Checkpointer`] and [`UnitRecord`]: resumable units of long jobs.
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
-//! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds.
+//! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds (filled by the binary).
+//! - [`layout`]: the store keys of a job (`jobs/{id}/result.json`, `state.json`, `outputs/{id}/`).
+//! - [`convert`]: every mapping of a kernel or store error onto a [`JobError`].
+//! - [`spec_util`]: spec helpers shared by several kinds (colours).
 //! - [`thumbnail`]: the thumbnail job.
 //! - [`infer`]: the infer job (ONNX Runtime; registered by the worker with its model registry).
 //! - [`transcode`]: the transcode job (HLS ladders, segment checkpoints).
@@ -17,11 +20,14 @@
 
 pub mod checkpoint;
 pub mod context;
+pub mod convert;
 pub mod envelope;
 pub mod error;
 pub mod infer;
 pub mod kind;
+pub mod layout;
 pub mod render;
+pub mod spec_util;
 pub mod store;
 #[cfg(test)]
 mod testutil;
@@ -32,5 +38,7 @@ pub use checkpoint::{Checkpointer, UnitRecord};
 pub use context::{CancelSignal, EventSink, JobContext, Limits};
 pub use envelope::{Envelope, ErrorBody, Event, JobResult, JobStatus, OutputInfo, Priority, Timings, WorkerInfo};
 pub use error::{ErrorCode, JobError};
-pub use kind::{JobKind, JobOutput, PreparedJob, Registry};
+pub use kind::{JobKind, JobOutput, Needs, PreparedJob, Registry};
 pub use store::{ObjectMeta, ObjectStore, StoreError, Version};
+/// `auto | cpu | gpu`: the one acceleration type of specs and the worker (from kiln-kernels).
+pub use kiln_kernels::Accel;

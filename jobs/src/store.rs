@@ -61,29 +61,6 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
-
-    /// The job error for a failure reading a job's input.
-    pub fn into_input_error(self) -> JobError {
-        let code = match &self {
-            StoreError::NotFound(_) => ErrorCode::InputNotFound,
-            StoreError::TooLarge { .. } => ErrorCode::InputTooLarge,
-            StoreError::UnsupportedUri(_) => ErrorCode::InvalidSpec,
-            StoreError::Denied(_) => ErrorCode::InputNotFound,
-            _ => ErrorCode::Internal,
-        };
-        let retryable = self.is_retryable();
-        JobError::new(code, self.to_string()).retryable(retryable)
-    }
-
-    /// The job error for a failure writing a job's output.
-    pub fn into_output_error(self) -> JobError {
-        let code = match &self {
-            StoreError::UnsupportedUri(_) => ErrorCode::InvalidSpec,
-            _ => ErrorCode::Internal,
-        };
-        let retryable = self.is_retryable();
-        JobError::new(code, format!("writing output: {self}")).retryable(retryable)
-    }
 }
 
 pub type ByteStream = Pin<Box<dyn AsyncRead + Send + Unpin>>;
@@ -199,16 +176,5 @@ mod tests {
         }
         assert_eq!(join_dir(&p, "outputs/j/").unwrap().as_str(), "file:///out/job1/outputs/j/");
         assert!(join_dir(&p, "../j").is_err());
-    }
-
-    #[test]
-    fn store_errors_map_to_codes() {
-        let u = Url::parse("file:///nope").unwrap();
-        let e = StoreError::io(&u, std::io::Error::from(std::io::ErrorKind::NotFound));
-        assert_eq!(e.into_input_error().code, ErrorCode::InputNotFound);
-        let e = StoreError::TooLarge { uri: "x".into(), limit: 1 };
-        assert_eq!(e.into_input_error().code, ErrorCode::InputTooLarge);
-        let e = StoreError::Unavailable("down".into()).into_input_error();
-        assert!(e.retryable);
     }
 }

@@ -1,5 +1,6 @@
 //! kiln-kernels: pixel and tensor kernels behind one API, and the hardware probe.
 //!
+//! - [`accel`]: [`Accel`], the `auto | cpu | gpu` choice of job specs and the worker.
 //! - [`image`]: decode (with shrink-on-load), orientation, colour management, resize, composite
 //!   and encode of still images, on the CPU (libjpeg-turbo, fast_image_resize SIMD).
 //! - [`render`]: page compositing for render jobs: layer rasterising (rects, images, shaped
@@ -10,7 +11,10 @@
 //!
 //! This crate knows nothing of jobs.
 
+pub mod accel;
 pub mod image;
 pub mod probe;
 pub mod render;
 pub mod video;
+
+pub use accel::Accel;

@@ -331,7 +331,7 @@ mod tests {
     fn spec(dir: &std::path::Path, owner: &str, hash: &str, lease_ms: u64) -> CheckpointSpec {
         CheckpointSpec {
             store: Arc::new(FsStore),
-            uri: Url::from_file_path(dir.join("jobs/j1/state.json")).unwrap(),
+            uri: Url::from_file_path(dir.join(kiln_jobs::layout::state_key("j1"))).unwrap(),
             job_id: "j1".into(),
             kind: "render".into(),
             spec_hash: hash.into(),

@@ -25,13 +25,8 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, message: message.into() }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Accel {
-    Auto,
-    Cpu,
-    Gpu,
-}
+/// `accel` / `KILN_ACCEL`: `auto`, `cpu` or `gpu` (the one type jobs and kernels use too).
+pub use kiln_jobs::Accel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

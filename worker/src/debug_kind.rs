@@ -6,7 +6,7 @@
 //! checkpoint machinery (lease, resume, takeover) without a media job's cost.
 
 use kiln_jobs::context::ensure;
-use kiln_jobs::{JobContext, JobError, JobKind, JobOutput, Limits, PreparedJob};
+use kiln_jobs::{Accel, JobContext, JobError, JobKind, JobOutput, Limits, Needs, PreparedJob};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -44,6 +44,10 @@ struct Spec {
     /// Append `{job id} {unit key}` to this file for every unit this attempt computes.
     #[serde(default)]
     unit_log: Option<PathBuf>,
+    /// The acceleration the job says it needs (only fit checks read it: `gpu` is refused by
+    /// the serverless tier).
+    #[serde(default)]
+    accel: Accel,
 }
 
 fn append_line(path: &std::path::Path, line: &str) -> Result<(), JobError> {
@@ -106,6 +110,10 @@ impl JobKind for DebugKind {
 impl PreparedJob for Spec {
     fn checkpointed(&self) -> bool {
         self.units > 0
+    }
+
+    fn needs(&self) -> Needs {
+        Needs { accel: self.accel, ..Needs::default() }
     }
 
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {

@@ -15,10 +15,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The job kinds of this process: the built-in ones, `infer` with the configured model
-/// registry, plus `debug` with KILN_DEBUG_KINDS=1 in a build with the `debug-kind` feature.
+/// The job kinds of this process (the composition root: a new kind is one line here):
+/// thumbnail, transcode, render, `infer` with the configured model registry, plus `debug`
+/// with KILN_DEBUG_KINDS=1 in a build with the `debug-kind` feature.
 pub fn registry(cfg: &Config, store: Arc<dyn ObjectStore>) -> Registry {
-    let mut r = Registry::builtin();
+    let mut r = Registry::empty();
+    r.register(Arc::new(kiln_jobs::thumbnail::Thumbnail));
+    r.register(Arc::new(kiln_jobs::transcode::Transcode));
+    r.register(Arc::new(kiln_jobs::render::Render));
     if let Some(infer) = infer_kind(cfg) {
         r.register(Arc::new(infer.with_store(store)));
     }
@@ -31,8 +35,7 @@ pub fn registry(cfg: &Config, store: Arc<dyn ObjectStore>) -> Registry {
 
 /// The infer kind built from `[infer]` and `[[models]]` (the config is validated already).
 fn infer_kind(cfg: &Config) -> Option<kiln_jobs::infer::Infer> {
-    let accel = serde_json::to_value(cfg.accel).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    match kiln_jobs::infer::Infer::new(cfg.models.clone(), cfg.infer.clone(), &accel) {
+    match kiln_jobs::infer::Infer::new(cfg.models.clone(), cfg.infer.clone(), cfg.accel) {
         Ok(k) => Some(k),
         Err(e) => {
             warn!(error = %e, "infer kind disabled");
@@ -217,4 +220,22 @@ pub fn probe(cfg: &Config) -> serde_json::Value {
         "store": cfg.store_url().to_string(),
         "onnxruntime": onnxruntime,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_jobs::ErrorCode;
+
+    #[test]
+    fn the_registry_holds_every_kind_and_refuses_unknown_ones() {
+        let cfg = Config::default();
+        let reg = registry(&cfg, Arc::new(StoreRouter::new(cfg.store.s3.clone())));
+        for kind in ["thumbnail", "transcode", "render", "infer"] {
+            assert!(reg.get(kind).is_ok(), "{kind} is registered");
+        }
+        let e = reg.get("teleport").err().unwrap();
+        assert_eq!(e.code, ErrorCode::Unsupported);
+        assert!(e.message.contains("render, thumbnail, transcode"), "{}", e.message);
+    }
 }

@@ -38,10 +38,11 @@ pub use spec::{InferSpec, Inputs, Resolved};
 use crate::context::{JobContext, Limits};
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
-use crate::kind::{JobKind, JobOutput, PreparedJob};
+use crate::kind::{JobKind, JobOutput, Needs, PreparedJob};
 use crate::store::{parse_uri, ObjectStore};
 use batcher::{BatchStats, Item, ItemOutput};
 use bytes::Bytes;
+use kiln_kernels::Accel;
 use cache::{ModelCache, Outcome};
 use model::LoadedModel;
 use serde_json::{json, Value};
@@ -72,11 +73,11 @@ const MODEL_LIMIT: u64 = 4 << 30;
 
 impl Infer {
     /// `accel` is the worker's setting: `auto` and `gpu` allow CUDA, `cpu` does not.
-    pub fn new(models: Vec<ModelConfig>, cfg: InferConfig, accel: &str) -> Result<Infer, JobError> {
+    pub fn new(models: Vec<ModelConfig>, cfg: InferConfig, accel: Accel) -> Result<Infer, JobError> {
         config::validate_models(&models)?;
         let mb = 1024 * 1024;
         let cache = ModelCache::new(cfg.host_memory_mb.saturating_mul(mb), cfg.gpu_memory_mb.saturating_mul(mb));
-        let engine = Engine { models, cfg, cuda_allowed: accel != "cpu", cache, batch_stats: Mutex::new(BTreeMap::new()) };
+        let engine = Engine { models, cfg, cuda_allowed: accel != Accel::Cpu, cache, batch_stats: Mutex::new(BTreeMap::new()) };
         Ok(Infer { engine: Arc::new(engine), warm_store: None })
     }
 
@@ -219,6 +220,14 @@ impl PreparedJob for Prepared {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
         run(&self.job, &self.engine, ctx)
     }
+
+    fn needs(&self) -> Needs {
+        let reads = match &self.job.inputs {
+            Inputs::Images(uris) => uris.clone(),
+            Inputs::Tensors(_) => Vec::new(),
+        };
+        Needs { accel: self.job.accel, source: None, reads }
+    }
 }
 
 fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, JobError> {
@@ -229,10 +238,10 @@ fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, J
     // Load the library first: every other ort call needs it.
     ortenv::environment(engine.cfg.ort_dylib.as_deref())?;
     let cuda_here = ortenv::cuda_usable(engine.cuda_allowed);
-    if job.accel == spec::Accel::Gpu && !cuda_here {
+    if job.accel == Accel::Gpu && !cuda_here {
         return Err(JobError::unsupported("accel gpu: no NVIDIA GPU with ONNX Runtime's CUDA execution provider on this worker"));
     }
-    let want_cuda = job.accel != spec::Accel::Cpu && cuda_here;
+    let want_cuda = job.accel != Accel::Cpu && cuda_here;
     let (model, outcome) = engine.model(m, want_cuda, || {
         ctx.read_input(&m.uri).map_err(|e| JobError { message: format!("model {:?}: {}", m.name, e.message), ..e })
     })?;

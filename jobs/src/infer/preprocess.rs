@@ -5,7 +5,7 @@
 use super::batcher::Item;
 use super::config::{ChannelOrder, Layout, ModelConfig, PadAlign};
 use crate::error::JobError;
-use crate::thumbnail::image_error;
+use crate::convert::Context;
 use kiln_kernels::image::{self as img, fit::CropRect, orient, DecodeOptions, Image, PixelKind, SrgbTransform};
 
 /// How source pixels map to input pixels: `input = source × scale + pad`.
@@ -35,7 +35,7 @@ pub struct Prepared {
 
 pub fn image(data: &[u8], m: &ModelConfig, max_pixels: u64) -> Result<Prepared, JobError> {
     let [tw, th] = m.input_size.ok_or_else(|| JobError::invalid_spec(format!("model {:?} takes tensors, not images", m.name)))?;
-    let info = img::probe(data, max_pixels).map_err(|e| image_error("image", e))?;
+    let info = img::probe(data, max_pixels).context("image")?;
     let (sw, sh) = info.oriented_dims();
     let (rw, rh) = if m.letterbox {
         let s = (tw as f64 / sw as f64).min(th as f64 / sh as f64);
@@ -43,14 +43,14 @@ pub fn image(data: &[u8], m: &ModelConfig, max_pixels: u64) -> Result<Prepared, 
     } else {
         (tw, th)
     };
-    let decoded = img::decode(data, &DecodeOptions { max_pixels, min_size: Some((rw, rh)) }).map_err(|e| image_error("image", e))?;
-    let mut im = orient::apply(decoded.image, info.orientation).map_err(|e| image_error("image", e))?;
+    let decoded = img::decode(data, &DecodeOptions { max_pixels, min_size: Some((rw, rh)) }).context("image")?;
+    let mut im = orient::apply(decoded.image, info.orientation).context("image")?;
     if let Some(t) = decoded.icc.as_deref().and_then(SrgbTransform::from_icc) {
         t.apply(&mut im);
     }
     let im = to_rgb(im)?;
     let whole = CropRect { left: 0.0, top: 0.0, width: im.width as f64, height: im.height as f64 };
-    let resized = img::resize(&im, whole, (rw, rh)).map_err(|e| image_error("image", e))?;
+    let resized = img::resize(&im, whole, (rw, rh)).context("image")?;
     let (px, py) = match m.pad_align {
         PadAlign::Center => ((tw - rw) / 2, (th - rh) / 2),
         PadAlign::TopLeft => (0, 0),
@@ -59,7 +59,7 @@ pub fn image(data: &[u8], m: &ModelConfig, max_pixels: u64) -> Result<Prepared, 
         resized
     } else {
         let c = m.pad_color;
-        let padded = img::pad(&resized, (tw, th), (px, py), [c[0], c[1], c[2], 255]).map_err(|e| image_error("image", e))?;
+        let padded = img::pad(&resized, (tw, th), (px, py), [c[0], c[1], c[2], 255]).context("image")?;
         to_rgb(padded)?
     };
     let item = tensor(&canvas, m);
@@ -76,7 +76,7 @@ fn to_rgb(im: Image) -> Result<Image, JobError> {
         PixelKind::Rgb8 => Ok(im),
         PixelKind::Rgba8 => {
             let data: Vec<u8> = im.data.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-            Image::new(im.width, im.height, PixelKind::Rgb8, data).map_err(|e| image_error("image", e))
+            Image::new(im.width, im.height, PixelKind::Rgb8, data).context("image")
         }
     }
 }

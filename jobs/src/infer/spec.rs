@@ -7,6 +7,7 @@ use super::config::ModelConfig;
 use crate::context::{ensure, Limits};
 use crate::error::JobError;
 use crate::store::parse_uri;
+use kiln_kernels::Accel;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,15 +30,6 @@ pub struct InferSpec {
 pub struct TensorSpec {
     pub shape: Vec<i64>,
     pub data: Vec<f32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Accel {
-    #[default]
-    Auto,
-    Cpu,
-    Gpu,
 }
 
 /// The job's inputs, validated.

@@ -42,8 +42,9 @@ pub use spec::{Crop, DrawnPage, Layer, Page, RenderSpec, Resolved};
 
 use crate::context::{JobContext, Limits};
 use crate::error::JobError;
-use crate::kind::{JobKind, JobOutput, PreparedJob};
+use crate::kind::{JobKind, JobOutput, Needs, PreparedJob};
 use serde_json::Value;
+use std::collections::HashSet;
 
 pub struct Render;
 
@@ -65,6 +66,16 @@ pub struct Prepared(pub Resolved);
 impl PreparedJob for Prepared {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
         run::run(&self.0, ctx)
+    }
+
+    fn needs(&self) -> Needs {
+        let sources = self.0.pages.iter().flat_map(|page| match page {
+            Page::Merge { source, .. } => vec![source],
+            Page::Drawn(d) => d.layers.iter().filter_map(|l| if let Layer::Image { source, .. } = l { Some(source) } else { None }).collect(),
+        });
+        let mut seen = HashSet::new();
+        let reads = sources.filter(|s| seen.insert(*s)).cloned().collect();
+        Needs { accel: self.0.accel, source: None, reads }
     }
 
     fn checkpointed(&self) -> bool {

@@ -9,9 +9,9 @@
 use super::spec::{DrawnPage, Layer};
 use crate::context::JobContext;
 use crate::error::JobError;
-use crate::thumbnail::image_error;
+use crate::convert::Context;
 use kiln_kernels::image::{self as img, fit::CropRect, DecodeOptions, Image, SrgbTransform};
-use kiln_kernels::render::{self as render, raster, text, Compositor, PageLayers, RenderError, Source};
+use kiln_kernels::render::{self as render, raster, text, Compositor, PageLayers, Source};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -32,11 +32,11 @@ impl ImageCache {
             return Ok(i.clone());
         }
         let what = format!("image {uri}");
-        let data = ctx.read_input(uri).map_err(|e| JobError { message: format!("{what}: {}", e.message), ..e })?;
+        let data = ctx.read_input(uri).context(&what)?;
         let opts = DecodeOptions { max_pixels: ctx.limits.max_pixels, min_size: need };
-        let d = img::decode(&data, &opts).map_err(|e| image_error(&what, e))?;
+        let d = img::decode(&data, &opts).context(&what)?;
         drop(data);
-        let mut image = img::orient::apply(d.image, d.info.orientation).map_err(|e| image_error(&what, e))?;
+        let mut image = img::orient::apply(d.image, d.info.orientation).context(&what)?;
         if let Some(t) = d.icc.as_deref().and_then(SrgbTransform::from_icc) {
             t.apply(&mut image);
         }
@@ -51,14 +51,6 @@ impl ImageCache {
     }
 }
 
-pub fn render_error(e: RenderError) -> JobError {
-    match e {
-        RenderError::NoAdapter(m) => JobError::unsupported(format!("accel gpu: no GPU adapter for the wgpu compositor: {m}")),
-        RenderError::Font(m) => JobError::internal(format!("font: {m}")),
-        RenderError::Internal(m) => JobError::internal(m),
-    }
-}
-
 /// Rasterises and composites one page.
 pub fn render(ctx: &JobContext, page: &DrawnPage, comp: &dyn Compositor, cache: &mut ImageCache) -> Result<Image, JobError> {
     let dims = (page.width, page.height);
@@ -69,9 +61,9 @@ pub fn render(ctx: &JobContext, page: &DrawnPage, comp: &dyn Compositor, cache: 
                 raster::rect(dims, (*x, *y, *width, *height), *fill, *stroke, *opacity, *blend)
             }
             Layer::Text { x, y, text: t, size, color, font, opacity, blend } => {
-                let face = text::load_font(font).map_err(render_error)?;
+                let face = text::load_font(font)?;
                 let style = text::TextStyle { size: *size, color: *color, opacity: *opacity, blend: *blend };
-                text::text(&face, dims, *x, *y, t, &style).map_err(render_error)?
+                text::text(&face, dims, *x, *y, t, &style)?
             }
             Layer::Image { source, x, y, width, height, crop, rotate, opacity, blend } => {
                 Some(image_source(ctx, cache, source, (*x, *y), (*width, *height), crop.as_ref(), *rotate, *opacity, *blend)?)
@@ -80,8 +72,8 @@ pub fn render(ctx: &JobContext, page: &DrawnPage, comp: &dyn Compositor, cache: 
         sources.extend(s);
     }
     let layers = PageLayers { width: page.width, height: page.height, background: page.background, sources };
-    let canvas = comp.composite(&layers).map_err(render_error)?;
-    render::to_image(page.width, page.height, &canvas).map_err(render_error)
+    let canvas = comp.composite(&layers)?;
+    Ok(render::to_image(page.width, page.height, &canvas)?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -120,7 +112,7 @@ fn image_source(
     if bw as u64 * bh as u64 > ctx.limits.max_page_pixels {
         return Err(JobError::invalid_spec(format!("{what}: its {bw}x{bh} box is over the page pixel limit")));
     }
-    let resized = img::resize(&full, c, (bw, bh)).map_err(|e| image_error(&what, e))?;
+    let resized = img::resize(&full, c, (bw, bh)).context(&what)?;
     Ok(raster::image(&resized, x.round() as i64, y.round() as i64, rotate, opacity, blend))
 }
 

@@ -2,10 +2,11 @@
 //! record), then the document assembled from the stored parts into a temporary file that is
 //! streamed to the store.
 
-use super::page::{self, render_error, ImageCache};
+use super::page::{self, ImageCache};
 use super::pdf::{self, Assembler, Encoding};
 use super::spec::{Page, Resolved};
 use crate::context::JobContext;
+use crate::convert::Context;
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
 use crate::kind::JobOutput;
@@ -72,7 +73,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
         let record = match p {
             Page::Drawn(d) => {
                 if comp.is_none() {
-                    comp = Some(render::compositor(job.accel).map_err(render_error)?);
+                    comp = Some(render::compositor(job.accel)?);
                 }
                 let c = comp.as_deref().ok_or_else(|| JobError::internal("no compositor"))?;
                 let image = page::render(ctx, d, c, &mut cache)?;
@@ -97,7 +98,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
                 let what = format!("pdf_page {source}");
                 if source_pdf.as_ref().map(|(s, _)| s != source).unwrap_or(true) {
                     drop(source_pdf.take()); // free the previous source before reading the next
-                    let data = ctx.read_input(source).map_err(|e| JobError { message: format!("{what}: {}", e.message), ..e })?;
+                    let data = ctx.read_input(source).context(&what)?;
                     source_pdf = Some((source.clone(), pdf::load(&data, &what)?));
                 }
                 let doc = &source_pdf.as_ref().ok_or_else(|| JobError::internal("source pdf"))?.1;

@@ -4,8 +4,9 @@
 use crate::context::{ensure, Limits};
 use crate::error::JobError;
 use crate::store::parse_uri;
-use crate::thumbnail::parse_color;
-use kiln_kernels::render::{text, Accel, BlendMode};
+use crate::spec_util::parse_color;
+use kiln_kernels::render::{text, BlendMode};
+use kiln_kernels::Accel;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -13,25 +14,6 @@ pub const DEFAULT_DPI: f64 = 150.0;
 pub const DEFAULT_JPEG_QUALITY: u8 = 90;
 /// Longest text of one text layer, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccelSpec {
-    #[default]
-    Auto,
-    Cpu,
-    Gpu,
-}
-
-impl From<AccelSpec> for Accel {
-    fn from(a: AccelSpec) -> Accel {
-        match a {
-            AccelSpec::Auto => Accel::Auto,
-            AccelSpec::Cpu => Accel::Cpu,
-            AccelSpec::Gpu => Accel::Gpu,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,7 +42,7 @@ pub struct RenderSpec {
     #[serde(default = "default_format")]
     pub format: String,
     #[serde(default)]
-    pub accel: AccelSpec,
+    pub accel: Accel,
     #[serde(default)]
     pub jpeg_quality: Option<u8>,
 }
@@ -308,7 +290,7 @@ impl RenderSpec {
                 pages.push(Page::Drawn(resolve_drawn(&at, d, limits)?));
             }
         }
-        Ok(Resolved { pages, pdf, png, accel: self.accel.into(), jpeg_quality })
+        Ok(Resolved { pages, pdf, png, accel: self.accel, jpeg_quality })
     }
 }
 

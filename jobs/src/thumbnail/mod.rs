@@ -23,12 +23,12 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use run::image_error;
-pub use spec::{parse_color, Output, OutputSpec, Resolved, ThumbnailSpec, Watermark, WatermarkSpec};
+pub use spec::{Output, OutputSpec, Resolved, ThumbnailSpec, Watermark, WatermarkSpec};
 
 use crate::context::{JobContext, Limits};
 use crate::error::JobError;
-use crate::kind::{JobKind, JobOutput, PreparedJob};
+use crate::kind::{JobKind, JobOutput, Needs, PreparedJob};
+use kiln_kernels::Accel;
 use serde_json::Value;
 
 pub struct Thumbnail;
@@ -55,5 +55,11 @@ pub struct Prepared(pub Resolved);
 impl PreparedJob for Prepared {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
         run::run(&self.0, ctx)
+    }
+
+    fn needs(&self) -> Needs {
+        let job = &self.0;
+        let reads = std::iter::once(&job.source).chain(job.watermark.as_ref().map(|w| &w.source)).cloned().collect();
+        Needs { accel: Accel::Auto, source: Some(job.source.clone()), reads }
     }
 }

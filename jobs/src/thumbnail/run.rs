@@ -4,37 +4,28 @@
 
 use super::spec::{Output, Resolved, Watermark};
 use crate::context::JobContext;
+use crate::convert::Context;
 use crate::error::JobError;
 use crate::kind::JobOutput;
 use bytes::Bytes;
 use kiln_kernels::image::{
-    self as img, composite, fit, orient, DecodeOptions, EncodeOptions, Image, ImageError, Plan, SrgbTransform,
+    self as img, composite, fit, orient, DecodeOptions, EncodeOptions, Image, Plan, SrgbTransform,
 };
 use std::time::Instant;
-
-/// Maps a kernel error onto the job error codes, naming what failed (`source`, `watermark`).
-pub fn image_error(what: &str, e: ImageError) -> JobError {
-    match e {
-        ImageError::Unsupported(m) => JobError::unsupported(format!("{what}: {m}")),
-        ImageError::Corrupt(m) => JobError::corrupt(format!("{what}: {m}")),
-        e @ ImageError::TooManyPixels { .. } => JobError::too_large(format!("{what}: {e}")),
-        ImageError::Internal(m) => JobError::internal(format!("{what}: {m}")),
-    }
-}
 
 pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     let started = Instant::now();
     ctx.check()?;
     let data = ctx.read_input(&job.source)?;
     let max_pixels = ctx.limits.max_pixels;
-    let info = img::probe(&data, max_pixels).map_err(|e| image_error("source", e))?;
+    let info = img::probe(&data, max_pixels).context("source")?;
     let src = info.oriented_dims();
     let plans: Vec<Plan> = job.outputs.iter().map(|o| fit::plan(src, o.width, o.height, o.fit)).collect();
     let need = plans.iter().map(|p| p.min_source(src)).fold((1, 1), |a, b| (a.0.max(b.0), a.1.max(b.1)));
 
-    let decoded = img::decode(&data, &DecodeOptions { max_pixels, min_size: Some(need) }).map_err(|e| image_error("source", e))?;
+    let decoded = img::decode(&data, &DecodeOptions { max_pixels, min_size: Some(need) }).context("source")?;
     drop(data);
-    let mut image = orient::apply(decoded.image, info.orientation).map_err(|e| image_error("source", e))?;
+    let mut image = orient::apply(decoded.image, info.orientation).context("source")?;
     let decode_ms = started.elapsed().as_secs_f64() * 1e3;
 
     // Convert to sRGB once on the decoded image, or on each output when they are smaller.
@@ -56,18 +47,18 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     for (i, (o, plan)) in job.outputs.iter().zip(&plans).enumerate() {
         ctx.check()?;
         let plan = plan.rescaled(src, (image.width, image.height));
-        let mut out = img::resize(&image, plan.crop, plan.resize).map_err(|e| image_error(&o.name, e))?;
+        let mut out = img::resize(&image, plan.crop, plan.resize).context(&o.name)?;
         if per_output_srgb {
             if let Some(t) = &srgb {
                 t.apply(&mut out);
             }
         }
         if plan.pads() {
-            out = img::pad(&out, plan.canvas, plan.offset, o.pad_color()).map_err(|e| image_error(&o.name, e))?;
+            out = img::pad(&out, plan.canvas, plan.offset, o.pad_color()).context(&o.name)?;
         }
         if let (Some(w), Some(m)) = (&job.watermark, &mark) {
             let margin = w.margin.unwrap_or_else(|| (out.width.min(out.height) as f32 * 0.02).round() as u32);
-            img::watermark(&mut out, m, w.gravity, w.opacity, margin).map_err(|e| image_error("watermark", e))?;
+            img::watermark(&mut out, m, w.gravity, w.opacity, margin).context("watermark")?;
         }
         let bytes = encode(&out, o)?;
         let info = ctx.write_output(&o.name, Bytes::from(bytes), o.format.content_type(), Some((out.width, out.height)))?;
@@ -91,15 +82,15 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
 
 fn encode(out: &Image, o: &Output) -> Result<Vec<u8>, JobError> {
     let opts = EncodeOptions { format: o.format, quality: o.quality, lossless: o.lossless, background: o.flatten_color() };
-    img::encode(out, &opts).map_err(|e| image_error(&o.name, e))
+    img::encode(out, &opts).context(&o.name)
 }
 
 /// Reads, decodes, orients and colour-manages the watermark image.
 fn load_watermark(w: &Watermark, ctx: &JobContext) -> Result<Image, JobError> {
-    let data = ctx.read_input(&w.source).map_err(|e| JobError { message: format!("watermark: {}", e.message), ..e })?;
+    let data = ctx.read_input(&w.source).context("watermark")?;
     let d = img::decode(&data, &DecodeOptions { max_pixels: ctx.limits.max_pixels, min_size: None })
-        .map_err(|e| image_error("watermark", e))?;
-    let mut m = orient::apply(d.image, d.info.orientation).map_err(|e| image_error("watermark", e))?;
+        .context("watermark")?;
+    let mut m = orient::apply(d.image, d.info.orientation).context("watermark")?;
     if let Some(t) = d.icc.as_deref().and_then(SrgbTransform::from_icc) {
         t.apply(&mut m);
     }
@@ -116,19 +107,19 @@ pub fn warm_up() -> Result<(), JobError> {
             data.extend_from_slice(&[(x * 4) as u8, (y * 5) as u8, 128, 255 - x as u8]);
         }
     }
-    let rgba = Image::new(64, 48, img::PixelKind::Rgba8, data).map_err(|e| image_error("warm-up", e))?;
+    let rgba = Image::new(64, 48, img::PixelKind::Rgba8, data).context("warm-up")?;
     let icc = img::color::adobe_rgb_like_profile();
     let srgb = SrgbTransform::from_icc(&icc);
     for format in [img::OutputFormat::Jpeg, img::OutputFormat::Png, img::OutputFormat::Webp, img::OutputFormat::Avif] {
         let p = fit::plan((64, 48), Some(32), Some(32), fit::Fit::Cover);
-        let mut small = img::resize(&rgba, p.crop, p.resize).map_err(|e| image_error("warm-up", e))?;
+        let mut small = img::resize(&rgba, p.crop, p.resize).context("warm-up")?;
         if let Some(t) = &srgb {
             t.apply(&mut small);
         }
-        let bytes = img::encode(&small, &EncodeOptions::new(format)).map_err(|e| image_error("warm-up", e))?;
+        let bytes = img::encode(&small, &EncodeOptions::new(format)).context("warm-up")?;
         if format != img::OutputFormat::Avif {
             let opts = DecodeOptions { max_pixels: 1 << 20, min_size: Some((8, 8)) };
-            img::decode(&bytes, &opts).map_err(|e| image_error("warm-up", e))?;
+            img::decode(&bytes, &opts).context("warm-up")?;
         }
     }
     let _ = composite::flatten(rgba, [255, 255, 255]);

@@ -3,6 +3,7 @@
 
 use crate::context::{ensure, Limits};
 use crate::error::JobError;
+use crate::spec_util::parse_color;
 use crate::store::{join_output, parse_uri};
 use kiln_kernels::image::{Fit, Gravity, OutputFormat};
 use serde::Deserialize;
@@ -110,16 +111,6 @@ pub struct Resolved {
     pub source: String,
     pub outputs: Vec<Output>,
     pub watermark: Option<Watermark>,
-}
-
-/// Parses `#rrggbb` or `#rrggbbaa`.
-pub fn parse_color(s: &str) -> Option<[u8; 4]> {
-    let hex = s.strip_prefix('#')?;
-    if !(hex.len() == 6 || hex.len() == 8) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
-    Some([byte(0)?, byte(2)?, byte(4)?, if hex.len() == 8 { byte(6)? } else { 255 }])
 }
 
 impl ThumbnailSpec {

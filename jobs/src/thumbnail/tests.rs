@@ -127,15 +127,6 @@ fn bad_specs_are_refused_with_clear_messages() {
     assert_eq!(e.code, ErrorCode::Unsupported);
 }
 
-#[test]
-fn colours_parse() {
-    assert_eq!(parse_color("#ff0080"), Some([255, 0, 128, 255]));
-    assert_eq!(parse_color("#ff008040"), Some([255, 0, 128, 64]));
-    for bad in ["ff0080", "#ff00", "#gg0000", "#ff00800", ""] {
-        assert_eq!(parse_color(bad), None, "{bad}");
-    }
-}
-
 // ---- whole runs ----
 
 #[test]

@@ -33,11 +33,11 @@ mod spec;
 mod tests;
 
 pub use hls::{master_playlist, media_playlist, target_duration, PlaylistKind, SegmentEntry, Variant};
-pub use spec::{plan_ladder, Accel, PlannedRung, Resolved, RungSpec, TranscodeSpec};
+pub use spec::{plan_ladder, PlannedRung, Resolved, RungSpec, TranscodeSpec};
 
 use crate::context::{JobContext, Limits};
 use crate::error::JobError;
-use crate::kind::{JobKind, JobOutput, PreparedJob};
+use crate::kind::{JobKind, JobOutput, Needs, PreparedJob};
 use serde_json::Value;
 
 pub struct Transcode;
@@ -69,6 +69,10 @@ pub struct Prepared(pub Resolved);
 impl PreparedJob for Prepared {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
         run::run(&self.0, ctx)
+    }
+
+    fn needs(&self) -> Needs {
+        Needs { accel: self.0.accel, source: Some(self.0.source.clone()), reads: vec![self.0.source.clone()] }
     }
 
     fn checkpointed(&self) -> bool {

@@ -5,13 +5,15 @@
 //! and master playlists.
 
 use super::hls::{self, PlaylistKind, SegmentEntry, Variant};
-use super::spec::{plan_ladder, Accel, PlannedRung, Resolved};
+use super::spec::{plan_ladder, PlannedRung, Resolved};
 use crate::context::JobContext;
+use crate::convert::ReadingInput;
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
 use crate::kind::JobOutput;
 use crate::store::parse_uri;
 use bytes::Bytes;
+use kiln_kernels::Accel;
 use kiln_kernels::video::{self, EncoderKind, LadderConfig, RungConfig, ScaleEngine, SegmentFile, SourceInput, VideoCodec, VideoError};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -20,17 +22,6 @@ use std::time::Instant;
 
 const TS: &str = "video/mp2t";
 const M3U8: &str = "application/vnd.apple.mpegurl";
-
-/// Maps a kernel error onto the job error codes.
-pub fn video_error(e: VideoError) -> JobError {
-    match e {
-        VideoError::Corrupt(m) => JobError::corrupt(format!("source: {m}")),
-        VideoError::Unsupported(m) => JobError::unsupported(format!("source: {m}")),
-        VideoError::TooLong(m) => JobError::too_large(format!("source: {m}")),
-        VideoError::Stopped => JobError::internal("transcode stopped"),
-        VideoError::Internal(m) => JobError::internal(m),
-    }
-}
 
 pub fn unit_key(index: u32) -> String {
     format!("seg-{index:05}")
@@ -56,7 +47,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     let started = Instant::now();
     ctx.check()?;
     let input = open_input(&job.source, ctx)?;
-    let src = video::open(input).map_err(video_error)?;
+    let src = video::open(input)?;
     let info = src.info.clone();
     let pixels = info.width as u64 * info.height as u64;
     if pixels > ctx.limits.max_video_pixels {
@@ -119,7 +110,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
         Ok(s) => Some(s),
         Err(e) => {
             ctx.check()?;
-            return Err(job_error.unwrap_or_else(|| video_error(e)));
+            return Err(job_error.unwrap_or_else(|| JobError::from(e)));
         }
     };
     ctx.check()?;
@@ -322,7 +313,7 @@ fn default_codecs(codec: VideoCodec) -> &'static str {
 fn open_input(source: &str, ctx: &JobContext) -> Result<SourceInput, JobError> {
     let url = parse_uri(source)?;
     let limit = ctx.limits.max_input_bytes;
-    let meta = ctx.block_on(ctx.store().head(&url)).map_err(|e| e.into_input_error())?;
+    let meta = ctx.block_on(ctx.store().head(&url)).map_err(ReadingInput)?;
     let Some(meta) = meta else {
         return Err(JobError::new(crate::error::ErrorCode::InputNotFound, format!("object not found: {url}")));
     };
@@ -337,7 +328,7 @@ fn open_input(source: &str, ctx: &JobContext) -> Result<SourceInput, JobError> {
             return Ok(SourceInput::Path(path));
         }
     }
-    let stream = ctx.block_on(ctx.store().open(&url)).map_err(|e| e.into_input_error())?;
+    let stream = ctx.block_on(ctx.store().open(&url)).map_err(ReadingInput)?;
     let bridge = tokio_util::io::SyncIoBridge::new_with_handle(stream, ctx.runtime().clone());
     Ok(SourceInput::Reader(Box::new(std::io::Read::take(bridge, limit))))
 }

@@ -4,7 +4,9 @@
 use crate::context::{ensure, Limits};
 use crate::error::JobError;
 use crate::store::parse_uri;
+use kiln_kernels::accel::ParseAccelError;
 use kiln_kernels::video::VideoCodec;
+use kiln_kernels::Accel;
 use serde::Deserialize;
 use std::collections::HashSet;
 
@@ -59,23 +61,6 @@ fn default_audio() -> u32 {
     128
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Auto,
-    Cpu,
-    Gpu,
-}
-
-impl Accel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Auto => "auto",
-            Accel::Cpu => "cpu",
-            Accel::Gpu => "gpu",
-        }
-    }
-}
-
 /// A validated transcode job.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -119,12 +104,7 @@ impl TranscodeSpec {
         if self.package != "hls" {
             return Err(JobError::unsupported(format!("package {:?}: this worker packages hls", self.package)));
         }
-        let accel = match self.accel.as_str() {
-            "auto" => Accel::Auto,
-            "cpu" => Accel::Cpu,
-            "gpu" => Accel::Gpu,
-            other => return Err(JobError::invalid_spec(format!("accel {other:?}: expected auto, cpu or gpu"))),
-        };
+        let accel: Accel = self.accel.parse().map_err(|e: ParseAccelError| JobError::invalid_spec(e.to_string()))?;
         ensure(PRESETS.contains(&self.preset.as_str()), || format!("preset {:?}: expected one of {}", self.preset, PRESETS.join(", ")))?;
         ensure((16..=512).contains(&self.audio_bitrate_kbps), || {
             format!("audio_bitrate_kbps {} is outside 16..=512", self.audio_bitrate_kbps)

@@ -242,7 +242,7 @@ fn probe_with(nvenc: bool, nvdec: bool, scale_cuda: bool) -> kiln_kernels::video
 #[test]
 fn accel_auto_uses_the_gpu_only_with_nvenc_and_gpu_uses_every_proven_engine() {
     use super::run::{accels_from, cpu_accels, Accels};
-    use super::spec::Accel;
+    use kiln_kernels::Accel;
     use kiln_kernels::video::{EncoderKind, ScaleEngine, VideoCodec};
     let h100 = probe_with(false, true, true);
     // No NVENC (an H100): auto stays on the CPU (NVDEC + scale_cuda feeding libx264 was

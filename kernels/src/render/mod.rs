@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod raster;
 pub mod text;
 
+use crate::accel::Accel;
 use crate::image::{Image, PixelKind};
 use std::sync::Arc;
 
@@ -117,14 +118,6 @@ pub trait Compositor: Send + Sync {
     fn backend(&self) -> Backend;
     /// Premultiplied RGBA8 canvas, one `u32` per pixel, row-major.
     fn composite(&self, page: &PageLayers) -> Result<Vec<u32>, RenderError>;
-}
-
-/// `auto` | `cpu` | `gpu`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Auto,
-    Cpu,
-    Gpu,
 }
 
 /// The compositor for an acceleration choice: `gpu` fails with [`RenderError::NoAdapter`]

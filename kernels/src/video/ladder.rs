@@ -20,6 +20,7 @@ use super::scale::ScaleEngine;
 use super::rung::{self, Msg, RungDone, RungSetup};
 use super::plan;
 use super::source::OpenedSource;
+use super::types::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 use super::{SharedFrame, VideoError};
 use ffmpeg_next as ff;
 use ff::packet::Mut as _;
@@ -29,30 +30,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VideoCodec {
-    H264,
-    Hevc,
-}
-
-/// Which encoder family runs the rungs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EncoderKind {
-    /// libx264 / libx265.
-    Cpu,
-    /// h264_nvenc / hevc_nvenc.
-    Nvenc,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RungConfig {
-    pub width: u32,
-    pub height: u32,
-    pub bitrate_kbps: u32,
-}
 
 #[derive(Debug, Clone)]
 pub struct LadderConfig {
@@ -73,21 +50,6 @@ pub struct LadderConfig {
     pub work_dir: PathBuf,
     /// Refuse sources whose frames run past this many seconds.
     pub max_duration_s: Option<f64>,
-}
-
-/// One finished segment file of one rung.
-#[derive(Debug, Clone)]
-pub struct SegmentFile {
-    pub rung: usize,
-    pub index: u32,
-    pub path: PathBuf,
-    /// Seconds, from its first frame to the next segment's first frame (or the end).
-    pub duration: f64,
-    /// Start time in seconds from the video's start.
-    pub start: f64,
-    pub bytes: u64,
-    /// RFC 6381 codec string of the rung's video, once known.
-    pub codecs: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

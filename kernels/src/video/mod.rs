@@ -11,6 +11,10 @@
 //! - [`plan`]: which rung scales from which frames (cascade), and each encoder's threads.
 //! - [`audio`]: audio decode, resample and AAC encode (once, shared by every rung).
 //! - [`probe`]: which codecs this FFmpeg build has and whether NVENC/NVDEC really open.
+//! - [`types`]: the plain types the others share (codec, encoder family, rung, segment file).
+//!
+//! Dependencies point one way: `ladder` → `rung`, `plan`, `scale`, `audio`, `source`, `probe`;
+//! `rung` → `scale`; `probe` → `scale`; everything → `types`, which imports none of them.
 //!
 //! This module knows nothing of jobs, stores or playlists.
 
@@ -21,11 +25,13 @@ pub mod rung;
 pub mod plan;
 pub mod scale;
 pub mod source;
+pub mod types;
 
-pub use ladder::{transcode, EncoderKind, LadderConfig, LadderSummary, RungConfig, SegmentFile, VideoCodec};
+pub use ladder::{transcode, LadderConfig, LadderSummary};
 pub use scale::ScaleEngine;
 pub use rung::encoder_name as rung_encoder_name;
 pub use source::{open, OpenedSource, SourceInfo, SourceInput};
+pub use types::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 
 use std::sync::Once;
 

@@ -12,7 +12,7 @@
 //!   most of its parallelism and the small ones stop competing for the cores with threads
 //!   that mostly wait.
 
-use super::ladder::RungConfig;
+use super::types::RungConfig;
 
 /// For each rung, the rung whose scaled frames it scales from (`None`: the decoded source).
 pub fn feeders(rungs: &[RungConfig], src_width: u32, src_height: u32) -> Vec<Option<usize>> {

@@ -4,7 +4,7 @@
 //! files — one muxer per segment, so each file is complete (and handed back) as soon as the
 //! next segment's IDR comes out.
 
-use super::ladder::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
+use super::types::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 use super::{SharedFrame, VideoError};
 use ffmpeg_next as ff;
 use ff::format::Pixel;

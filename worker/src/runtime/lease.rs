@@ -4,7 +4,7 @@
 use super::Runtime;
 use crate::checkpoint::{self, Acquired, CheckpointSpec, Lease};
 use crate::jobtable::JobEntry;
-use kiln_jobs::store::join_output;
+use kiln_jobs::layout;
 use kiln_jobs::{CancelSignal, JobError, JobResult};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +35,7 @@ pub(super) async fn renew_lease(lease: Arc<Lease>, cancel: CancelSignal) {
 
 impl Runtime {
     pub(super) fn state_uri(&self, id: &str) -> Result<Url, JobError> {
-        join_output(&self.store_url, &format!("jobs/{id}/state.json"))
+        layout::state_uri(&self.store_url, id)
     }
 
     pub(super) async fn take_lease(&self, entry: &JobEntry, spec_hash: &str) -> Result<Acquired, JobError> {

@@ -14,7 +14,8 @@ use crate::scheduler::{Rejected, Scheduler};
 use crate::telemetry::Metrics;
 use crate::tracectx::TraceContext;
 use kiln_jobs::envelope::validate_id;
-use kiln_jobs::store::{join_dir, join_output, parse_uri};
+use kiln_jobs::layout;
+use kiln_jobs::store::parse_uri;
 use kiln_jobs::{
     Envelope, ErrorCode, JobError, JobResult, ObjectStore, PreparedJob, Priority, Registry, Timings, WorkerInfo,
 };
@@ -93,11 +94,8 @@ impl Runtime {
     pub fn new(cfg: Config, store: Arc<dyn ObjectStore>, kinds: Registry) -> Arc<Self> {
         let scheduler =
             Scheduler::new(cfg.cpu_slots(), cfg.scheduler.queue_depth, cfg.scheduler.per_kind.clone().into_iter().collect());
-        let accel = match cfg.accel {
-            Accel::Gpu => "gpu",
-            _ => "cpu",
-        };
-        let worker = WorkerInfo { id: cfg.worker_id(), tier: cfg.worker.tier.clone(), accel: accel.to_owned() };
+        let accel = if cfg.accel == Accel::Gpu { Accel::Gpu } else { Accel::Cpu };
+        let worker = WorkerInfo { id: cfg.worker_id(), tier: cfg.worker.tier.clone(), accel: accel.to_string() };
         let store_url = cfg.store_url();
         let retain = cfg.scheduler.retain_finished;
         let pool = crate::pool::JobPool::new(scheduler.slots()).expect("starting the job threads");
@@ -161,7 +159,7 @@ impl Runtime {
     }
 
     fn result_uri(&self, id: &str) -> Result<Url, JobError> {
-        join_output(&self.store_url, &format!("jobs/{id}/result.json"))
+        layout::result_uri(&self.store_url, id)
     }
 
     /// Looks up a job: live or recently finished in memory, else its stored result.
@@ -316,7 +314,7 @@ impl Runtime {
         let kind = self.kinds.get(&env.kind)?;
         let output = match &env.output {
             Some(o) => parse_uri(o)?,
-            None => join_dir(&self.store_url, &format!("outputs/{id}"))?,
+            None => layout::default_output(&self.store_url, id)?,
         };
         let prepared = kind.prepare(&env.input, &self.cfg.limits)?;
         Ok((prepared, output))

@@ -15,7 +15,7 @@ use crate::runtime::{Admission, Runtime};
 use crate::sinks::lambda::{self as answer, Invocation};
 use base64::Engine;
 use kiln_jobs::store::parse_uri;
-use kiln_jobs::{Envelope, ErrorCode, JobError};
+use kiln_jobs::{Accel, Envelope, ErrorCode, JobError};
 use lambda_runtime::streaming::Body;
 use lambda_runtime::{FunctionResponse, LambdaEvent};
 use serde_json::Value;
@@ -86,14 +86,23 @@ impl LambdaSource {
         if !cfg.kinds.contains(&env.kind) {
             return refuse(format!("{} jobs run on the container tier", env.kind));
         }
-        if env.input.get("accel").and_then(Value::as_str) == Some("gpu") {
+        // What the job needs, from its validated spec. A spec that does not validate is
+        // refused by `submit` with its own error; only the checks below that need no spec apply.
+        let needs = self
+            .rt
+            .kinds()
+            .get(&env.kind)
+            .and_then(|kind| kind.prepare(&env.input, &self.rt.config().limits))
+            .map(|job| job.needs())
+            .unwrap_or_default();
+        if needs.accel == Accel::Gpu {
             return refuse("the serverless tier has no GPU".into());
         }
         if remaining < Duration::from_millis(cfg.min_remaining_ms) + ANSWER_MARGIN {
             return refuse(format!("only {} ms left in this invocation", remaining.as_millis()));
         }
         let mut source_bytes = 0;
-        if let Some(src) = env.input.get("source").and_then(Value::as_str) {
+        if let Some(src) = &needs.source {
             let uri = parse_uri(src)?;
             if let Ok(Some(meta)) = self.rt.store().head(&uri).await {
                 if meta.size > cfg.max_input_bytes {
