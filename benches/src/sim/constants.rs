@@ -127,7 +127,8 @@ pub const MIX_RENDER: f64 = 0.0005;
 pub const SWEEP_RPS: [f64; 10] = [1.0, 3.0, 10.0, 30.0, 60.0, 100.0, 200.0, 400.0, 800.0, 1600.0];
 /// Length of each sweep run after its warm-up.
 pub const SWEEP_S: f64 = 600.0;
-pub const SWEEP_WARMUP_S: f64 = 300.0;
+/// Long enough for the HPA to ramp from the minimum pool to the highest rate's size.
+pub const SWEEP_WARMUP_S: f64 = 900.0;
 
 /// Closed-loop experiment: horizon and the moment the container service time doubles.
 pub const CLOSED_LOOP_S: f64 = 1800.0;

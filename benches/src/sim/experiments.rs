@@ -16,14 +16,16 @@ use std::collections::BTreeMap;
 /// The configurations of the burst scenario: the three strategies of Table 3, plus
 /// serverless and hybrid with provisioned concurrency (the seed's Fig 5 has the former), and
 /// the hybrid with no deadlines passed to the policy (so its cold-start override never fires).
-/// (name, strategy, provisioned concurrency, deadlines)
-pub const VARIANTS: [(&str, Strategy, bool, bool); 6] = [
-    ("serverless", Strategy::Serverless, false, true),
-    ("container", Strategy::Container, false, true),
-    ("hybrid", Strategy::Hybrid, false, true),
-    ("serverless_pc", Strategy::Serverless, true, true),
-    ("hybrid_pc", Strategy::Hybrid, true, true),
-    ("hybrid_nodeadline", Strategy::Hybrid, false, false),
+/// "hybrid_pull" puts work the policy queues on a busy worker on the pool's pull queue.
+/// (name, strategy, provisioned concurrency, deadlines, pull when full)
+pub const VARIANTS: [(&str, Strategy, bool, bool, bool); 7] = [
+    ("serverless", Strategy::Serverless, false, true, false),
+    ("container", Strategy::Container, false, true, false),
+    ("hybrid", Strategy::Hybrid, false, true, false),
+    ("serverless_pc", Strategy::Serverless, true, true, false),
+    ("hybrid_pc", Strategy::Hybrid, true, true, false),
+    ("hybrid_nodeadline", Strategy::Hybrid, false, false, false),
+    ("hybrid_pull", Strategy::Hybrid, false, true, true),
 ];
 
 pub struct Main {
@@ -39,12 +41,13 @@ pub struct Main {
 pub fn burst_scenario(model: &ServiceModel, profile: &Profile, cfg: &Config, seed: u64, variants: &[&str]) -> Main {
     let reqs = profile.generate(model, seed);
     let mut runs = BTreeMap::new();
-    for &(name, strategy, pc, deadlines) in &VARIANTS {
+    for &(name, strategy, pc, deadlines, pull) in &VARIANTS {
         if name != "serverless" && !variants.contains(&name) {
             continue;
         }
         let mut cfg = cfg.clone();
         cfg.deadlines = cfg.deadlines && deadlines;
+        cfg.pull_when_full = cfg.pull_when_full || pull;
         cfg.provisioned = if pc { cfg.provisioned.max(c::DEFAULT_PROVISIONED) } else { cfg.provisioned };
         runs.insert(name, simulate(&reqs, profile.horizon_s, strategy, &cfg, seed));
     }

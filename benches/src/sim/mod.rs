@@ -40,6 +40,9 @@ pub struct Config {
     /// Interactive requests carry their Table 1 budget as a deadline (false: no deadlines,
     /// which switches off router-client's cold-start override).
     pub deadlines: bool,
+    /// Hybrid: when the policy picks a container worker with no free slot, the router puts the
+    /// job on the pool's pull queue (Kafka) instead of that worker's queue.
+    pub pull_when_full: bool,
     /// Statistics and bills start here.
     pub warmup_s: f64,
     pub keep_alive_s: f64,
@@ -57,6 +60,7 @@ impl Default for Config {
             slowdown: None,
             track_placements: true,
             deadlines: true,
+            pull_when_full: false,
             warmup_s: c::WARMUP_S,
             keep_alive_s: c::LAMBDA_KEEP_ALIVE_S,
             platform_cold_p50_ms: c::LAMBDA_PLATFORM_COLD_P50_MS,
@@ -145,7 +149,7 @@ pub fn run_all(seed: u64, opts: &Options) -> Result<Output, String> {
         "seed": seed,
         "quick": opts.quick,
         "strategies": pick(&["serverless", "container", "hybrid"]),
-        "variants": pick(&["serverless_pc", "hybrid_pc", "hybrid_nodeadline"]),
+        "variants": pick(&["serverless_pc", "hybrid_pc", "hybrid_nodeadline", "hybrid_pull"]),
         "seed_table3": {
             "serverless": {"p95_ms": 476, "p999_ms": 2150, "cost": 1.00, "time_to_scale_s": "<1"},
             "container": {"p95_ms": 188, "p999_ms": 470, "cost": 0.84, "time_to_scale_s": 45},

@@ -57,7 +57,8 @@ pub fn cost_curves(sweep: &Sweep, path: &Path) -> R {
         .y_label_area_size(70)
         .build_cartesian_2d((x0..x1).log_scale(), (y0.max(1e-4)..y1.max(1e-3)).log_scale())?;
     chart.configure_mesh().x_desc("requests/s (log)").y_desc("USD per hour (log)").draw()?;
-    let series: [(&str, fn(&super::experiments::SweepPoint) -> f64); 3] =
+    type Getter = fn(&super::experiments::SweepPoint) -> f64;
+    let series: [(&str, Getter); 3] =
         [("serverless-only", |p| p.serverless_usd_per_h), ("container-only", |p| p.container_usd_per_h), ("hybrid", |p| p.hybrid_usd_per_h)];
     for (i, (name, f)) in series.iter().enumerate() {
         let col = COLORS[i];
@@ -95,10 +96,10 @@ pub fn workers(main: &Main, path: &Path) -> R {
     up.draw_series(LineSeries::new(load, BLACK))?;
     let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for (name, run) in &main.runs {
-        if *name == "serverless" || *name == "hybrid" {
+        if matches!(*name, "serverless" | "hybrid" | "hybrid_nodeadline") {
             lines.push((format!("{name}: Lambda concurrency"), run.series.iter().filter(|s| s.t_s <= t1).map(|s| (s.t_s, s.lambda_busy as f64)).collect()));
         }
-        if *name == "container" || *name == "hybrid" {
+        if matches!(*name, "container" | "hybrid" | "hybrid_nodeadline") {
             lines.push((format!("{name}: CPU pods x slots"), run.series.iter().filter(|s| s.t_s <= t1).map(|s| (s.t_s, (s.pods[0] * super::constants::CPU_POD_SLOTS) as f64)).collect()));
         }
     }

@@ -239,7 +239,7 @@ impl Sim<'_> {
                     self.finish_req(now, r, Served::RejectedGpu);
                 }
             }
-            Strategy::Container => self.to_pool(now, r, None),
+            Strategy::Container => self.enqueue_container(now, r, None),
             Strategy::Hybrid => {
                 let p = self.policy.place(req, self.cfg.deadlines, &self.view, self.lambda.idle(), now / 1000);
                 match p.tier {
@@ -247,10 +247,19 @@ impl Sim<'_> {
                     Tier::Serverless => self.on_lambda(now, r),
                     Tier::Container => {
                         let target = p.worker_id.as_ref().and_then(|id| self.pods_by_id.get(id).copied());
-                        if let (Some(id), Some(_)) = (p.worker_id.as_ref(), target) {
+                        let room = p
+                            .worker_id
+                            .as_ref()
+                            .and_then(|id| self.view_at.get(id))
+                            .and_then(|&i| self.view[i].kinds.get(req.kind.name()))
+                            .is_some_and(|k| k.free() > 0);
+                        // Config::pull_when_full: work the policy queues on a busy worker goes
+                        // to the pool's pull queue instead (a router choice, not the policy's).
+                        let pod = if self.cfg.pull_when_full && !room { None } else { target.map(|(_, pod)| pod) };
+                        if let (Some(id), Some(_)) = (p.worker_id.as_ref(), pod) {
                             self.track(id, req.kind.name());
                         }
-                        self.to_pool(now, r, target.map(|(_, pod)| pod));
+                        self.enqueue_container(now, r, pod);
                     }
                 }
             }
@@ -308,7 +317,7 @@ impl Sim<'_> {
         self.eng.at(start + us_ms(chunk), Ev::LambdaDone { inst, req: r });
     }
 
-    fn to_pool(&mut self, now: Micros, r: u32, pod: Option<usize>) {
+    fn enqueue_container(&mut self, now: Micros, r: u32, pod: Option<usize>) {
         let kind = self.reqs[r as usize].kind;
         let Some(p) = self.pools.iter().position(|p| p.group_of(kind).is_some()) else {
             return self.finish_req(now, r, Served::RejectedGpu);

@@ -235,10 +235,10 @@ mod tests {
         let mut rng = SimRng::new(3, 3);
         for _ in 0..200 {
             let (t, seg) = m.draw(Kind::Transcode, &mut rng);
-            assert!(t >= 25_000.0 && t <= 1_900_000.0, "transcode {t}");
+            assert!((25_000.0..=1_900_000.0).contains(&t), "transcode {t}");
             assert!(seg > 700.0 && seg < 900.0, "segment {seg}");
             let (r, page) = m.draw(Kind::Render, &mut rng);
-            assert!(r >= 55_000.0 && r <= 3_700_000.0, "render {r}");
+            assert!((55_000.0..=3_700_000.0).contains(&r), "render {r}");
             assert!(page > 130.0 && page < 145.0);
         }
     }
