@@ -60,6 +60,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warm", type=int, default=50)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/kiln"))
+    ap.add_argument("--samples", help="also write every sample (ms) as JSON here "
+                    "(raw input for the hybrid simulator, benches/sim/samples.json)")
     a = ap.parse_args()
     emu_bin = os.path.join(ROOT, ".tools/bin/cargo-lambda")
     for p in (a.bin, emu_bin, PHOTO):
@@ -121,6 +123,10 @@ def main():
             print(f"| {k} | {len(v)} | {statistics.median(v):.1f} | {pct(v, 0.99):.1f} | {statistics.mean(v):.1f} |")
         print(f"\nkiln's own init (process start -> runtime ready), as reported: median {statistics.median(init_ms):.2f} ms")
         print(f"warm lambda / warm http (p50): {statistics.median(lam_warm) / statistics.median(http_warm):.2f}x")
+        if a.samples:
+            with open(a.samples, "w") as f:
+                json.dump({"command": "benches/lambda_bench.py", "samples_ms": rows, "kiln_init_ms": init_ms}, f, indent=1)
+            print(f"lambda bench: wrote samples to {a.samples}", file=sys.stderr)
     finally:
         emu.terminate(); emu.wait()
         shutil.rmtree(work, ignore_errors=True)

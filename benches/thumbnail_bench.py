@@ -144,6 +144,8 @@ def main():
                     help="each process handles the set this many times (longer runs, less noise)")
     ap.add_argument("--command", default="benches/thumbnail.sh")
     ap.add_argument("--write", action="store_true", help="replace the section in benches/RESULTS.md")
+    ap.add_argument("--samples", help="also write every kiln run_ms sample as JSON here "
+                    "(raw input for the hybrid simulator, benches/sim/samples.json)")
     a = ap.parse_args()
 
     photos = [l.strip() for l in open(a.photos) if l.strip()]
@@ -189,6 +191,7 @@ def main():
                     "kiln_p50": percentile(k_ms, 50), "kiln_p99": percentile(k_ms, 99),
                     "vips_p50": percentile(v_ms, 50), "vips_p99": percentile(v_ms, 99), "vips_start": v_start,
                     "kiln_rss": max(k_rss) / 1024, "vips_rss": max(v_rss) / 1024,
+                    "kiln_run_ms": k_ms,
                 })
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -196,6 +199,12 @@ def main():
 
     md = render(rows, notes, facts, a)
     print(md)
+    if a.samples:
+        with open(a.samples, "w") as f:
+            json.dump({"command": a.command, "facts": facts,
+                       "rows": [{"set": r["set"], "cores": r["cores"], "kiln_run_ms": r["kiln_run_ms"]} for r in rows]},
+                      f, indent=1)
+        print(f"thumbnail bench: wrote samples to {a.samples}", file=sys.stderr)
     if a.write:
         write_section(os.path.join(ROOT, "benches", "RESULTS.md"), md)
         print("thumbnail bench: wrote the section in benches/RESULTS.md", file=sys.stderr)

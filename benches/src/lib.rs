@@ -1,1 +1,3 @@
-//! Shared helpers of the benchmarks.
+//! Shared helpers of the benchmarks, and the hybrid simulator (`sim`, issue 18).
+
+pub mod sim;

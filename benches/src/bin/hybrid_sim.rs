@@ -1,0 +1,81 @@
+//! `hybrid-sim`: the issue-18 simulator. Replays the seed paper's burst profile against
+//! serverless-only, container-only and hybrid (router-client's `place`) deployments of kiln and
+//! prints Table 3, the per-workload p95 (Fig 4), the cost sweep (Fig 6) and the closed loop.
+//!
+//! ```text
+//! cargo run --release -p kiln-benches --bin hybrid-sim -- --seed 1 [--json] [--plots DIR]
+//!     [--sweep sensitivity] [--quick]
+//! ```
+
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_benches::sim::{self, experiments, report, Options};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn main() -> Result<()> {
+    let mut seed = 1u64;
+    let mut json = false;
+    let mut plots: Option<PathBuf> = None;
+    let mut opts = Options::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seed" => seed = args.next().context("--seed needs a value")?.parse().context("--seed: not a number")?,
+            "--json" => json = true,
+            "--plots" => plots = Some(args.next().context("--plots needs a directory")?.into()),
+            "--sweep" => match args.next().as_deref() {
+                Some("sensitivity") => opts.sensitivity = true,
+                other => bail!("--sweep: unknown sweep {other:?} (known: sensitivity)"),
+            },
+            "--quick" => opts.quick = true,
+            "-h" | "--help" => {
+                println!("hybrid-sim [--seed N] [--json] [--plots DIR] [--sweep sensitivity] [--quick]");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    let t0 = Instant::now();
+    let out = sim::run_all(seed, &opts).map_err(|e| anyhow!(e))?;
+    eprintln!("hybrid-sim: seed {seed}, {} requests in the burst scenario, {:.1} s wall", out.main.reqs.len(), t0.elapsed().as_secs_f64());
+    if let Some(dir) = &plots {
+        let files = sim::plot::all(&out.main, Some(&out.sweep), Some(&out.closed_loop), dir).map_err(|e| anyhow!("plots: {e}"))?;
+        for f in files {
+            eprintln!("wrote {f}");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out.json)?);
+        return Ok(());
+    }
+    let rows: Vec<(&str, &report::StrategyStats)> =
+        ["serverless", "container", "hybrid"].iter().filter_map(|n| out.main.stats.get(n).map(|s| (*n, s))).collect();
+    println!("## Table 3 (seed {seed})\n\n{}", report::table3(&rows));
+    let all: Vec<(&str, &report::StrategyStats)> = out.main.stats.iter().map(|(n, s)| (*n, s)).collect();
+    println!("## p95 per workload (Fig 4)\n\n{}", report::per_workload_table(&all));
+    println!("## Variants\n");
+    for (n, s) in &all {
+        println!(
+            "- {n}: p95 {:?} ms, p99.9 burst {:?} ms, cost {:.3}, time to scale {:.0} s, short on serverless {:.1} %, cold starts {}, place() calls {}, reasons {:?}",
+            s.p95_ms, s.p999_ms, s.cost, s.time_to_scale_s, s.serverless_share_short * 100.0, s.cold_starts, s.place_calls, s.place_reasons
+        );
+    }
+    println!("\n## Cost sweep (Fig 6, one thumbnail endpoint, USD/h)\n");
+    println!("| req/s | serverless | container | hybrid | hybrid on serverless | p95 S / C / H ms |\n|---:|---:|---:|---:|---:|---|");
+    for p in &out.sweep.points {
+        println!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.1} % | {:?} / {:?} / {:?} |",
+            p.rps, p.serverless_usd_per_h, p.container_usd_per_h, p.hybrid_usd_per_h, p.hybrid_serverless_share * 100.0, p.serverless_p95_ms, p.container_p95_ms, p.hybrid_p95_ms
+        );
+    }
+    println!("\ncrossing (container cheaper above): {:?} req/s\n", out.sweep.crossing_rps);
+    let cl = &out.closed_loop;
+    println!(
+        "## Closed loop (service x{} at {} s, hybrid, current policy)\n\nshort p95 before {:?} ms, after {:?} ms; share on serverless before {:.1} %, after {:.1} %\n",
+        cl.factor, cl.slowdown_at_s, cl.before_p95_ms, cl.after_p95_ms, cl.before_serverless_share * 100.0, cl.after_serverless_share * 100.0
+    );
+    if !out.sensitivity.is_empty() {
+        println!("## Sensitivity (S = serverless-only, C = container-only, H = hybrid)\n\n{}", experiments::sensitivity_table(&out.sensitivity));
+    }
+    Ok(())
+}

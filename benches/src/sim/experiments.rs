@@ -1,0 +1,269 @@
+//! The experiments the binary runs: the burst scenario under every strategy (Table 3, Figs 4,
+//! 5, 7), the steady-throughput cost sweep (Fig 6), the closed-loop experiment (container
+//! service time doubles mid-run), and the sensitivity sweep.
+
+use super::arrivals::{steady, Profile};
+use super::constants as c;
+use super::engine::us;
+use super::report::{self, percentile, StrategyStats};
+use super::run::{simulate, RunResult, Served};
+use super::strategy::Strategy;
+use super::workload::{Kind, Request, ServiceModel};
+use super::Config;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The configurations of the burst scenario: the three strategies of Table 3, plus
+/// serverless and hybrid with provisioned concurrency (the seed's Fig 5 has the former), and
+/// the hybrid with no deadlines passed to the policy (so its cold-start override never fires).
+/// "hybrid_pull" puts work the policy queues on a busy worker on the pool's pull queue.
+/// (name, strategy, provisioned concurrency, deadlines, pull when full)
+pub const VARIANTS: [(&str, Strategy, bool, bool, bool); 7] = [
+    ("serverless", Strategy::Serverless, false, true, false),
+    ("container", Strategy::Container, false, true, false),
+    ("hybrid", Strategy::Hybrid, false, true, false),
+    ("serverless_pc", Strategy::Serverless, true, true, false),
+    ("hybrid_pc", Strategy::Hybrid, true, true, false),
+    ("hybrid_nodeadline", Strategy::Hybrid, false, false, false),
+    ("hybrid_pull", Strategy::Hybrid, false, true, true),
+];
+
+pub struct Main {
+    pub reqs: Vec<Request>,
+    pub profile: Profile,
+    pub warmup_s: f64,
+    pub runs: BTreeMap<&'static str, RunResult>,
+    pub stats: BTreeMap<&'static str, StrategyStats>,
+}
+
+/// The burst scenario under `variants` (names from VARIANTS; "serverless" is always run: it
+/// is the cost reference).
+pub fn burst_scenario(model: &ServiceModel, profile: &Profile, cfg: &Config, seed: u64, variants: &[&str]) -> Main {
+    let reqs = profile.generate(model, seed);
+    let mut runs = BTreeMap::new();
+    for &(name, strategy, pc, deadlines, pull) in &VARIANTS {
+        if name != "serverless" && !variants.contains(&name) {
+            continue;
+        }
+        let mut cfg = cfg.clone();
+        cfg.deadlines = cfg.deadlines && deadlines;
+        cfg.pull_when_full = cfg.pull_when_full || pull;
+        cfg.provisioned = if pc { cfg.provisioned.max(c::DEFAULT_PROVISIONED) } else { cfg.provisioned };
+        runs.insert(name, simulate(&reqs, profile.horizon_s, strategy, &cfg, seed));
+    }
+    let mut stats = BTreeMap::new();
+    let reference = runs.get("serverless").map(|r| r.bill);
+    for (name, run) in &runs {
+        stats.insert(*name, report::stats(&reqs, run, profile, cfg.warmup_s, reference.as_ref()));
+    }
+    Main { reqs, profile: profile.clone(), warmup_s: cfg.warmup_s, runs, stats }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    pub rps: f64,
+    pub serverless_usd_per_h: f64,
+    pub container_usd_per_h: f64,
+    pub hybrid_usd_per_h: f64,
+    pub container_p95_ms: Option<f64>,
+    pub hybrid_p95_ms: Option<f64>,
+    pub serverless_p95_ms: Option<f64>,
+    pub hybrid_serverless_share: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sweep {
+    pub kind: &'static str,
+    pub points: Vec<SweepPoint>,
+    /// Where container-only becomes cheaper than serverless-only (log-linear interpolation).
+    pub crossing_rps: Option<f64>,
+}
+
+fn p95_of(reqs: &[Request], run: &RunResult, from_s: f64) -> Option<f64> {
+    let mut v: Vec<f64> =
+        reqs.iter().zip(&run.outcomes).filter(|(r, o)| r.arrival_s >= from_s && matches!(o.served, Served::Serverless | Served::Container)).map(|(_, o)| o.done_ms).collect();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.95).map(|x| (x * 10.0).round() / 10.0)
+}
+
+/// Fig 6: cost per hour of one thumbnail endpoint at steady throughput.
+pub fn cost_sweep(model: &ServiceModel, cfg: &Config, seed: u64, rates: &[f64]) -> Sweep {
+    let mut points = Vec::new();
+    let mut cfg = cfg.clone();
+    cfg.warmup_s = c::SWEEP_WARMUP_S;
+    let horizon = c::SWEEP_WARMUP_S + c::SWEEP_S;
+    for &rps in rates {
+        let profile = steady(Kind::Thumbnail, rps, horizon);
+        let reqs = profile.generate(model, seed);
+        let per_h = |r: &RunResult| (r.bill.like_for_like() / (c::SWEEP_S / 3600.0) * 1e4).round() / 1e4;
+        let s = simulate(&reqs, horizon, Strategy::Serverless, &cfg, seed);
+        let k = simulate(&reqs, horizon, Strategy::Container, &cfg, seed);
+        let h = simulate(&reqs, horizon, Strategy::Hybrid, &cfg, seed);
+        let served = h.outcomes.iter().filter(|o| o.served == Served::Serverless).count();
+        points.push(SweepPoint {
+            rps,
+            serverless_usd_per_h: per_h(&s),
+            container_usd_per_h: per_h(&k),
+            hybrid_usd_per_h: per_h(&h),
+            serverless_p95_ms: p95_of(&reqs, &s, c::SWEEP_WARMUP_S),
+            container_p95_ms: p95_of(&reqs, &k, c::SWEEP_WARMUP_S),
+            hybrid_p95_ms: p95_of(&reqs, &h, c::SWEEP_WARMUP_S),
+            hybrid_serverless_share: if reqs.is_empty() { 0.0 } else { (served as f64 / reqs.len() as f64 * 1e4).round() / 1e4 },
+        });
+    }
+    let mut crossing = None;
+    for w in points.windows(2) {
+        let d0 = w[0].container_usd_per_h - w[0].serverless_usd_per_h;
+        let d1 = w[1].container_usd_per_h - w[1].serverless_usd_per_h;
+        if d0 > 0.0 && d1 <= 0.0 {
+            let f = d0 / (d0 - d1);
+            let x = (w[0].rps.ln() + f * (w[1].rps.ln() - w[0].rps.ln())).exp();
+            crossing = Some((x * 10.0).round() / 10.0);
+            break;
+        }
+    }
+    Sweep { kind: "thumbnail", points, crossing_rps: crossing }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub t_s: f64,
+    pub short_p95_ms: Option<f64>,
+    pub serverless_share: f64,
+    pub cpu_pods: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClosedLoop {
+    pub slowdown_at_s: f64,
+    pub factor: f64,
+    pub windows: Vec<Window>,
+    pub before_p95_ms: Option<f64>,
+    pub after_p95_ms: Option<f64>,
+    pub before_serverless_share: f64,
+    pub after_serverless_share: f64,
+    pub note: &'static str,
+}
+
+/// Mid-run, container service times double. The static (current) policy is what runs; the
+/// adaptive one arrives with the routing issue.
+pub fn closed_loop(model: &ServiceModel, cfg: &Config, seed: u64, horizon_s: f64, slowdown_at_s: f64) -> ClosedLoop {
+    let mut profile = super::default_profile();
+    profile.horizon_s = horizon_s;
+    profile.burst_onsets_s.clear();
+    let mut cfg = cfg.clone();
+    cfg.warmup_s = 0.0;
+    cfg.slowdown = Some((slowdown_at_s, c::CLOSED_LOOP_SLOWDOWN));
+    let reqs = profile.generate(model, seed);
+    let run = simulate(&reqs, profile.horizon_s, Strategy::Hybrid, &cfg, seed);
+    let short = |r: &Request| r.kind.spec().short;
+    let window_s = 30.0;
+    let mut windows = Vec::new();
+    let n = (profile.horizon_s / window_s) as usize;
+    for w in 0..n {
+        let (a, b) = (w as f64 * window_s, (w + 1) as f64 * window_s);
+        let mut lat = Vec::new();
+        let mut sl = 0usize;
+        for (r, o) in reqs.iter().zip(&run.outcomes) {
+            if short(r) && r.arrival_s >= a && r.arrival_s < b && matches!(o.served, Served::Serverless | Served::Container) {
+                lat.push(o.done_ms);
+                if o.served == Served::Serverless {
+                    sl += 1;
+                }
+            }
+        }
+        let share = if lat.is_empty() { 0.0 } else { sl as f64 / lat.len() as f64 };
+        lat.sort_by(f64::total_cmp);
+        let cpu_pods = run.series.iter().find(|s| us(s.t_s) >= us(b)).map_or(0, |s| s.pods[0]);
+        windows.push(Window { t_s: b, short_p95_ms: percentile(&lat, 0.95), serverless_share: (share * 1e4).round() / 1e4, cpu_pods });
+    }
+    let split = |after: bool| {
+        let mut lat = Vec::new();
+        let mut sl = 0usize;
+        for (r, o) in reqs.iter().zip(&run.outcomes) {
+            let late = r.arrival_s >= slowdown_at_s + 120.0;
+            let early = r.arrival_s >= 120.0 && r.arrival_s < slowdown_at_s;
+            if short(r) && (if after { late } else { early }) && matches!(o.served, Served::Serverless | Served::Container) {
+                lat.push(o.done_ms);
+                if o.served == Served::Serverless {
+                    sl += 1;
+                }
+            }
+        }
+        let share = if lat.is_empty() { 0.0 } else { sl as f64 / lat.len() as f64 };
+        lat.sort_by(f64::total_cmp);
+        (percentile(&lat, 0.95).map(|x| (x * 10.0).round() / 10.0), (share * 1e4).round() / 1e4)
+    };
+    let (before_p95, before_share) = split(false);
+    let (after_p95, after_share) = split(true);
+    ClosedLoop {
+        slowdown_at_s,
+        factor: c::CLOSED_LOOP_SLOWDOWN,
+        windows,
+        before_p95_ms: before_p95,
+        after_p95_ms: after_p95,
+        before_serverless_share: before_share,
+        after_serverless_share: after_share,
+        note: "static policy only (router-client's current place): no learned thresholds; the adaptive policy comes with the routing issue",
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SensitivityRow {
+    pub knob: &'static str,
+    pub value: String,
+    /// (p95 common, p99.9 burst first byte, cost relative, time to scale) per strategy.
+    pub serverless: [Option<f64>; 4],
+    pub container: [Option<f64>; 4],
+    pub hybrid: [Option<f64>; 4],
+}
+
+fn row_of(knob: &'static str, value: String, m: &Main) -> SensitivityRow {
+    let get = |n: &str| m.stats.get(n).map_or([None; 4], |s| [s.p95_ms, s.p999_ms, Some(s.cost), Some(s.time_to_scale_s)]);
+    SensitivityRow { knob, value, serverless: get("serverless"), container: get("container"), hybrid: get("hybrid") }
+}
+
+/// One knob at a time around the default scenario.
+pub fn sensitivity(model: &ServiceModel, seed: u64) -> Vec<SensitivityRow> {
+    let base = super::default_profile();
+    let cfg = Config::default();
+    let three = ["serverless", "container", "hybrid"];
+    let mut rows = Vec::new();
+    rows.push(row_of("default", "-".into(), &burst_scenario(model, &base, &cfg, seed, &three)));
+    for mult in [5.0, 20.0] {
+        let mut p = base.clone();
+        p.burst_multiplier = mult;
+        rows.push(row_of("burst multiplier", format!("{mult}x (default {})", c::BURST_MULTIPLIER), &burst_scenario(model, &p, &cfg, seed, &three)));
+    }
+    for start in [10.0, 120.0] {
+        let cfg = Config { cpu_pod_start_s: start, ..Config::default() };
+        rows.push(row_of("CPU pod start", format!("{start} s (default {})", c::CPU_POD_START_S), &burst_scenario(model, &base, &cfg, seed, &three)));
+    }
+    for f in [0.5, 2.0] {
+        let cfg = Config { prices: cfg.prices.scaled(f), ..Config::default() };
+        rows.push(row_of("serverless price x", format!("{f}"), &burst_scenario(model, &base, &cfg, seed, &three)));
+    }
+    for pc in [5usize, 20] {
+        let cfg = Config { provisioned: pc, ..Config::default() };
+        rows.push(row_of("provisioned concurrency", format!("{pc} (serverless and hybrid)"), &burst_scenario(model, &base, &cfg, seed, &three)));
+    }
+    for cold in [300.0, 1500.0] {
+        let cfg = Config { platform_cold_p50_ms: cold, platform_cold_p99_ms: cold * 2.5, ..Config::default() };
+        rows.push(row_of("platform cold start p50", format!("{cold} ms (default {})", c::LAMBDA_PLATFORM_COLD_P50_MS), &burst_scenario(model, &base, &cfg, seed, &three)));
+    }
+    let cfg_stale = Config { track_placements: false, ..Config::default() };
+    rows.push(row_of("router view", "reports only (no own placements)".into(), &burst_scenario(model, &base, &cfg_stale, seed, &three)));
+    rows
+}
+
+pub fn sensitivity_table(rows: &[SensitivityRow]) -> String {
+    let f = |x: Option<f64>, d: usize| x.map_or("—".into(), |v| format!("{v:.d$}"));
+    let mut s = String::from(
+        "| knob | value | p95 S / C / H (ms) | p99.9 burst S / C / H (ms) | cost S / C / H | time to scale S / C / H (s) |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let col = |i: usize, d: usize| format!("{} / {} / {}", f(r.serverless[i], d), f(r.container[i], d), f(r.hybrid[i], d));
+        s += &format!("| {} | {} | {} | {} | {} | {} |\n", r.knob, r.value, col(0, 0), col(1, 0), col(2, 2), col(3, 0));
+    }
+    s
+}
