@@ -343,6 +343,8 @@ fn serve(cfg: &Path, dir: &Path, env: &[(&str, &str)]) -> (Served, String) {
         .env("KILN_CONFIG", cfg)
         .env("KILN_HTTP_ADDR", "127.0.0.1:0")
         .env("KILN_STORE_URL", format!("file://{}/store/", dir.display()))
+        // serve is confined: the photos are read from the workspace's data/.
+        .env("KILN_SOURCES_ALLOW", format!("file://{}/data/", workspace_root().display()))
         .env("KILN_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

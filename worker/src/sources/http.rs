@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(crate::auth::for_config(&state.rt.config().http), crate::auth::require))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
@@ -52,6 +53,7 @@ pub fn status_for(result: &JobResult) -> StatusCode {
             | ErrorCode::InputNotFound
             | ErrorCode::CorruptInput
             | ErrorCode::TooLongForTier => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Cancelled => StatusCode::CONFLICT,
