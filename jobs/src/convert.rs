@@ -63,6 +63,7 @@ impl From<ReadingInput> for JobError {
             StoreError::TooLarge { .. } => ErrorCode::InputTooLarge,
             StoreError::UnsupportedUri(_) => ErrorCode::InvalidSpec,
             StoreError::Denied(_) => ErrorCode::InputNotFound,
+            StoreError::Forbidden(_) => ErrorCode::Forbidden,
             _ => ErrorCode::Internal,
         };
         let retryable = e.is_retryable();
@@ -74,6 +75,7 @@ impl From<WritingOutput> for JobError {
     fn from(WritingOutput(e): WritingOutput) -> JobError {
         let code = match &e {
             StoreError::UnsupportedUri(_) => ErrorCode::InvalidSpec,
+            StoreError::Forbidden(_) => ErrorCode::Forbidden,
             _ => ErrorCode::Internal,
         };
         let retryable = e.is_retryable();

@@ -15,12 +15,14 @@ pub enum ErrorCode {
     DeadlineExceeded,
     Overloaded,
     TooLongForTier,
+    /// A source or output outside what this worker may touch (HTTP 403).
+    Forbidden,
     Cancelled,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidSpec,
         ErrorCode::Unsupported,
         ErrorCode::InputNotFound,
@@ -29,6 +31,7 @@ impl ErrorCode {
         ErrorCode::DeadlineExceeded,
         ErrorCode::Overloaded,
         ErrorCode::TooLongForTier,
+        ErrorCode::Forbidden,
         ErrorCode::Cancelled,
         ErrorCode::Internal,
     ];
@@ -43,6 +46,7 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::TooLongForTier => "too_long_for_tier",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
         }
@@ -55,11 +59,16 @@ impl ErrorCode {
 
     /// Whether a failed result with this code is final for the job id, so that it is stored
     /// and returned again on resubmission (idempotency). Failures caused by the moment
-    /// (overload, deadline, cancellation) or by the worker (internal) are not stored.
+    /// (overload, deadline, cancellation) or by the worker (internal, and `forbidden`, which
+    /// depends on this worker's allowlists, not on the job) are not stored.
     pub fn is_final(self) -> bool {
         !matches!(
             self,
-            ErrorCode::DeadlineExceeded | ErrorCode::Overloaded | ErrorCode::Cancelled | ErrorCode::Internal
+            ErrorCode::DeadlineExceeded
+                | ErrorCode::Overloaded
+                | ErrorCode::Cancelled
+                | ErrorCode::Internal
+                | ErrorCode::Forbidden
         )
     }
 }
@@ -99,6 +108,9 @@ impl JobError {
     }
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InputTooLarge, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)

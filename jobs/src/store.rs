@@ -31,6 +31,9 @@ pub enum StoreError {
     TooLarge { uri: String, limit: u64 },
     #[error("access denied: {0}")]
     Denied(String),
+    /// Outside what this worker may read or write (its allowlists), or not a regular file.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("unsupported URI {0}")]
     UnsupportedUri(String),
     #[error("object already exists: {0}")]
@@ -124,14 +127,12 @@ pub fn parse_uri(s: &str) -> Result<Url, JobError> {
 }
 
 /// Joins an output name onto an output prefix (`file:///out/job/` + `256.webp`). Names may
-/// not climb out of the prefix.
+/// not climb out of the prefix: they are plain relative names, checked as given and again
+/// percent-decoded (the URL join would read `%2e%2e` as `..`, and a file path decodes `%2F`
+/// to `/`), so `..`, encoded separators and absolute paths are `invalid_spec`.
 pub fn join_output(prefix: &Url, name: &str) -> Result<Url, JobError> {
-    let bad = name.is_empty()
-        || name.starts_with('/')
-        || name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        || name.contains('\\')
-        || name.contains('?')
-        || name.contains('#');
+    let decoded = percent_decode_lossy(name);
+    let bad = bad_name(name) || bad_name(&decoded) || decoded.chars().any(char::is_control);
     if bad {
         return Err(JobError::invalid_spec(format!("output name {name:?} is not a relative file name")));
     }
@@ -141,6 +142,35 @@ pub fn join_output(prefix: &Url, name: &str) -> Result<Url, JobError> {
         base.set_path(&p);
     }
     base.join(name).map_err(|e| JobError::invalid_spec(format!("output name {name:?}: {e}")))
+}
+
+/// `%XX` sequences decoded (invalid ones kept as they are), bytes read as UTF-8 lossily.
+fn percent_decode_lossy(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn bad_name(name: &str) -> bool {
+    name.is_empty()
+        || name.starts_with('/')
+        || name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || name.contains('\\')
+        || name.contains('?')
+        || name.contains('#')
 }
 
 /// Joins a folder name onto a prefix, giving a prefix that ends with `/`.
@@ -171,7 +201,7 @@ mod tests {
         let p = Url::parse("file:///out/job1").unwrap();
         assert_eq!(join_output(&p, "256.webp").unwrap().as_str(), "file:///out/job1/256.webp");
         assert_eq!(join_output(&p, "a/b.png").unwrap().as_str(), "file:///out/job1/a/b.png");
-        for bad in ["", "../x", "/abs", "a/../../b", "a//b", "x?y"] {
+        for bad in ["", "../x", "/abs", "a/../../b", "a//b", "x?y", "%2e%2e/x", "%2E%2e/%2e%2e/x.jpg", "..%2F..%2Fx.jpg", "a%2Fb", "%2Fabs", "a%5Cb", "a%00b"] {
             assert!(join_output(&p, bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(join_dir(&p, "outputs/j/").unwrap().as_str(), "file:///out/job1/outputs/j/");

@@ -331,6 +331,8 @@ fn serve(cfg: &Path, dir: &Path, env: &[(&str, &str)]) -> (Proc, String) {
     let mut cmd = kiln();
     cmd.env("KILN_CONFIG", cfg)
         .env("KILN_STORE_URL", format!("file://{}/store/", dir.display()))
+        // serve is confined: the photos are read from the workspace's data/.
+        .env("KILN_SOURCES_ALLOW", format!("file://{}/data/", workspace_root().display()))
         .env("KILN_LOG", "warn")
         .stderr(Stdio::inherit());
     for (k, v) in env {

@@ -59,6 +59,8 @@ impl Function {
             .env("KILN_STORE_URL", format!("file://{}/store/", dir.path().display()))
             .env("KILN_DEBUG_KINDS", "1")
             .env("KILN_LAMBDA_KINDS", "thumbnail,debug")
+            // lambda is confined: the photos are read from the workspace's data/.
+            .env("KILN_SOURCES_ALLOW", format!("file://{}/data/", root().display()))
             .env("KILN_LOG", "warn")
             .env_remove("KILN_MODE")
             .env_remove("KILN_CONFIG")

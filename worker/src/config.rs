@@ -60,6 +60,10 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub checkpoint: CheckpointConfig,
     pub lambda: LambdaConfig,
+    /// Where jobs may read from besides the store (serve, lambda, Kafka; see `store/confine.rs`).
+    pub sources: AllowConfig,
+    /// Where jobs may write besides the store.
+    pub outputs: AllowConfig,
     /// The infer engine: ONNX Runtime library, cache budgets.
     pub infer: InferConfig,
     /// The model registry (`[[models]]`) the infer kind serves.
@@ -97,6 +101,28 @@ pub struct HttpConfig {
     pub addr: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Bearer tokens, `tenant:token` each (see `auth.rs`).
+    pub tokens: Vec<String>,
+    /// A file of `tenant:token` lines, read at start (added to `tokens`).
+    pub tokens_file: Option<String>,
+    /// `bearer` (tokens; refuses a non-loopback address without any) or `none` (on purpose).
+    pub auth: AuthMode,
+    /// Whether `/metrics` needs a token too (open by default).
+    pub metrics_auth: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Bearer,
+    None,
+}
+
+/// An allowlist of URI prefixes (`s3://bucket/prefix/`, `file:///dir/` or an absolute path).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllowConfig {
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +177,9 @@ pub struct KafkaConfig {
     /// librdkafka's prefetch buffer per partition (queued.max.messages.kbytes): the memory
     /// bound on a backlog.
     pub prefetch_kbytes: u64,
+    /// librdkafka properties passed through to the consumer and producer (`[kafka.properties]`:
+    /// `security.protocol`, `sasl.*`, `ssl.*`, …); kiln's own settings win on a clash.
+    pub properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,7 +232,14 @@ impl Default for Config {
             accel: Accel::Auto,
             worker: WorkerConfig { id: None, tier: "container".into(), region: "local".into() },
             store: StoreConfig { url: None, s3: S3Config::default() },
-            http: HttpConfig { addr: "0.0.0.0:8080".into(), max_body_bytes: 1024 * 1024 },
+            http: HttpConfig {
+                addr: "0.0.0.0:8080".into(),
+                max_body_bytes: 1024 * 1024,
+                tokens: Vec::new(),
+                tokens_file: None,
+                auth: AuthMode::Bearer,
+                metrics_auth: false,
+            },
             scheduler: SchedulerConfig { cpu_slots: 0, queue_depth: 256, per_kind: BTreeMap::new(), retain_finished: 4096 },
             limits: Limits::default(),
             shutdown: ShutdownConfig { grace_ms: 30_000 },
@@ -218,6 +254,7 @@ impl Default for Config {
                 retry_backoff_ms: 500,
                 revoke_drain_ms: 5_000,
                 prefetch_kbytes: 1024,
+                properties: BTreeMap::new(),
             },
             checkpoint: CheckpointConfig { lease_ms: 30_000, store_wait_ms: 60_000 },
             lambda: LambdaConfig {
@@ -228,6 +265,8 @@ impl Default for Config {
                 scratch_dir: String::new(),
                 min_scratch_bytes: 16 * 1024 * 1024,
             },
+            sources: AllowConfig::default(),
+            outputs: AllowConfig::default(),
             infer: InferConfig::default(),
             models: Vec::new(),
         }
@@ -299,6 +338,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("S3_REGION", "store.s3.region"),
     ("HTTP_ADDR", "http.addr"),
     ("HTTP_MAX_BODY_BYTES", "http.max_body_bytes"),
+    ("HTTP_TOKENS", "http.tokens"),
+    ("HTTP_TOKENS_FILE", "http.tokens_file"),
+    ("HTTP_AUTH", "http.auth"),
+    ("HTTP_METRICS_AUTH", "http.metrics_auth"),
+    ("SOURCES_ALLOW", "sources.allow"),
+    ("OUTPUTS_ALLOW", "outputs.allow"),
     ("CPU_SLOTS", "scheduler.cpu_slots"),
     ("QUEUE_DEPTH", "scheduler.queue_depth"),
     ("MAX_INPUT_BYTES", "limits.max_input_bytes"),
@@ -418,6 +463,9 @@ impl Config {
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));
         }
+        crate::store::confine::validate_allow("sources.allow", &self.sources.allow)?;
+        crate::store::confine::validate_allow("outputs.allow", &self.outputs.allow)?;
+        crate::auth::validate(&self.http)?;
         kiln_jobs::infer::config::validate_models(&self.models).map_err(|e| invalid("models", e.message))?;
         if self.infer.memory_factor.is_nan() || self.infer.memory_factor <= 0.0 {
             return Err(invalid("infer.memory_factor", "must be positive"));
@@ -453,7 +501,7 @@ impl Config {
 }
 
 /// Keys whose variables hold comma-separated lists.
-const LIST_KEYS: &[&str] = &["lambda.kinds"];
+const LIST_KEYS: &[&str] = &["lambda.kinds", "http.tokens", "sources.allow", "outputs.allow"];
 
 fn env_list(v: &str) -> figment::value::Value {
     let items: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();

@@ -12,7 +12,9 @@
 //! - [`telemetry`]: logs and metrics.
 //! - [`tracectx`]: W3C trace context: a job's span inside its caller's trace.
 //! - [`modes`]: `run`, `serve`, `probe`.
+//! - [`auth`]: bearer tokens on the HTTP API; tenants.
 
+pub mod auth;
 pub mod capacity;
 pub mod checkpoint;
 pub mod config;

@@ -96,7 +96,9 @@ pub async fn run(cfg: Config, path: &str) -> anyhow::Result<bool> {
 /// process start to here (the cold start's share that is kiln's).
 pub async fn lambda(mut cfg: Config, init_started: std::time::Instant) -> anyhow::Result<()> {
     cfg.worker.tier = "serverless".into();
+    let policy = crate::store::confine::Policy::from_config(&cfg);
     let rt = runtime(cfg);
+    rt.confine(policy);
     let init_ms = init_started.elapsed().as_secs_f64() * 1e3;
     crate::sources::lambda::run(rt, init_ms).await
 }
@@ -128,7 +130,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let grace = Duration::from_millis(cfg.shutdown.grace_ms);
     let router_url = cfg.router.url.clone();
     let kafka_cfg = cfg.kafka.clone();
+    crate::auth::check_exposure(&cfg.http, &crate::auth::Tokens::from_config(&cfg.http)?)?;
+    let policy = crate::store::confine::Policy::from_config(&cfg);
     let rt = runtime(cfg);
+    rt.confine(policy);
     let reporter = Arc::new(Reporter::new());
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
     let local = listener.local_addr()?;

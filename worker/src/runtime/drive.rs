@@ -127,6 +127,7 @@ impl Runtime {
                 as Arc<dyn ObjectStore>,
             None => self.store.clone(),
         };
+        let store = self.confine_store(store);
         let ctx = JobContext::new(
             entry.id.clone(),
             output,

@@ -4,6 +4,7 @@
 //! **Invariant:** a job's result is stored (and its outputs before it) before the job's
 //! entry is finished, so nothing is reported, and nothing acknowledged, before it is durable.
 
+mod confine;
 mod drive;
 mod lease;
 
@@ -88,6 +89,8 @@ pub struct Runtime {
     idle: Notify,
     warm_kinds: std::sync::Mutex<Vec<String>>,
     pool: crate::pool::JobPool,
+    /// What jobs may touch (serve, lambda, Kafka); unset for `kiln run` (see `confine.rs`).
+    policy: std::sync::OnceLock<Arc<crate::store::confine::Policy>>,
 }
 
 impl Runtime {
@@ -113,6 +116,7 @@ impl Runtime {
             idle: Notify::new(),
             warm_kinds: std::sync::Mutex::new(Vec::new()),
             pool,
+            policy: std::sync::OnceLock::new(),
         })
     }
 
@@ -287,10 +291,14 @@ impl Runtime {
             job_id = %id,
             kind = %env.kind,
             priority = env.priority.as_str(),
+            tenant = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             parent_span_id = tracing::field::Empty
         );
+        if let Some(tenant) = crate::auth::current_tenant() {
+            span.record("tenant", tenant.as_str());
+        }
         if let Some(t) = trace {
             span.record("trace_id", t.trace_id.as_str());
             span.record("span_id", t.span_id.as_str());
@@ -316,6 +324,7 @@ impl Runtime {
             Some(o) => parse_uri(o)?,
             None => layout::default_output(&self.store_url, id)?,
         };
+        self.check_output(&output)?;
         let prepared = kind.prepare(&env.input, &self.cfg.limits)?;
         Ok((prepared, output))
     }

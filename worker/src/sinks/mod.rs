@@ -24,6 +24,7 @@ pub fn status_for(result: &JobResult) -> StatusCode {
             | ErrorCode::InputNotFound
             | ErrorCode::CorruptInput
             | ErrorCode::TooLongForTier => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Cancelled => StatusCode::CONFLICT,
@@ -56,6 +57,7 @@ mod tests {
             (ErrorCode::InputNotFound, 422),
             (ErrorCode::CorruptInput, 422),
             (ErrorCode::TooLongForTier, 422),
+            (ErrorCode::Forbidden, 403),
             (ErrorCode::DeadlineExceeded, 504),
             (ErrorCode::Overloaded, 503),
             (ErrorCode::Cancelled, 409),

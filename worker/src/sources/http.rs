@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(crate::auth::for_config(&state.rt.config().http), crate::auth::require))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

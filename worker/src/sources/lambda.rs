@@ -104,7 +104,8 @@ impl LambdaSource {
         let mut source_bytes = 0;
         if let Some(src) = &needs.source {
             let uri = parse_uri(src)?;
-            if let Ok(Some(meta)) = self.rt.store().head(&uri).await {
+            // Through the job's (confined) store: a forbidden source is neither touched nor sized.
+            if let Ok(Some(meta)) = self.rt.job_store().head(&uri).await {
                 if meta.size > cfg.max_input_bytes {
                     return refuse(format!(
                         "the source is {} bytes; this tier takes at most {}",

@@ -2,6 +2,7 @@
 //!
 //! - [`fs::FsStore`]: the local filesystem (`file://`), the embedded default.
 //! - [`patient::PatientStore`]: waits out store outages for checkpointed jobs.
+//! - [`confine::ConfinedStore`]: what a job may touch in serve, lambda and Kafka mode.
 //! - [`s3::S3Store`]: S3 or any S3-compatible server (`s3://bucket/key`), configured by
 //!   `store.s3`. Its client is built on the first `s3://` call, so a worker that never
 //!   touches S3 pays nothing for it at startup and needs no AWS configuration.
@@ -9,6 +10,7 @@
 //! Jobs see only `kiln_jobs::ObjectStore`; a new backend is one more module here and one
 //! more arm in [`StoreRouter`].
 
+pub mod confine;
 pub mod fs;
 pub mod patient;
 pub mod s3;

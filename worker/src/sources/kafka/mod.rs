@@ -18,6 +18,7 @@
 //!   runtime, commits, and leaves the group.
 
 pub mod offsets;
+mod props;
 
 use crate::config::KafkaConfig;
 use crate::jobtable::JobEntry;
@@ -25,7 +26,6 @@ use crate::runtime::{Admission, Runtime};
 use crate::sinks::kafka::KafkaSink;
 use crate::tracectx::TraceContext;
 use offsets::{Offsets, Tp};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
@@ -146,7 +146,7 @@ impl KafkaSource {
             revoke_drain: Duration::from_millis(cfg.revoke_drain_ms),
             rt,
         });
-        let consumer: StreamConsumer<Ctx> = ClientConfig::new()
+        let consumer: StreamConsumer<Ctx> = props::client_config(&cfg)
             .set("bootstrap.servers", &brokers)
             .set("group.id", &cfg.group)
             .set("enable.auto.commit", "true")
@@ -159,7 +159,7 @@ impl KafkaSource {
             .set("statistics.interval.ms", "2000")
             .set("fetch.wait.max.ms", "100")
             .create_with_context(Ctx { shared: shared.clone() })?;
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: FutureProducer = props::client_config(&cfg)
             .set("bootstrap.servers", &brokers)
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "2")

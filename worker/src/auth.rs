@@ -1,0 +1,287 @@
+//! Bearer-token authentication of the HTTP API (`kiln serve`).
+//!
+//! - Tokens are `tenant:token` pairs from `http.tokens` (`KILN_HTTP_TOKENS`, a comma list)
+//!   and `http.tokens_file` (`KILN_HTTP_TOKENS_FILE`, one pair a line, `#` comments), all
+//!   valid at once so a key rotates by adding the new one, moving clients, removing the old.
+//!   A token is at least [`MIN_TOKEN_LEN`] characters, without whitespace or commas.
+//! - Every request but `/healthz`, `/readyz` (and `/metrics` unless `http.metrics_auth`)
+//!   needs `Authorization: Bearer <token>`; missing or wrong: 401 with
+//!   `WWW-Authenticate: Bearer`. The presented token is compared with every configured one
+//!   in constant time (SHA-256 digests compared with `subtle`), so neither timing nor length
+//!   tells how close a guess was.
+//! - The token's tenant travels with the request: a task-local the runtime reads
+//!   ([`current_tenant`]) to put it on the job's span, and a [`Tenant`] request extension.
+//! - Secure by default: [`check_exposure`] refuses to serve a non-loopback address without
+//!   tokens unless `http.auth = "none"` says so on purpose. On loopback without tokens the
+//!   API is open (a local tool, the tests).
+
+use crate::config::{AuthMode, ConfigError, HttpConfig};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+tokio::task_local! {
+    static TENANT: String;
+}
+
+/// The tenant whose token authenticated the request being handled, if any.
+pub fn current_tenant() -> Option<String> {
+    TENANT.try_with(Clone::clone).ok()
+}
+
+/// The authenticated tenant, as a request extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(pub String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("{0:?} is not tenant:token")]
+    Shape(String),
+    #[error("tenant {0:?}: use letters, digits, '.', '_' or '-'")]
+    Tenant(String),
+    #[error("the token of tenant {0:?} is shorter than {MIN_TOKEN_LEN} characters or holds whitespace")]
+    Weak(String),
+}
+
+/// One `tenant:token` pair.
+#[derive(Clone)]
+struct Entry {
+    tenant: String,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Entry({}:…)", self.tenant)
+    }
+}
+
+/// The configured tokens (never printed).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    entries: Vec<Entry>,
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// Parses one `tenant:token`.
+pub fn parse_pair(s: &str) -> Result<(String, String), TokenError> {
+    let s = s.trim();
+    let (tenant, token) = s.split_once(':').ok_or_else(|| TokenError::Shape(redact(s)))?;
+    if tenant.is_empty() || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(TokenError::Tenant(tenant.to_owned()));
+    }
+    if token.chars().count() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c == ',') {
+        return Err(TokenError::Weak(tenant.to_owned()));
+    }
+    Ok((tenant.to_owned(), token.to_owned()))
+}
+
+/// A config value shown in an error without the secret in it.
+fn redact(s: &str) -> String {
+    match s.split_once(':') {
+        Some((t, _)) => format!("{t}:…"),
+        None if s.len() > 4 => format!("{}…", &s[..s.char_indices().nth(4).map_or(s.len(), |(i, _)| i)]),
+        None => "…".into(),
+    }
+}
+
+impl Tokens {
+    /// From `tenant:token` items and the lines of a tokens file (blank lines and `#` comments
+    /// skipped).
+    pub fn parse(items: &[String], file_text: Option<&str>) -> Result<Tokens, TokenError> {
+        let lines = file_text.into_iter().flat_map(str::lines).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+        let mut entries = Vec::new();
+        for item in items.iter().map(String::as_str).chain(lines) {
+            let (tenant, token) = parse_pair(item)?;
+            entries.push(Entry { tenant, digest: digest(token.as_bytes()) });
+        }
+        Ok(Tokens { entries })
+    }
+
+    /// From `http.tokens` and `http.tokens_file`.
+    pub fn from_config(http: &HttpConfig) -> Result<Tokens, ConfigError> {
+        let text = match &http.tokens_file {
+            Some(f) => Some(std::fs::read_to_string(f).map_err(|e| ConfigError::Invalid {
+                key: "http.tokens_file",
+                message: format!("cannot read {f}: {e}"),
+            })?),
+            None => None,
+        };
+        let key = if text.is_some() { "http.tokens / http.tokens_file" } else { "http.tokens" };
+        Tokens::parse(&http.tokens, text.as_deref()).map_err(|e| ConfigError::Invalid { key, message: e.to_string() })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The tenant of `presented`, comparing with every token in constant time.
+    pub fn check(&self, presented: &str) -> Option<&str> {
+        let d = digest(presented.as_bytes());
+        let mut found: Option<&str> = None;
+        for e in &self.entries {
+            if bool::from(e.digest.ct_eq(&d)) && found.is_none() {
+                found = Some(e.tenant.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// Checks the `[http]` security keys (config validation).
+pub fn validate(http: &HttpConfig) -> Result<(), ConfigError> {
+    Tokens::parse(&http.tokens, None).map_err(|e| ConfigError::Invalid { key: "http.tokens", message: e.to_string() })?;
+    Ok(())
+}
+
+/// Refuses to serve `addr` without authentication unless it is a loopback address or
+/// `http.auth = "none"`.
+pub fn check_exposure(http: &HttpConfig, tokens: &Tokens) -> Result<(), ConfigError> {
+    if http.auth == AuthMode::None || !tokens.is_empty() {
+        return Ok(());
+    }
+    let loopback = http.addr.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+    if loopback {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        key: "http.tokens",
+        message: format!(
+            "kiln serve on {} (not a loopback address) needs bearer tokens: set http.tokens \
+             (KILN_HTTP_TOKENS=tenant:token,…) or http.tokens_file (KILN_HTTP_TOKENS_FILE), or set \
+             http.auth = \"none\" (KILN_HTTP_AUTH=none) to serve without authentication on purpose",
+            http.addr
+        ),
+    })
+}
+
+/// The middleware's state for a config: fails closed (every request refused) when the
+/// tokens cannot be read, which `kiln serve` has already refused to start with.
+pub fn for_config(http: &HttpConfig) -> Arc<Auth> {
+    match Tokens::from_config(http) {
+        Ok(tokens) => Auth::new(http, tokens),
+        Err(e) => {
+            tracing::error!(error = %e, "tokens unreadable; refusing every authenticated request");
+            Arc::new(Auth { tokens: Tokens::default(), required: true, metrics_open: !http.metrics_auth })
+        }
+    }
+}
+
+/// What the middleware needs.
+#[derive(Debug)]
+pub struct Auth {
+    tokens: Tokens,
+    /// Whether requests need a token at all (tokens configured and `http.auth = "bearer"`).
+    required: bool,
+    metrics_open: bool,
+}
+
+impl Auth {
+    pub fn new(http: &HttpConfig, tokens: Tokens) -> Arc<Auth> {
+        let required = http.auth == AuthMode::Bearer && !tokens.is_empty();
+        Arc::new(Auth { tokens, required, metrics_open: !http.metrics_auth })
+    }
+
+    /// Paths served without a token.
+    fn is_open(&self, path: &str) -> bool {
+        matches!(path, "/healthz" | "/readyz") || (self.metrics_open && path == "/metrics")
+    }
+}
+
+fn unauthorized(message: &str, presented: bool) -> Response {
+    let mut resp =
+        (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": "unauthorized", "message": message}}))).into_response();
+    let challenge = if presented { r#"Bearer realm="kiln", error="invalid_token""# } else { r#"Bearer realm="kiln""# };
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    resp
+}
+
+/// The axum middleware (`axum::middleware::from_fn_with_state(auth, auth::require)`).
+pub async fn require(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    if !auth.required || auth.is_open(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
+    let Some(token) = presented else {
+        return unauthorized("a bearer token is required (Authorization: Bearer <token>)", false);
+    };
+    let Some(tenant) = auth.tokens.check(&token).map(str::to_owned) else {
+        return unauthorized("the bearer token is not valid", true);
+    };
+    req.extensions_mut().insert(Tenant(tenant.clone()));
+    TENANT.scope(tenant, next.run(req)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn pairs_parse_and_weak_ones_are_refused() {
+        assert_eq!(parse_pair("acme:0123456789abcdef").unwrap(), ("acme".into(), "0123456789abcdef".into()));
+        assert_eq!(parse_pair(" a.b-c_1:0123456789abcdef:x ").unwrap().1, "0123456789abcdef:x");
+        assert!(matches!(parse_pair("no-colon-here-at-all"), Err(TokenError::Shape(_))));
+        assert!(matches!(parse_pair(":0123456789abcdef"), Err(TokenError::Tenant(_))));
+        assert!(matches!(parse_pair("a b:0123456789abcdef"), Err(TokenError::Tenant(_))));
+        assert!(matches!(parse_pair("acme:short"), Err(TokenError::Weak(_))));
+        assert!(matches!(parse_pair("acme:0123456789 abcdef"), Err(TokenError::Weak(_))));
+        // Errors never carry the secret.
+        let e = parse_pair("acme:xyzzy").unwrap_err().to_string();
+        assert!(!e.contains("xyzzy"), "{e}");
+        let e = Tokens::parse(&items(&["secretsecretsecret"]), None).unwrap_err().to_string();
+        assert!(!e.contains("secretsecretsecret"), "{e}");
+    }
+
+    #[test]
+    fn several_tokens_are_valid_at_once() {
+        let file = "# rotated in\n\nbeta:bbbbbbbbbbbbbbbbbbbb\n";
+        let t = Tokens::parse(&items(&["acme:aaaaaaaaaaaaaaaa", "acme:cccccccccccccccc"]), Some(file)).unwrap();
+        assert_eq!(t.check("aaaaaaaaaaaaaaaa"), Some("acme"));
+        assert_eq!(t.check("cccccccccccccccc"), Some("acme"));
+        assert_eq!(t.check("bbbbbbbbbbbbbbbbbbbb"), Some("beta"));
+        assert_eq!(t.check("aaaaaaaaaaaaaaa"), None);
+        assert_eq!(t.check(""), None);
+        assert!(Tokens::default().check("anything").is_none());
+    }
+
+    #[test]
+    fn exposure_needs_tokens_or_an_explicit_none() {
+        let mut http = crate::config::Config::default().http;
+        let none = Tokens::default();
+        let some = Tokens::parse(&items(&["acme:aaaaaaaaaaaaaaaa"]), None).unwrap();
+        http.addr = "0.0.0.0:8080".into();
+        let e = check_exposure(&http, &none).unwrap_err().to_string();
+        assert!(e.contains("http.tokens") && e.contains("KILN_HTTP_AUTH=none"), "{e}");
+        assert!(check_exposure(&http, &some).is_ok());
+        http.auth = AuthMode::None;
+        assert!(check_exposure(&http, &none).is_ok());
+        http.auth = AuthMode::Bearer;
+        for addr in ["127.0.0.1:0", "[::1]:8080"] {
+            http.addr = addr.into();
+            assert!(check_exposure(&http, &none).is_ok(), "{addr}");
+        }
+    }
+}
