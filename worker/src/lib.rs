@@ -11,7 +11,8 @@
 //! - [`capacity`]: the capacity report and its publisher.
 //! - [`telemetry`]: logs and metrics.
 //! - [`tracectx`]: W3C trace context: a job's span inside its caller's trace.
-//! - [`modes`]: `run`, `serve`, `probe`.
+//! - [`modes`]: `run`, `serve`, `probe`, `route`.
+//! - [`route`]: `kiln route`, the latency-aware router (placement, forwarding, capacity in).
 
 pub mod capacity;
 pub mod checkpoint;
@@ -21,6 +22,7 @@ pub mod debug_kind;
 pub mod jobtable;
 pub mod modes;
 pub mod pool;
+pub mod route;
 pub mod runtime;
 pub mod scheduler;
 pub mod sinks;
