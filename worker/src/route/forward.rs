@@ -47,26 +47,47 @@ enum Attempt {
     Retry(&'static str, Option<Response>),
 }
 
-/// Picks a container worker for `kind`: `preferred` when untried and reachable, else the
-/// ready one with the fewest jobs per slot (ties: lowest id) that has not been tried.
+/// Picks a container worker for `kind` among the ready, untried ones: the least loaded by
+/// (busy + queued as reported + jobs this router has in flight there) / slots, so a burst
+/// between two reports spreads; the decision's worker (`preferred`) wins ties.
 fn next_worker(st: &RouteState, kind: &str, gpu: bool, preferred: Option<&str>, tried: &[String]) -> Option<(String, String)> {
     let book = lock(&st.book);
-    if let Some(w) = preferred.filter(|w| !tried.iter().any(|t| t == w)) {
-        if let Some(url) = book.url(w) {
-            return Some((w.to_owned(), url));
-        }
-    }
     let cands = lock(&st.view).candidates(kind, now_ms());
-    cands
+    let inflight = lock(&st.inflight);
+    let best = cands
         .into_iter()
         .filter(|c| (!gpu || c.gpu) && !tried.iter().any(|t| *t == c.worker_id))
         .filter_map(|c| {
             let url = book.url(&c.worker_id)?;
-            let load = f64::from(c.busy + c.queued) / f64::from(c.slots.max(1));
-            Some((load, c.worker_id, url))
+            let mine = inflight.get(&c.worker_id).copied().unwrap_or(0);
+            let load = f64::from(c.busy + c.queued + mine) / f64::from(c.slots.max(1));
+            let not_preferred = Some(c.worker_id.as_str()) != preferred;
+            Some((load, not_preferred, c.worker_id, url))
         })
-        .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)))
-        .map(|(_, w, u)| (w, u))
+        .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then_with(|| a.2.cmp(&b.2)));
+    match best {
+        Some((_, _, w, u)) => Some((w, u)),
+        // The decision's worker without a fresh report (a race with expiry): still try it.
+        None => preferred.filter(|w| !tried.iter().any(|t| t == w)).and_then(|w| Some((w.to_owned(), book.url(w)?))),
+    }
+}
+
+/// Counts a forward in flight on a worker while alive.
+struct InFlight<'a>(&'a RouteState, String);
+
+impl<'a> InFlight<'a> {
+    fn new(st: &'a RouteState, worker: &str) -> Self {
+        *lock(&st.inflight).entry(worker.to_owned()).or_insert(0) += 1;
+        InFlight(st, worker.to_owned())
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.0.inflight).get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// `POST /v1/jobs` through the router.
@@ -154,7 +175,10 @@ async fn run_attempts(
     for _ in 0..st.cfg.max_attempts {
         let Some((worker, url)) = next_worker(&st, &kind, gpu, preferred.take().as_deref(), &tried) else { break };
         tried.push(worker.clone());
-        match attempt(&st, &url, &headers, &body, trace.as_ref(), sse || asynchronous).await {
+        let counted = InFlight::new(&st, &worker);
+        let outcome = attempt(&st, &url, &headers, &body, trace.as_ref(), sse || asynchronous).await;
+        drop(counted);
+        match outcome {
             Attempt::Done(mut resp) => {
                 lock(&st.jobs).insert(&id, &url);
                 let latency = started.elapsed();

@@ -54,6 +54,8 @@ pub struct RouteState {
     pub view: Mutex<CapacityView>,
     pub book: Mutex<AddressBook>,
     pub jobs: Mutex<JobMap>,
+    /// Jobs this router is forwarding now, by worker id.
+    pub inflight: Mutex<std::collections::HashMap<String, u32>>,
     pub client: reqwest::Client,
     pub metrics: RouteMetrics,
     decision_log: Option<Mutex<std::fs::File>>,
@@ -108,6 +110,7 @@ impl RouteState {
         let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
         Ok(RouteState {
             jobs: Mutex::new(JobMap::new(cfg.job_map_size)),
+            inflight: Mutex::new(std::collections::HashMap::new()),
             cfg,
             policy: Mutex::new(router),
             view: Mutex::new(view),
