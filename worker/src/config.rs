@@ -33,6 +33,7 @@ pub use kiln_jobs::Accel;
 pub enum Mode {
     Serve,
     Lambda,
+    Route,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +69,8 @@ pub struct Config {
     pub infer: InferConfig,
     /// The model registry (`[[models]]`) the infer kind serves.
     pub models: Vec<ModelConfig>,
+    /// `kiln route`, the router (and the URL a worker advertises to it).
+    pub route: RouteConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,6 +272,7 @@ impl Default for Config {
             outputs: AllowConfig::default(),
             infer: InferConfig::default(),
             models: Vec::new(),
+            route: RouteConfig::default(),
         }
     }
 }
@@ -321,6 +325,47 @@ impl Default for CheckpointConfig {
 impl Default for LambdaConfig {
     fn default() -> Self {
         Config::default().lambda
+    }
+}
+
+/// `[route]`: `kiln route` (worker/src/route), and `advertise_url`, which a `kiln serve`
+/// worker sends with its capacity reports so the router can reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Placement policy file (router-client `PolicyConfig`): JSON, or TOML when it ends in
+    /// `.toml`. Reloaded when its modification time changes (checked every 2 s).
+    pub policy: Option<String>,
+    /// Append every decision as one JSONL line (router-client `LogRecord`) to this file.
+    pub decision_log: Option<String>,
+    /// Seed of the policy's random draws (exercise, dual, overflow); default: from the clock.
+    pub seed: Option<u64>,
+    /// Lambda Invoke API endpoint for the serverless tier. Not implemented yet: while unset
+    /// (or set), a serverless decision fails over to a container worker.
+    pub lambda_endpoint: Option<String>,
+    /// Longest a forwarded job may take before it is retried elsewhere.
+    pub forward_timeout_ms: u64,
+    /// Tries of one job (first placement included) across workers and tiers.
+    pub max_attempts: u32,
+    /// Job ids remembered (id → worker) for GET /v1/jobs/{id}; older ones ask every worker.
+    pub job_map_size: usize,
+    /// The URL a `kiln serve` worker advertises to the router with its capacity reports
+    /// (default: `http://{http.addr}`, with 127.0.0.1 for an unspecified address).
+    pub advertise_url: Option<String>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            policy: None,
+            decision_log: None,
+            seed: None,
+            lambda_endpoint: None,
+            forward_timeout_ms: 300_000,
+            max_attempts: 3,
+            job_map_size: 10_000,
+            advertise_url: None,
+        }
     }
 }
 
@@ -381,6 +426,14 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("ORT_DYLIB", "infer.ort_dylib"),
     ("INFER_HOST_MEMORY_MB", "infer.host_memory_mb"),
     ("INFER_GPU_MEMORY_MB", "infer.gpu_memory_mb"),
+    ("ROUTE_POLICY", "route.policy"),
+    ("ROUTE_DECISION_LOG", "route.decision_log"),
+    ("ROUTE_SEED", "route.seed"),
+    ("ROUTE_LAMBDA_ENDPOINT", "route.lambda_endpoint"),
+    ("ROUTE_FORWARD_TIMEOUT_MS", "route.forward_timeout_ms"),
+    ("ROUTE_MAX_ATTEMPTS", "route.max_attempts"),
+    ("ROUTE_JOB_MAP_SIZE", "route.job_map_size"),
+    ("ADVERTISE_URL", "route.advertise_url"),
 ];
 
 impl Config {
@@ -459,6 +512,9 @@ impl Config {
             if self.kafka.max_attempts == 0 {
                 return Err(invalid("kafka.max_attempts", "at least 1"));
             }
+        }
+        if self.route.max_attempts == 0 {
+            return Err(invalid("route.max_attempts", "at least 1"));
         }
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));

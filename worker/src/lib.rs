@@ -11,8 +11,9 @@
 //! - [`capacity`]: the capacity report and its publisher.
 //! - [`telemetry`]: logs and metrics.
 //! - [`tracectx`]: W3C trace context: a job's span inside its caller's trace.
-//! - [`modes`]: `run`, `serve`, `probe`.
+//! - [`modes`]: the composition root and the modes `run`, `serve`, `lambda`, `probe`, `route`.
 //! - [`auth`]: bearer tokens on the HTTP API; tenants.
+//! - [`route`]: `kiln route`, the latency-aware router (placement, forwarding, capacity in).
 
 pub mod auth;
 pub mod capacity;
@@ -23,6 +24,7 @@ pub mod debug_kind;
 pub mod jobtable;
 pub mod modes;
 pub mod pool;
+pub mod route;
 pub mod runtime;
 pub mod scheduler;
 pub mod sinks;

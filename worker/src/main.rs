@@ -50,6 +50,8 @@ enum Command {
     Lambda,
     /// Prints what this host offers, as JSON.
     Probe,
+    /// Routes jobs to workers (the latency-aware router of the hybrid design) until SIGTERM.
+    Route,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         None => match mode_from_env(&cfg) {
             Mode::Serve => Command::Serve,
             Mode::Lambda => Command::Lambda,
+            Mode::Route => Command::Route,
         },
     };
     if matches!(command, Command::Lambda) {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Run { file } => rt.block_on(modes::run(cfg, &file)).map(|ok| if ok { 0 } else { 1 }),
         Command::Serve => rt.block_on(modes::serve(cfg)).map(|()| 0),
         Command::Lambda => rt.block_on(modes::lambda(cfg, started)).map(|()| 0),
+        Command::Route => rt.block_on(modes::route(cfg)).map(|()| 0),
         Command::Probe => serde_json::to_string_pretty(&modes::probe(&cfg)).map_err(Into::into).map(|s| {
             println!("{s}");
             0

@@ -148,6 +148,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
     let stop_publish = CancellationToken::new();
+    let advertise = rt.config().route.advertise_url.clone();
+    let router_url = router_url.map(|url| crate::route::report_url(&url, local, advertise.as_deref()));
     let publisher = router_url.map(|url| tokio::spawn(publish_loop(rt.clone(), reporter.clone(), url, stop_publish.clone())));
     rt.warm_up().await;
     let stop_kafka = CancellationToken::new();
@@ -208,6 +210,11 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `kiln route`: the latency-aware router (worker/src/route) until SIGTERM or SIGINT.
+pub async fn route(cfg: Config) -> anyhow::Result<()> {
+    crate::route::run(cfg).await
 }
 
 /// `kiln probe`: CPU, GPUs and what the job kinds can do here, as JSON.
