@@ -1,11 +1,13 @@
 //! The hybrid simulator of issue 18: a deterministic discrete-event model of kiln's two tiers
 //! (Lambda image function, Kubernetes pods) serving the seed paper's six workloads, under three
-//! strategies (serverless-only, container-only, hybrid placed by router-client's `place`), to
+//! strategies (serverless-only, container-only, hybrid placed by router-client's `Router`; the
+//! old stateless `place` kept as the `hybrid_static_place` variant), to
 //! rerun the argument of the seed's Table 3 and Figures 4-7 with kiln's measured service times.
 //!
 //! Layout: `constants` (every number, with its source), `engine` (event queue, clock, RNG),
 //! `workload` (Table 1, service times), `arrivals` (Fig 7 profile, steady sweep), `tiers`
-//! (Lambda, pods, HPA, reports), `strategy` (the three strategies; the real policy), `run` (the
+//! (Lambda, pods, HPA, reports), `strategy` (the strategies), `policy` (the Router, its
+//! PolicyConfig and view, fed by the simulation), `run` (the
 //! event loop), `cost`, `report` (Table 3, Fig 4), `plot` (Figs 5-7, closed loop, SVG),
 //! `experiments` (the default scenario, the cost sweep, the closed loop, the sensitivity sweep).
 

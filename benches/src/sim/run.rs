@@ -274,7 +274,7 @@ impl<'a> Sim<'a> {
                 match p.tier {
                     Tier::Serverless if !serverless_can_run(req.kind) => self.finish_req(now, r, Served::RejectedPolicyGpu),
                     Tier::Serverless => self.on_lambda(now, r),
-                    Tier::Container => self.to_worker(now, r, p.worker_id.as_deref()),
+                    Tier::Container => self.place_on_worker(now, r, p.worker_id.as_deref()),
                 }
             }
         }
@@ -304,12 +304,12 @@ impl<'a> Sim<'a> {
         match tier {
             Tier::Serverless if !serverless_can_run(self.req(r).kind) => self.finish_req(now, r, Served::RejectedPolicyGpu),
             Tier::Serverless => self.on_lambda(now, r),
-            Tier::Container => self.to_worker(now, r, worker),
+            Tier::Container => self.place_on_worker(now, r, worker),
         }
     }
 
     /// Container placement on `worker` (None: the pool's pull queue).
-    fn to_worker(&mut self, now: Micros, r: u32, worker: Option<&str>) {
+    fn place_on_worker(&mut self, now: Micros, r: u32, worker: Option<&str>) {
         let kind = self.req(r).kind;
         let target = worker.and_then(|id| self.pods_by_id.get(id).copied());
         let room = match (&self.router, worker) {
