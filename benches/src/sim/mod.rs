@@ -37,11 +37,12 @@ pub struct Config {
     pub prices: cost::Prices,
     /// Container service times are multiplied by `.1` from `.0` seconds on (closed loop).
     pub slowdown: Option<(f64, f64)>,
-    /// The router adds its own placements to the last report of a pod until the next one
-    /// (false: it sees the reports only, up to 2 s old).
+    /// Old `place` only (hybrid_static_place): the router adds its own placements to the last
+    /// report of a pod until the next one (false: it sees the reports only, up to 2 s old).
+    /// The Router's CapacityView always sees the reports only.
     pub track_placements: bool,
     /// Interactive requests carry their Table 1 budget as a deadline (false: no deadlines,
-    /// which switches off router-client's cold-start override).
+    /// which switches off the old `place`'s cold-start override).
     pub deadlines: bool,
     /// Hybrid: when the policy picks a container worker with no free slot, the router puts the
     /// job on the pool's pull queue (Kafka) instead of that worker's queue.
