@@ -1,5 +1,6 @@
 //! `hybrid-sim`: the issue-18 simulator. Replays the seed paper's burst profile against
-//! serverless-only, container-only and hybrid (router-client's `place`) deployments of kiln and
+//! serverless-only, container-only and hybrid (router-client's `Router`; the old `place` as a
+//! variant) deployments of kiln and
 //! prints Table 3, the per-workload p95 (Fig 4), the cost sweep (Fig 6) and the closed loop.
 //!
 //! ```text
@@ -56,8 +57,8 @@ fn main() -> Result<()> {
     println!("## Variants\n");
     for (n, s) in &all {
         println!(
-            "- {n}: p95 {:?} ms, p99.9 burst {:?} ms, cost {:.3}, time to scale {:.0} s, short on serverless {:.1} %, cold starts {}, place() calls {}, reasons {:?}",
-            s.p95_ms, s.p999_ms, s.cost, s.time_to_scale_s, s.serverless_share_short * 100.0, s.cold_starts, s.place_calls, s.place_reasons
+            "- {n}: p95 {:?} ms, p99.9 burst {:?} ms, cost {:.3}, time to scale {:.0} s, short on serverless {:.1} %, cold starts {}, policy calls {}, exercised {}, dual copies {}, rules {:?}",
+            s.p95_ms, s.p999_ms, s.cost, s.time_to_scale_s, s.serverless_share_short * 100.0, s.cold_starts, s.place_calls, s.exercised, s.shadows, s.place_reasons
         );
     }
     println!("\n## Cost sweep (Fig 6, one thumbnail endpoint, USD/h)\n");
@@ -70,10 +71,16 @@ fn main() -> Result<()> {
     }
     println!("\ncrossing (container cheaper above): {:?} req/s\n", out.sweep.crossing_rps);
     let cl = &out.closed_loop;
-    println!(
-        "## Closed loop (service x{} at {} s, hybrid, current policy)\n\nshort p95 before {:?} ms, after {:?} ms; share on serverless before {:.1} %, after {:.1} %\n",
-        cl.factor, cl.slowdown_at_s, cl.before_p95_ms, cl.after_p95_ms, cl.before_serverless_share * 100.0, cl.after_serverless_share * 100.0
-    );
+    println!("## Closed loop (container service x{} at {} s, no bursts; short requests)\n", cl.factor, cl.slowdown_at_s);
+    println!("| policy | p95 before / after (ms) | on serverless before / after | on containers 60 s before / 60 s after |\n|---|---|---|---|");
+    for l in &cl.lines {
+        println!(
+            "| {} | {:?} / {:?} | {:.1} % / {:.1} % | {:.1} % / {:.1} % |",
+            l.name, l.before_p95_ms, l.after_p95_ms, l.before_serverless_share * 100.0, l.after_serverless_share * 100.0,
+            l.container_share_60s_before * 100.0, l.container_share_60s_after * 100.0
+        );
+    }
+    println!();
     if !out.sensitivity.is_empty() {
         println!("## Sensitivity (S = serverless-only, C = container-only, H = hybrid)\n\n{}", experiments::sensitivity_table(&out.sensitivity));
     }

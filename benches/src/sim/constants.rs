@@ -134,8 +134,48 @@ pub const SWEEP_WARMUP_S: f64 = 900.0;
 pub const CLOSED_LOOP_S: f64 = 1800.0;
 pub const CLOSED_LOOP_SLOWDOWN_AT_S: f64 = 900.0;
 pub const CLOSED_LOOP_SLOWDOWN: f64 = 2.0;
+/// The closed loop runs with the short kinds primary on containers (fallback serverless,
+/// overflow on their budget): with the default serverless primary the container tier carries
+/// only the exercised 2 %, and a container slowdown has nothing to move.
+pub const CLOSED_LOOP_SHORT_PRIMARY: kiln_router_client::Tier = kiln_router_client::Tier::Container;
+/// Width of the closed loop's plotted windows.
+pub const CLOSED_LOOP_WINDOW_S: f64 = 10.0;
 
 /// Time-series sampling interval (seed Fig 7 worker counts).
 pub const SAMPLE_EVERY_S: f64 = 1.0;
 /// A burst second "meets its budgets" when at least this share of its short requests do.
 pub const TIME_TO_SCALE_OK_SHARE: f64 = 0.95;
+
+// ---------------------------------------------------------------- the hybrid's placement policy
+// The PolicyConfig the hybrid's `kiln_router_client::Router` runs (sim/policy.rs builds it).
+// Per-kind rules from the seed's Table 1 and §5: the short, stateless, bursty kinds are primary
+// serverless with the container tier as fallback and overflow; long, stateful or GPU kinds are
+// primary container.
+
+/// Overflow share of the short kinds (thumbnail, metadata, auth) when the function is under
+/// pressure (seed §5: "shifts a configurable fraction of traffic to the fallback"; no value
+/// given). Assumption: router-client's default (0.3); swept.
+pub const SHORT_OVERFLOW_FRACTION: f64 = 0.3;
+/// Function pressure of the short kinds: invocations in flight beyond the warm pool (i.e.
+/// waiting on a cold start). Assumption: router-client's default (8).
+pub const SHORT_OVERFLOW_QUEUE_DEPTH: u32 = 8;
+// Rolling-p95 threshold of every budgeted kind: its Table 1 budget (workload.rs SPECS).
+/// Render: primary container (seed §5 "pins long-running batch work"), serverless fallback
+/// (kiln chains checkpointed invocations) when the render pool's queue passes this depth, for
+/// this share. Assumption: router-client's transcode defaults (0.2, 4).
+pub const RENDER_OVERFLOW_FRACTION: f64 = 0.2;
+pub const RENDER_OVERFLOW_QUEUE_DEPTH: u32 = 4;
+/// Share of every kind's traffic sent to its fallback on purpose (seed §8: "a small,
+/// randomized fraction of every endpoint's traffic"). Assumption: router-client's default.
+pub const EXERCISE_SHARE: f64 = 0.02;
+/// Share sent to both tiers, the second answer discarded (seed §6.2: "a small fraction").
+/// Assumption: router-client's default.
+pub const DUAL_SHARE: f64 = 0.01;
+/// Longest predicted run the policy accepts on serverless: the chunked ceiling (kiln splits
+/// longer jobs into checkpointed invocations, but the policy refuses what one cannot finish).
+pub const POLICY_SERVERLESS_MAX_RUN_MS: f64 = LAMBDA_MAX_RUN_MS * LAMBDA_CHUNK_MARGIN;
+/// The closed loop's memory: router-client's `LoopConfig::default()` (200 samples per tier
+/// and kind, p95 after 5, ratio EWMA 0.1).
+pub const LOOP_WINDOW: usize = 200;
+pub const LOOP_MIN_SAMPLES: usize = 5;
+pub const LOOP_RATIO_ALPHA: f64 = 0.1;

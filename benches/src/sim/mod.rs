@@ -1,11 +1,13 @@
 //! The hybrid simulator of issue 18: a deterministic discrete-event model of kiln's two tiers
 //! (Lambda image function, Kubernetes pods) serving the seed paper's six workloads, under three
-//! strategies (serverless-only, container-only, hybrid placed by router-client's `place`), to
+//! strategies (serverless-only, container-only, hybrid placed by router-client's `Router`; the
+//! old stateless `place` kept as the `hybrid_static_place` variant), to
 //! rerun the argument of the seed's Table 3 and Figures 4-7 with kiln's measured service times.
 //!
 //! Layout: `constants` (every number, with its source), `engine` (event queue, clock, RNG),
 //! `workload` (Table 1, service times), `arrivals` (Fig 7 profile, steady sweep), `tiers`
-//! (Lambda, pods, HPA, reports), `strategy` (the three strategies; the real policy), `run` (the
+//! (Lambda, pods, HPA, reports), `strategy` (the strategies), `policy` (the Router, its
+//! PolicyConfig and view, fed by the simulation), `run` (the
 //! event loop), `cost`, `report` (Table 3, Fig 4), `plot` (Figs 5-7, closed loop, SVG),
 //! `experiments` (the default scenario, the cost sweep, the closed loop, the sensitivity sweep).
 
@@ -15,6 +17,7 @@ pub mod cost;
 pub mod engine;
 pub mod experiments;
 pub mod plot;
+pub mod policy;
 pub mod report;
 pub mod run;
 pub mod strategy;
@@ -34,11 +37,12 @@ pub struct Config {
     pub prices: cost::Prices,
     /// Container service times are multiplied by `.1` from `.0` seconds on (closed loop).
     pub slowdown: Option<(f64, f64)>,
-    /// The router adds its own placements to the last report of a pod until the next one
-    /// (false: it sees the reports only, up to 2 s old).
+    /// Old `place` only (hybrid_static_place): the router adds its own placements to the last
+    /// report of a pod until the next one (false: it sees the reports only, up to 2 s old).
+    /// The Router's CapacityView always sees the reports only.
     pub track_placements: bool,
     /// Interactive requests carry their Table 1 budget as a deadline (false: no deadlines,
-    /// which switches off router-client's cold-start override).
+    /// which switches off the old `place`'s cold-start override).
     pub deadlines: bool,
     /// Hybrid: when the policy picks a container worker with no free slot, the router puts the
     /// job on the pool's pull queue (Kafka) instead of that worker's queue.
@@ -48,6 +52,8 @@ pub struct Config {
     pub keep_alive_s: f64,
     pub platform_cold_p50_ms: f64,
     pub platform_cold_p99_ms: f64,
+    /// The hybrid Router's knobs (overflow fraction, exercise and dual shares, closed loop).
+    pub policy: policy::PolicyKnobs,
 }
 
 impl Default for Config {
@@ -65,6 +71,7 @@ impl Default for Config {
             keep_alive_s: c::LAMBDA_KEEP_ALIVE_S,
             platform_cold_p50_ms: c::LAMBDA_PLATFORM_COLD_P50_MS,
             platform_cold_p99_ms: c::LAMBDA_PLATFORM_COLD_P99_MS,
+            policy: policy::PolicyKnobs::default(),
         }
     }
 }
@@ -125,13 +132,13 @@ pub fn run_all(seed: u64, opts: &Options) -> Result<Output, String> {
     if opts.quick {
         cfg.warmup_s = 200.0;
     }
-    let names: Vec<&str> = experiments::VARIANTS.iter().map(|v| v.0).collect();
-    let main = experiments::burst_scenario(&model, &profile, &cfg, seed, &names);
+    let names: Vec<&str> = experiments::VARIANTS.iter().map(|v| v.name).collect();
+    let main = experiments::burst_scenario(&model, &profile, &cfg, seed, &names)?;
     let rates: Vec<f64> = if opts.quick { vec![1.0, 30.0] } else { c::SWEEP_RPS.to_vec() };
-    let sweep = experiments::cost_sweep(&model, &Config::default(), seed, &rates);
+    let sweep = experiments::cost_sweep(&model, &Config::default(), seed, &rates)?;
     let (cl_horizon, cl_at) = if opts.quick { (600.0, 300.0) } else { (c::CLOSED_LOOP_S, c::CLOSED_LOOP_SLOWDOWN_AT_S) };
-    let closed_loop = experiments::closed_loop(&model, &Config::default(), seed, cl_horizon, cl_at);
-    let sensitivity = if opts.sensitivity { experiments::sensitivity(&model, seed) } else { vec![] };
+    let closed_loop = experiments::closed_loop(&model, &Config::default(), seed, cl_horizon, cl_at)?;
+    let sensitivity = if opts.sensitivity { experiments::sensitivity(&model, seed)? } else { vec![] };
 
     let pick = |names: &[&str]| -> serde_json::Map<String, serde_json::Value> {
         names
@@ -149,7 +156,8 @@ pub fn run_all(seed: u64, opts: &Options) -> Result<Output, String> {
         "seed": seed,
         "quick": opts.quick,
         "strategies": pick(&["serverless", "container", "hybrid"]),
-        "variants": pick(&["serverless_pc", "hybrid_pc", "hybrid_nodeadline", "hybrid_pull"]),
+        "variants": pick(&["hybrid_static_place", "hybrid_static_place_nodeadline", "hybrid_static_place_pull", "serverless_pc", "hybrid_pc"]),
+        "policy_config": serde_json::to_value(policy::policy_config(&cfg)).unwrap_or(serde_json::Value::Null),
         "seed_table3": {
             "serverless": {"p95_ms": 476, "p999_ms": 2150, "cost": 1.00, "time_to_scale_s": "<1"},
             "container": {"p95_ms": 188, "p999_ms": 470, "cost": 0.84, "time_to_scale_s": 45},

@@ -96,10 +96,10 @@ pub fn workers(main: &Main, path: &Path) -> R {
     up.draw_series(LineSeries::new(load, BLACK))?;
     let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for (name, run) in &main.runs {
-        if matches!(*name, "serverless" | "hybrid" | "hybrid_nodeadline") {
+        if matches!(*name, "serverless" | "hybrid" | "hybrid_static_place") {
             lines.push((format!("{name}: Lambda concurrency"), run.series.iter().filter(|s| s.t_s <= t1).map(|s| (s.t_s, s.lambda_busy as f64)).collect()));
         }
-        if matches!(*name, "container" | "hybrid" | "hybrid_nodeadline") {
+        if matches!(*name, "container" | "hybrid" | "hybrid_static_place") {
             lines.push((format!("{name}: CPU pods x slots"), run.series.iter().filter(|s| s.t_s <= t1).map(|s| (s.t_s, (s.pods[0] * super::constants::CPU_POD_SLOTS) as f64)).collect()));
         }
     }
@@ -115,26 +115,35 @@ pub fn workers(main: &Main, path: &Path) -> R {
     Ok(())
 }
 
-/// The closed loop: short-request p95 and the share placed on serverless, per 30 s window.
+/// The closed loop: short-request p95 and the share placed on serverless per window, one
+/// line per policy (adaptive Router, static Router, old place).
 pub fn closed_loop(cl: &ClosedLoop, path: &Path) -> R {
-    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE)?;
     let areas = root.split_evenly((2, 1));
-    let t1 = cl.windows.last().map_or(1.0, |w| w.t_s);
-    let p95: Vec<(f64, f64)> = cl.windows.iter().filter_map(|w| w.short_p95_ms.map(|p| (w.t_s, p))).collect();
-    let ymax = p95.iter().map(|p| p.1).fold(1.0, f64::max) * 1.2;
+    let t1 = cl.lines.iter().filter_map(|l| l.windows.last()).map(|w| w.t_s).fold(1.0, f64::max);
+    let ymax = cl.lines.iter().flat_map(|l| l.windows.iter().filter_map(|w| w.short_p95_ms)).fold(1.0, f64::max) * 1.2;
     let mut up = ChartBuilder::on(&areas[0])
-        .caption(format!("Closed loop: container service time x{} at {} s (current static policy)", cl.factor, cl.slowdown_at_s), ("sans-serif", 20))
+        .caption(format!("Closed loop: container service time x{} at {} s", cl.factor, cl.slowdown_at_s), ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..t1, 0f64..ymax)?;
     up.configure_mesh().y_desc("short p95 (ms)").draw()?;
-    up.draw_series(LineSeries::new(p95, RED.stroke_width(2)))?;
-    up.draw_series(LineSeries::new(vec![(cl.slowdown_at_s, 0.0), (cl.slowdown_at_s, ymax)], BLACK))?;
     let mut low = ChartBuilder::on(&areas[1]).margin(10).x_label_area_size(35).y_label_area_size(60).build_cartesian_2d(0f64..t1, 0f64..1.0)?;
-    low.configure_mesh().x_desc("time (s)").y_desc("share on serverless").draw()?;
-    low.draw_series(LineSeries::new(cl.windows.iter().map(|w| (w.t_s, w.serverless_share)), BLUE.stroke_width(2)))?;
+    low.configure_mesh().x_desc("time (s)").y_desc("short share on serverless").draw()?;
+    for (i, line) in cl.lines.iter().enumerate() {
+        let col = COLORS[i % COLORS.len()];
+        let p95: Vec<(f64, f64)> = line.windows.iter().filter_map(|w| w.short_p95_ms.map(|p| (w.t_s, p))).collect();
+        up.draw_series(LineSeries::new(p95, col.stroke_width(2)))?.label(line.name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col));
+        low.draw_series(LineSeries::new(line.windows.iter().map(|w| (w.t_s, w.serverless_share)), col.stroke_width(2)))?
+            .label(line.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col));
+    }
+    up.draw_series(LineSeries::new(vec![(cl.slowdown_at_s, 0.0), (cl.slowdown_at_s, ymax)], BLACK))?;
+    low.draw_series(LineSeries::new(vec![(cl.slowdown_at_s, 0.0), (cl.slowdown_at_s, 1.0)], BLACK))?;
+    up.configure_series_labels().position(SeriesLabelPosition::UpperLeft).border_style(BLACK).background_style(WHITE.mix(0.9)).draw()?;
+    low.configure_series_labels().position(SeriesLabelPosition::LowerLeft).border_style(BLACK).background_style(WHITE.mix(0.9)).draw()?;
     root.present()?;
     Ok(())
 }

@@ -67,7 +67,12 @@ pub struct StrategyStats {
     pub serverless_share_short: f64,
     pub cold_starts: u64,
     pub place_calls: u64,
+    /// Decisions by rule: `Decision::rule()` labels for the Router, `Placement::reason` for
+    /// the old place.
     pub place_reasons: BTreeMap<&'static str, u64>,
+    /// Router only: decisions that exercised the fallback, and dual-routed copies run.
+    pub exercised: u64,
+    pub shadows: u64,
     pub events: u64,
     pub clamped_events: u64,
     pub unfinished: usize,
@@ -230,6 +235,8 @@ pub fn stats(reqs: &[Request], run: &RunResult, profile: &Profile, warmup_s: f64
         cold_starts: run.cold_starts,
         place_calls: run.policy.calls,
         place_reasons: run.policy.reasons.clone(),
+        exercised: run.exercised,
+        shadows: run.shadows,
         events: run.events,
         clamped_events: run.clamped,
         unfinished,

@@ -6,6 +6,7 @@
 use super::constants as c;
 use super::cost::Bill;
 use super::engine::{secs, us, us_ms, Engine, Micros, SimRng};
+use super::policy::SimRouter;
 use super::strategy::{serverless_can_run, PolicyCalls, Strategy};
 use super::tiers::{default_pools, Acquire, Lambda, Pool, PodState};
 use super::workload::Request;
@@ -52,6 +53,10 @@ pub struct RunResult {
     pub bill: Bill,
     pub series: Vec<Sample>,
     pub policy: PolicyCalls,
+    /// Dual-routed copies run (their cost is in the bill, their answers discarded).
+    pub shadows: u64,
+    /// Decisions that exercised the fallback on purpose.
+    pub exercised: u64,
     pub cold_starts: u64,
     pub throttles: u64,
     pub events: u64,
@@ -62,7 +67,7 @@ pub struct RunResult {
 #[derive(Debug)]
 enum Ev {
     Arrive(u32),
-    LambdaDone { inst: usize, req: u32 },
+    LambdaDone { inst: usize, req: u32, cold_ms: f64 },
     Expire { inst: usize, gen: u64 },
     PodReady { pool: usize, pod: usize },
     SlotDone { pool: usize, pod: usize, group: usize, req: u32, run_ms: f64 },
@@ -73,6 +78,12 @@ enum Ev {
 
 struct Sim<'a> {
     reqs: &'a [Request],
+    /// Dual-routed copies: request `reqs.len() + i` is a copy of `shadows[i]`.
+    shadows: Vec<u32>,
+    /// The hybrid's router (Strategy::Hybrid), and per request its decision's tier and
+    /// predicted latency (for the closed loop).
+    router: Option<SimRouter>,
+    placed: Vec<(Tier, f64)>,
     cfg: &'a Config,
     strategy: Strategy,
     eng: Engine<Ev>,
@@ -94,10 +105,15 @@ struct Sim<'a> {
     horizon: Micros,
 }
 
-pub fn simulate(reqs: &[Request], horizon_s: f64, strategy: Strategy, cfg: &Config, seed: u64) -> RunResult {
+/// Replays `reqs` under `strategy`. Err only when the hybrid's policy config is refused.
+pub fn simulate(reqs: &[Request], horizon_s: f64, strategy: Strategy, cfg: &Config, seed: u64) -> Result<RunResult, String> {
+    let router = if strategy == Strategy::Hybrid { Some(SimRouter::new(cfg, seed)?) } else { None };
     let provisioned = if strategy == Strategy::Container { 0 } else { cfg.provisioned };
     let mut sim = Sim {
         reqs,
+        shadows: Vec::new(),
+        router,
+        placed: vec![(Tier::Container, 0.0); reqs.len()],
         cfg,
         strategy,
         eng: Engine::new(),
@@ -121,10 +137,20 @@ pub fn simulate(reqs: &[Request], horizon_s: f64, strategy: Strategy, cfg: &Conf
     while let Some((now, ev)) = sim.eng.pop() {
         sim.handle(now, ev);
     }
-    sim.finish()
+    Ok(sim.finish())
 }
 
-impl Sim<'_> {
+impl<'a> Sim<'a> {
+    /// A request by id (a dual-routed copy's id gives its original).
+    fn req(&self, r: u32) -> &'a Request {
+        let reqs = self.reqs;
+        let i = r as usize;
+        match i.checked_sub(reqs.len()) {
+            Some(s) => &reqs[self.shadows[s] as usize],
+            None => &reqs[i],
+        }
+    }
+
     fn start(&mut self) {
         if self.strategy != Strategy::Serverless {
             for p in 0..self.pools.len() {
@@ -151,7 +177,7 @@ impl Sim<'_> {
     }
 
     fn in_window(&self, req: u32) -> bool {
-        let t = us(self.reqs[req as usize].arrival_s);
+        let t = us(self.req(req).arrival_s);
         t >= self.warmup && t < self.horizon
     }
 
@@ -165,7 +191,10 @@ impl Sim<'_> {
                 self.offered_since_sample += 1;
                 self.arrive(now, r);
             }
-            Ev::LambdaDone { inst, req } => {
+            Ev::LambdaDone { inst, req, cold_ms } => {
+                if let Some(router) = self.router.as_mut() {
+                    router.invocation_done(inst, cold_ms, now / 1000);
+                }
                 if let Some(gen) = self.lambda.release(inst) {
                     self.eng.after(us(self.cfg.keep_alive_s), Ev::Expire { inst, gen });
                 }
@@ -229,8 +258,7 @@ impl Sim<'_> {
     }
 
     fn arrive(&mut self, now: Micros, r: u32) {
-        let reqs = self.reqs;
-        let req = &reqs[r as usize];
+        let req = self.req(r);
         match self.strategy {
             Strategy::Serverless => {
                 if serverless_can_run(req.kind) {
@@ -240,36 +268,72 @@ impl Sim<'_> {
                 }
             }
             Strategy::Container => self.enqueue_container(now, r, None),
-            Strategy::Hybrid => {
+            Strategy::Hybrid => self.arrive_routed(now, r),
+            Strategy::HybridStaticPlace => {
                 let p = self.policy.place(req, self.cfg.deadlines, &self.view, self.lambda.idle(), now / 1000);
                 match p.tier {
                     Tier::Serverless if !serverless_can_run(req.kind) => self.finish_req(now, r, Served::RejectedPolicyGpu),
                     Tier::Serverless => self.on_lambda(now, r),
-                    Tier::Container => {
-                        let target = p.worker_id.as_ref().and_then(|id| self.pods_by_id.get(id).copied());
-                        let room = p
-                            .worker_id
-                            .as_ref()
-                            .and_then(|id| self.view_at.get(id))
-                            .and_then(|&i| self.view[i].kinds.get(req.kind.name()))
-                            .is_some_and(|k| k.free() > 0);
-                        // Config::pull_when_full: work the policy queues on a busy worker goes
-                        // to the pool's pull queue instead (a router choice, not the policy's).
-                        let pod = if self.cfg.pull_when_full && !room { None } else { target.map(|(_, pod)| pod) };
-                        if let (Some(id), Some(_)) = (p.worker_id.as_ref(), pod) {
-                            self.track(id, req.kind.name());
-                        }
-                        self.enqueue_container(now, r, pod);
-                    }
+                    Tier::Container => self.place_on_worker(now, r, p.worker_id.as_deref()),
                 }
             }
         }
     }
 
+    /// Strategy::Hybrid: router-client's Router places the request; a dual-routed request
+    /// also runs as a copy on the other tier (its cost counted, its answer discarded).
+    fn arrive_routed(&mut self, now: Micros, r: u32) {
+        let req = self.req(r);
+        let Some(router) = self.router.as_mut() else { return };
+        let d = router.place(req, now / 1000);
+        self.placed[r as usize] = (d.target.tier, d.predicted_ms);
+        let shadow = d.shadow.filter(|_| d.dual);
+        self.dispatch(now, r, d.target.tier, d.target.worker_id.as_deref());
+        if let Some(t) = shadow {
+            let id = (self.reqs.len() + self.shadows.len()) as u32;
+            self.shadows.push(r);
+            self.out.push(Outcome { served: Served::Pending, first_byte_ms: f64::NAN, done_ms: f64::NAN, cold: false });
+            self.remaining_ms.push(req.service_ms);
+            self.placed.push((t.tier, 0.0));
+            self.open += 1;
+            self.dispatch(now, id, t.tier, t.worker_id.as_deref());
+        }
+    }
+
+    fn dispatch(&mut self, now: Micros, r: u32, tier: Tier, worker: Option<&str>) {
+        match tier {
+            Tier::Serverless if !serverless_can_run(self.req(r).kind) => self.finish_req(now, r, Served::RejectedPolicyGpu),
+            Tier::Serverless => self.on_lambda(now, r),
+            Tier::Container => self.place_on_worker(now, r, worker),
+        }
+    }
+
+    /// Container placement on `worker` (None: the pool's pull queue).
+    fn place_on_worker(&mut self, now: Micros, r: u32, worker: Option<&str>) {
+        let kind = self.req(r).kind;
+        let target = worker.and_then(|id| self.pods_by_id.get(id).copied());
+        let room = match (&self.router, worker) {
+            (Some(router), Some(id)) => {
+                router.view.workers(now / 1000).find(|w| w.worker_id == id).and_then(|w| w.kinds.get(kind.name())).is_some_and(|k| k.free() > 0)
+            }
+            (None, Some(id)) => {
+                self.view_at.get(id).and_then(|&i| self.view[i].kinds.get(kind.name())).is_some_and(|k| k.free() > 0)
+            }
+            _ => false,
+        };
+        // Config::pull_when_full: work the policy queues on a busy worker goes to the pool's
+        // pull queue instead (a router choice, not the policy's).
+        let pod = if self.cfg.pull_when_full && !room { None } else { target.map(|(_, pod)| pod) };
+        if let (Some(id), Some(_)) = (worker, pod) {
+            self.track(id, kind.name());
+        }
+        self.enqueue_container(now, r, pod);
+    }
+
     /// The router counts its own placement in its copy of the pod's report until the next
     /// report replaces it (Config::track_placements; off = reports only).
     fn track(&mut self, id: &str, kind: &str) {
-        if !self.cfg.track_placements {
+        if !self.cfg.track_placements || self.router.is_some() {
             return;
         }
         let Some(&i) = self.view_at.get(id) else { return };
@@ -287,8 +351,7 @@ impl Sim<'_> {
     }
 
     fn on_lambda(&mut self, now: Micros, r: u32) {
-        let reqs = self.reqs;
-        let req = &reqs[r as usize];
+        let req = self.req(r);
         let first = self.remaining_ms[r as usize] >= req.service_ms;
         let chunk = self.remaining_ms[r as usize].min(c::LAMBDA_MAX_RUN_MS * c::LAMBDA_CHUNK_MARGIN);
         let (inst, cold_ms) = match self.lambda.acquire() {
@@ -300,6 +363,9 @@ impl Sim<'_> {
                 (i, platform + kiln)
             }
         };
+        if let Some(router) = self.router.as_mut() {
+            router.invoked();
+        }
         let start = now + us_ms(cold_ms);
         let arrival = us(req.arrival_s);
         if first {
@@ -314,11 +380,11 @@ impl Sim<'_> {
         if self.remaining_ms[r as usize] < 1e-9 {
             self.remaining_ms[r as usize] = 0.0;
         }
-        self.eng.at(start + us_ms(chunk), Ev::LambdaDone { inst, req: r });
+        self.eng.at(start + us_ms(chunk), Ev::LambdaDone { inst, req: r, cold_ms });
     }
 
     fn enqueue_container(&mut self, now: Micros, r: u32, pod: Option<usize>) {
-        let kind = self.reqs[r as usize].kind;
+        let kind = self.req(r).kind;
         let Some(p) = self.pools.iter().position(|p| p.group_of(kind).is_some()) else {
             return self.finish_req(now, r, Served::RejectedGpu);
         };
@@ -352,8 +418,7 @@ impl Sim<'_> {
     }
 
     fn start_on_pod(&mut self, now: Micros, p: usize, pod: usize, g: usize, r: u32) {
-        let reqs = self.reqs;
-        let req = &reqs[r as usize];
+        let req = self.req(r);
         let factor = match self.cfg.slowdown {
             Some((at_s, f)) if now >= us(at_s) => f,
             _ => 1.0,
@@ -366,7 +431,7 @@ impl Sim<'_> {
     }
 
     fn slot_done(&mut self, now: Micros, p: usize, pod: usize, g: usize, r: u32, run_ms: f64) {
-        let kind = self.reqs[r as usize].kind;
+        let kind = self.req(r).kind;
         let start = now.saturating_sub(us_ms(run_ms));
         let after_horizon = if now > self.horizon && self.in_window(r) { secs(now - start.max(self.horizon)) } else { 0.0 };
         {
@@ -423,10 +488,14 @@ impl Sim<'_> {
     }
 
     fn publish(&mut self, p: usize, pod: usize, now: Micros) {
-        if self.strategy != Strategy::Hybrid {
+        if !self.strategy.is_hybrid() {
             return;
         }
         let Some(rep) = self.pools[p].report(pod, now) else { return };
+        if let Some(router) = self.router.as_mut() {
+            router.report(rep, now / 1000);
+            return;
+        }
         match self.view_at.get(&rep.worker_id) {
             Some(&i) => self.view[i] = rep,
             None => {
@@ -441,6 +510,9 @@ impl Sim<'_> {
         pd.state = PodState::Gone;
         pd.gone = Some(now);
         // Tombstone: the router forgets the worker.
+        if let Some(router) = self.router.as_mut() {
+            router.worker_gone(&pd.id);
+        }
         if let Some(i) = self.view_at.remove(&pd.id) {
             self.view.remove(i);
             for v in self.view_at.values_mut() {
@@ -452,13 +524,26 @@ impl Sim<'_> {
     }
 
     fn finish_req(&mut self, now: Micros, r: u32, served: Served) {
+        let done_ms = (now - us(self.req(r).arrival_s).min(now)) as f64 / 1000.0;
         let o = &mut self.out[r as usize];
         if o.served != Served::Pending {
             return;
         }
         o.served = served;
-        o.done_ms = (now - us(self.reqs[r as usize].arrival_s).min(now)) as f64 / 1000.0;
+        o.done_ms = done_ms;
         self.open -= 1;
+        let tier = match served {
+            Served::Serverless => Tier::Serverless,
+            Served::Container => Tier::Container,
+            _ => return,
+        };
+        let kind = self.req(r).kind;
+        let predicted = self.placed.get(r as usize).map_or(0.0, |p| p.1);
+        if let Some(router) = self.router.as_mut() {
+            // The closed loop: every finished request's latency where it ran (a dual copy's
+            // too, with no prediction: it feeds the p95, not the duration ratio).
+            router.finished(tier, kind, done_ms, predicted);
+        }
     }
 
     fn finish(mut self) -> RunResult {
@@ -476,10 +561,15 @@ impl Sim<'_> {
         self.bill.provisioned_usd = prices.provisioned(self.lambda.provisioned, secs(self.horizon.saturating_sub(self.warmup)));
         RunResult {
             strategy: self.strategy,
-            outcomes: self.out,
+            outcomes: { let n = self.reqs.len(); self.out.truncate(n); self.out },
+            shadows: self.shadows.len() as u64,
+            exercised: self.router.as_ref().map_or(0, |r| r.exercised),
             bill: self.bill,
             series: self.series,
-            policy: self.policy,
+            policy: match &self.router {
+                Some(r) => PolicyCalls { calls: r.calls, reasons: r.rules.clone() },
+                None => self.policy,
+            },
             cold_starts: self.lambda.cold_starts,
             throttles: self.lambda.throttles,
             events: self.eng.processed(),

@@ -1,8 +1,10 @@
-//! The three deployment strategies of the seed's §7 and the hybrid's placement, which is
-//! `kiln_router_client::place` itself, fed the capacity reports of the simulated pods. There
-//! is no copy of the policy here: what the hybrid does is what router-client does.
+//! The three deployment strategies of the seed's §7. The hybrid is placed by router-client's
+//! full policy (`Router`, see sim/policy.rs); `HybridStaticPlace` keeps the old stateless
+//! `kiln_router_client::place`, fed the same capacity reports, so the comparison stays
+//! visible. There is no copy of either policy here: what the hybrid does is what
+//! router-client does.
 //!
-//! Where the current policy lacks the seed's rules (they arrive with the routing issue):
+//! What the old `place` lacks (and why `HybridStaticPlace` behaves as it does):
 //! - no per-kind primary/fallback: `place` always prefers a warm container slot, so the
 //!   container tier is everyone's primary and serverless is only the overflow;
 //! - no overflow *fraction* (seed §5 "shifts a configurable fraction of traffic"): overflow is
@@ -23,8 +25,11 @@ pub enum Strategy {
     Serverless,
     /// Everything on pods (a pull queue per pool: a free slot takes the next job).
     Container,
-    /// Each request placed by router-client's `place`.
+    /// Each request placed by router-client's `Router` (per-kind rules, overflow fraction,
+    /// exercise, dual routing, closed loop).
     Hybrid,
+    /// Each request placed by router-client's old stateless `place`.
+    HybridStaticPlace,
 }
 
 impl Strategy {
@@ -33,7 +38,12 @@ impl Strategy {
             Strategy::Serverless => "serverless",
             Strategy::Container => "container",
             Strategy::Hybrid => "hybrid",
+            Strategy::HybridStaticPlace => "hybrid-static-place",
         }
+    }
+
+    pub fn is_hybrid(self) -> bool {
+        matches!(self, Strategy::Hybrid | Strategy::HybridStaticPlace)
     }
 }
 
