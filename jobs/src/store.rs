@@ -132,7 +132,9 @@ pub fn parse_uri(s: &str) -> Result<Url, JobError> {
 /// to `/`), so `..`, encoded separators and absolute paths are `invalid_spec`.
 pub fn join_output(prefix: &Url, name: &str) -> Result<Url, JobError> {
     let decoded = percent_decode_lossy(name);
-    let bad = bad_name(name) || bad_name(&decoded) || decoded.chars().any(char::is_control);
+    // An encoded separator (`%2F`) would become a directory level once a store decodes it.
+    let encoded_separator = decoded.matches('/').count() != name.matches('/').count();
+    let bad = bad_name(name) || bad_name(&decoded) || encoded_separator || decoded.chars().any(char::is_control);
     if bad {
         return Err(JobError::invalid_spec(format!("output name {name:?} is not a relative file name")));
     }

@@ -16,19 +16,15 @@
 //!   API is open (a local tool, the tests).
 
 use crate::config::{AuthMode, ConfigError, HttpConfig};
+pub use crate::tokens::{parse_pair, TokenError, Tokens, MIN_TOKEN_LEN};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
-
-/// Shortest token accepted.
-pub const MIN_TOKEN_LEN: usize = 16;
 
 tokio::task_local! {
     static TENANT: String;
@@ -43,74 +39,7 @@ pub fn current_tenant() -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant(pub String);
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TokenError {
-    #[error("{0:?} is not tenant:token")]
-    Shape(String),
-    #[error("tenant {0:?}: use letters, digits, '.', '_' or '-'")]
-    Tenant(String),
-    #[error("the token of tenant {0:?} is shorter than {MIN_TOKEN_LEN} characters or holds whitespace")]
-    Weak(String),
-}
-
-/// One `tenant:token` pair.
-#[derive(Clone)]
-struct Entry {
-    tenant: String,
-    digest: [u8; 32],
-}
-
-impl std::fmt::Debug for Entry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Entry({}:…)", self.tenant)
-    }
-}
-
-/// The configured tokens (never printed).
-#[derive(Debug, Clone, Default)]
-pub struct Tokens {
-    entries: Vec<Entry>,
-}
-
-fn digest(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
-/// Parses one `tenant:token`.
-pub fn parse_pair(s: &str) -> Result<(String, String), TokenError> {
-    let s = s.trim();
-    let (tenant, token) = s.split_once(':').ok_or_else(|| TokenError::Shape(redact(s)))?;
-    if tenant.is_empty() || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(TokenError::Tenant(tenant.to_owned()));
-    }
-    if token.chars().count() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c == ',') {
-        return Err(TokenError::Weak(tenant.to_owned()));
-    }
-    Ok((tenant.to_owned(), token.to_owned()))
-}
-
-/// A config value shown in an error without the secret in it.
-fn redact(s: &str) -> String {
-    match s.split_once(':') {
-        Some((t, _)) => format!("{t}:…"),
-        None if s.len() > 4 => format!("{}…", &s[..s.char_indices().nth(4).map_or(s.len(), |(i, _)| i)]),
-        None => "…".into(),
-    }
-}
-
 impl Tokens {
-    /// From `tenant:token` items and the lines of a tokens file (blank lines and `#` comments
-    /// skipped).
-    pub fn parse(items: &[String], file_text: Option<&str>) -> Result<Tokens, TokenError> {
-        let lines = file_text.into_iter().flat_map(str::lines).map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
-        let mut entries = Vec::new();
-        for item in items.iter().map(String::as_str).chain(lines) {
-            let (tenant, token) = parse_pair(item)?;
-            entries.push(Entry { tenant, digest: digest(token.as_bytes()) });
-        }
-        Ok(Tokens { entries })
-    }
-
     /// From `http.tokens` and `http.tokens_file`.
     pub fn from_config(http: &HttpConfig) -> Result<Tokens, ConfigError> {
         let text = match &http.tokens_file {
@@ -123,29 +52,8 @@ impl Tokens {
         let key = if text.is_some() { "http.tokens / http.tokens_file" } else { "http.tokens" };
         Tokens::parse(&http.tokens, text.as_deref()).map_err(|e| ConfigError::Invalid { key, message: e.to_string() })
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The tenant of `presented`, comparing with every token in constant time.
-    pub fn check(&self, presented: &str) -> Option<&str> {
-        let d = digest(presented.as_bytes());
-        let mut found: Option<&str> = None;
-        for e in &self.entries {
-            if bool::from(e.digest.ct_eq(&d)) && found.is_none() {
-                found = Some(e.tenant.as_str());
-            }
-        }
-        found
-    }
 }
 
-/// Checks the `[http]` security keys (config validation).
-pub fn validate(http: &HttpConfig) -> Result<(), ConfigError> {
-    Tokens::parse(&http.tokens, None).map_err(|e| ConfigError::Invalid { key: "http.tokens", message: e.to_string() })?;
-    Ok(())
-}
 
 /// Refuses to serve `addr` without authentication unless it is a loopback address or
 /// `http.auth = "none"`.

@@ -340,9 +340,6 @@ pub struct RouteConfig {
     pub decision_log: Option<String>,
     /// Seed of the policy's random draws (exercise, dual, overflow); default: from the clock.
     pub seed: Option<u64>,
-    /// Lambda Invoke API endpoint for the serverless tier. Not implemented yet: while unset
-    /// (or set), a serverless decision fails over to a container worker.
-    pub lambda_endpoint: Option<String>,
     /// Longest a forwarded job may take before it is retried elsewhere.
     pub forward_timeout_ms: u64,
     /// Tries of one job (first placement included) across workers and tiers.
@@ -360,7 +357,6 @@ impl Default for RouteConfig {
             policy: None,
             decision_log: None,
             seed: None,
-            lambda_endpoint: None,
             forward_timeout_ms: 300_000,
             max_attempts: 3,
             job_map_size: 10_000,
@@ -429,7 +425,6 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("ROUTE_POLICY", "route.policy"),
     ("ROUTE_DECISION_LOG", "route.decision_log"),
     ("ROUTE_SEED", "route.seed"),
-    ("ROUTE_LAMBDA_ENDPOINT", "route.lambda_endpoint"),
     ("ROUTE_FORWARD_TIMEOUT_MS", "route.forward_timeout_ms"),
     ("ROUTE_MAX_ATTEMPTS", "route.max_attempts"),
     ("ROUTE_JOB_MAP_SIZE", "route.job_map_size"),
@@ -519,9 +514,13 @@ impl Config {
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));
         }
-        crate::store::confine::validate_allow("sources.allow", &self.sources.allow)?;
-        crate::store::confine::validate_allow("outputs.allow", &self.outputs.allow)?;
-        crate::auth::validate(&self.http)?;
+        for (key, items) in [("sources.allow", &self.sources.allow), ("outputs.allow", &self.outputs.allow)] {
+            for item in items {
+                crate::allow::Root::parse(item).map_err(|message| ConfigError::Invalid { key, message })?;
+            }
+        }
+        crate::tokens::Tokens::parse(&self.http.tokens, None)
+            .map_err(|e| ConfigError::Invalid { key: "http.tokens", message: e.to_string() })?;
         kiln_jobs::infer::config::validate_models(&self.models).map_err(|e| invalid("models", e.message))?;
         if self.infer.memory_factor.is_nan() || self.infer.memory_factor <= 0.0 {
             return Err(invalid("infer.memory_factor", "must be positive"));

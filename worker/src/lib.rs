@@ -12,9 +12,11 @@
 //! - [`telemetry`]: logs and metrics.
 //! - [`tracectx`]: W3C trace context: a job's span inside its caller's trace.
 //! - [`modes`]: the composition root and the modes `run`, `serve`, `lambda`, `probe`, `route`.
-//! - [`auth`]: bearer tokens on the HTTP API; tenants.
+//! - [`auth`]: bearer tokens on the HTTP API; tenants. [`tokens`] parses and checks them.
+//! - [`allow`]: allowlist entries (`sources.allow`, `outputs.allow`) parsed into roots.
 //! - [`route`]: `kiln route`, the latency-aware router (placement, forwarding, capacity in).
 
+pub mod allow;
 pub mod auth;
 pub mod capacity;
 pub mod checkpoint;
@@ -31,4 +33,5 @@ pub mod sinks;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 pub mod tracectx;

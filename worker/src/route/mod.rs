@@ -132,10 +132,10 @@ impl RouteState {
         }
     }
 
-    /// Ready once a fresh capacity report is held (or a serverless function is configured).
+    /// Ready once a fresh capacity report is held (the serverless tier is not invoked yet).
     pub fn ready(&self) -> bool {
         let now = now_ms();
-        lock(&self.view).workers(now).next().is_some() || self.cfg.lambda_endpoint.is_some()
+        lock(&self.view).workers(now).next().is_some()
     }
 
     /// Re-reads the policy file when its modification time changed; every 2 s until dropped.
