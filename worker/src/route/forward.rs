@@ -56,7 +56,7 @@ fn next_worker(st: &RouteState, kind: &str, gpu: bool, preferred: Option<&str>, 
     let inflight = lock(&st.inflight);
     let best = cands
         .into_iter()
-        .filter(|c| (!gpu || c.gpu) && !tried.iter().any(|t| *t == c.worker_id))
+        .filter(|c| (!gpu || c.gpu) && !tried.contains(&c.worker_id))
         .filter_map(|c| {
             let url = book.url(&c.worker_id)?;
             let mine = inflight.get(&c.worker_id).copied().unwrap_or(0);

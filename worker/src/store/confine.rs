@@ -450,7 +450,7 @@ mod tests {
         }
         // A root prefix is a directory, not a string prefix.
         std::fs::create_dir_all(d.path().join("media-private")).unwrap();
-        assert!(ok(&url(&d.path().join("media-private/x")).to_string()).is_err());
+        assert!(ok(url(&d.path().join("media-private/x")).as_ref()).is_err());
     }
 
     #[test]
