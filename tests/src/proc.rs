@@ -74,15 +74,22 @@ pub fn kiln() -> Command {
 /// process and its base URL (`http://127.0.0.1:PORT`), read from its first stdout line. Not yet
 /// ready: see [`wait_ready`].
 pub fn serve(cmd: &mut Command) -> (Proc, String) {
-    cmd.arg("serve").env("KILN_HTTP_ADDR", "127.0.0.1:0").stdout(Stdio::piped());
+    cmd.arg("serve").env("KILN_HTTP_ADDR", "127.0.0.1:0");
+    spawn_listening(cmd, "kiln listening on ")
+}
+
+/// Spawns `cmd` with stdout piped and returns the process and the base URL its first stdout
+/// line announces after `banner` (`kiln serve` and `kiln route` both start that way).
+pub fn spawn_listening(cmd: &mut Command, banner: &str) -> (Proc, String) {
+    cmd.stdout(Stdio::piped());
     let mut proc = Proc::spawn(cmd);
     let stdout = proc.child().stdout.take().expect("stdout is piped");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("reading kiln serve's first line");
+    BufReader::new(stdout).read_line(&mut line).expect("reading the first line");
     let base = line
         .trim()
-        .strip_prefix("kiln listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line of kiln serve: {line:?}"))
+        .strip_prefix(banner)
+        .unwrap_or_else(|| panic!("first line {line:?} does not start with {banner:?}"))
         .to_owned();
     (proc, base)
 }

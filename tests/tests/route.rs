@@ -7,12 +7,10 @@
 //! serverless (which fails over to a container), a worker killed mid-run whose job
 //! finishes on the other with one stored result, and the router's metrics.
 
-use kiln_tests::proc::{kiln, serve, wait_ready, Proc};
+use kiln_tests::proc::{kiln, serve, spawn_listening, wait_ready, Proc};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn start_router(dir: &Path, policy: &Path) -> (Proc, String) {
@@ -25,18 +23,8 @@ fn start_router(dir: &Path, policy: &Path) -> (Proc, String) {
         .env("KILN_ROUTE_FORWARD_TIMEOUT_MS", "30000")
         .env("KILN_LOG", "warn")
         .env_remove("KILN_CONFIG")
-        .current_dir(dir)
-        .stdout(Stdio::piped());
-    let mut proc = Proc::spawn(&mut cmd);
-    let stdout = proc.child().stdout.take().expect("stdout is piped");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("reading kiln route's first line");
-    let base = line
-        .trim()
-        .strip_prefix("kiln route listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line of kiln route: {line:?}"))
-        .to_owned();
-    (proc, base)
+        .current_dir(dir);
+    spawn_listening(&mut cmd, "kiln route listening on ")
 }
 
 fn start_worker(id: &str, store: &str, router: &str, dir: &Path) -> (Proc, String) {

@@ -7,6 +7,7 @@
 //! - [`jobtable`]: live jobs and their event logs.
 //! - [`store`]: object store backends.
 //! - [`sources`]: where jobs come from: HTTP, file/stdin, Kafka, Lambda.
+//! - [`signals`]: SIGTERM/SIGINT, the start of a graceful drain (`serve`, `route`).
 //! - [`sinks`]: where results and events go, one per transport, with one result → status mapping.
 //! - [`capacity`]: the capacity report and its publisher.
 //! - [`telemetry`]: logs and metrics.
@@ -29,6 +30,7 @@ pub mod pool;
 pub mod route;
 pub mod runtime;
 pub mod scheduler;
+pub mod signals;
 pub mod sinks;
 pub mod sources;
 pub mod store;

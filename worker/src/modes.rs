@@ -163,7 +163,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     info!("ready");
 
-    shutdown_signal().await;
+    crate::signals::shutdown_signal().await;
     info!(grace_ms = grace.as_millis() as u64, inflight = rt.inflight(), "draining");
     stop_kafka.cancel();
     let cancelled = rt.drain(grace).await;
@@ -190,27 +190,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
 
 /// `kiln route`: the latency-aware router (worker/src/route) until SIGTERM or SIGINT.
 pub async fn route(cfg: Config) -> anyhow::Result<()> {

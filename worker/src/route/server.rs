@@ -81,7 +81,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let stop = stop.clone();
         async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
-    shutdown_signal().await;
+    crate::signals::shutdown_signal().await;
     info!("stopping");
     watcher.abort();
     stop.cancel();
@@ -92,19 +92,4 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Ok(Ok(Ok(()))) => {}
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
