@@ -1,10 +1,13 @@
-//! What a running job gets from the worker: the store, the event stream, the cancel signal
-//! and the limits. Jobs run on blocking threads; store calls go through [`JobContext::block_on`].
+//! What a running job gets from the worker: the store, the event stream, the cancel signal,
+//! the limits and its resources. Jobs run on blocking threads; store calls go through
+//! [`JobContext::wait`], which gives the job's CPU slot back while a call is slow (see
+//! [`crate::resources`]), and any other wait for another thread through [`JobContext::idle`].
 
 use crate::checkpoint::{Checkpointer, UnitRecord};
 use crate::convert::{ReadingInput, WritingOutput};
 use crate::envelope::{Event, OutputInfo};
 use crate::error::{ErrorCode, JobError};
+use crate::resources::{GpuGrant, Resources, Unmetered};
 use crate::store::{join_output, parse_uri, ObjectStore};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -12,6 +15,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -127,7 +131,14 @@ pub struct JobContext {
     cancel: CancelSignal,
     rt: tokio::runtime::Handle,
     checkpoint: Option<Arc<dyn Checkpointer>>,
+    resources: Arc<dyn Resources>,
 }
+
+/// How long a store call may take before the job gives its CPU slot back for the rest of
+/// it. A local disk answers within this (releasing and taking the slot again would cost more
+/// than it frees, and a job that never pauses keeps memory at one decode per slot); an
+/// object store over the network, or a download, does not.
+pub const WAIT_GRACE: Duration = Duration::from_millis(5);
 
 impl JobContext {
     #[allow(clippy::too_many_arguments)]
@@ -141,7 +152,24 @@ impl JobContext {
         cancel: CancelSignal,
         rt: tokio::runtime::Handle,
     ) -> Self {
-        JobContext { job_id, output_prefix, limits, accel, store, events, cancel, rt, checkpoint: None }
+        JobContext {
+            job_id,
+            output_prefix,
+            limits,
+            accel,
+            store,
+            events,
+            cancel,
+            rt,
+            checkpoint: None,
+            resources: Arc::new(Unmetered),
+        }
+    }
+
+    /// Attaches the job's resources (the worker's scheduler does this for every job it runs).
+    pub fn with_resources(mut self, resources: Arc<dyn Resources>) -> Self {
+        self.resources = resources;
+        self
     }
 
     /// Attaches the job's checkpoint (the worker does this for checkpointed jobs).
@@ -160,9 +188,90 @@ impl JobContext {
         &self.rt
     }
 
-    /// Runs a future to completion from the job's blocking thread.
+    /// Runs a future to completion from the job's blocking thread, keeping the CPU slot:
+    /// for short waits. Prefer [`JobContext::wait`] for I/O.
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
+    }
+
+    /// Waits for `f` (store I/O, a download) from the job's thread. If it is not done within
+    /// [`WAIT_GRACE`] the job gives its CPU slot back until it is, then queues for a slot
+    /// again. Ends early with `cancelled` / `deadline_exceeded` when the job is stopped.
+    pub fn wait<F: Future>(&self, f: F) -> Result<F::Output, JobError> {
+        let token = self.cancel.token().clone();
+        let out = self.rt.block_on(async {
+            tokio::pin!(f);
+            tokio::select! {
+                biased;
+                out = &mut f => return Ok(out),
+                _ = token.cancelled() => return Err(()),
+                _ = tokio::time::sleep(WAIT_GRACE) => {}
+            }
+            self.resources.release_cpu();
+            tokio::select! {
+                biased;
+                out = &mut f => Ok(out),
+                _ = token.cancelled() => Err(()),
+            }
+        });
+        self.reacquire_cpu()?;
+        out.map_err(|()| self.stopped())
+    }
+
+    /// Runs `f`, a blocking wait for work done elsewhere (an infer batch on the model's
+    /// threads), without the job's CPU slot; takes a slot again before returning. `f` should
+    /// itself poll [`JobContext::check`] so a stopped job ends its wait.
+    pub fn idle<T>(&self, f: impl FnOnce() -> T) -> Result<T, JobError> {
+        self.resources.release_cpu();
+        let out = f();
+        self.reacquire_cpu()?;
+        Ok(out)
+    }
+
+    /// A GPU slot and `mem_bytes` of GPU memory on one device, waited for without the CPU
+    /// slot; dropping the grant frees both. Fails `unsupported` where no GPU is scheduled.
+    pub fn gpu(&self, mem_bytes: u64) -> Result<Box<dyn GpuGrant>, JobError> {
+        self.gpu_on(None, mem_bytes)
+    }
+
+    /// Like [`JobContext::gpu`], on `device` when given (work bound to one device: a model's
+    /// session).
+    pub fn gpu_on(&self, device: Option<u32>, mem_bytes: u64) -> Result<Box<dyn GpuGrant>, JobError> {
+        let token = self.cancel.token().clone();
+        let mut wait = self.resources.acquire_gpu(device, mem_bytes);
+        // A grant that is free now comes without giving the CPU slot back.
+        let now = self.rt.block_on(async { tokio::time::timeout(Duration::ZERO, &mut wait).await.ok() });
+        if let Some(granted) = now {
+            return granted;
+        }
+        self.resources.release_cpu();
+        let granted = self.rt.block_on(async {
+            tokio::select! {
+                g = &mut wait => Some(g),
+                _ = token.cancelled() => None,
+            }
+        });
+        drop(wait);
+        self.reacquire_cpu()?;
+        granted.unwrap_or_else(|| Err(self.stopped()))
+    }
+
+    /// Takes a CPU slot again, unless the job is stopped first.
+    fn reacquire_cpu(&self) -> Result<(), JobError> {
+        let token = self.cancel.token().clone();
+        let wait = self.resources.reacquire_cpu();
+        self.rt.block_on(async {
+            tokio::select! {
+                biased;
+                _ = wait => Ok(()),
+                _ = token.cancelled() => Err(()),
+            }
+        })
+        .map_err(|()| self.stopped())
+    }
+
+    fn stopped(&self) -> JobError {
+        self.cancel.error().unwrap_or_else(JobError::cancelled)
     }
 
     /// Fails with `cancelled` or `deadline_exceeded` once the job should stop. Jobs call it
@@ -182,7 +291,7 @@ impl JobContext {
     pub fn read_input(&self, uri: &str) -> Result<Bytes, JobError> {
         let url = parse_uri(uri)?;
         let limit = self.limits.max_input_bytes;
-        Ok(self.block_on(self.store.get(&url, limit)).map_err(ReadingInput)?)
+        Ok(self.wait(self.store.get(&url, limit))?.map_err(ReadingInput)?)
     }
 
     /// Stores one output under the job's output prefix, then announces it as an `output`
@@ -211,7 +320,7 @@ impl JobContext {
         self.check()?;
         let uri = join_output(&self.output_prefix, name)?;
         let bytes = data.len() as u64;
-        self.block_on(self.store.put(&uri, data, content_type)).map_err(WritingOutput)?;
+        self.wait(self.store.put(&uri, data, content_type))?.map_err(WritingOutput)?;
         Ok(output_info(name, &uri, content_type, bytes, dims))
     }
 
@@ -227,7 +336,7 @@ impl JobContext {
         self.check()?;
         let uri = join_output(&self.output_prefix, name)?;
         let bytes = std::fs::metadata(path).map_err(|e| JobError::internal(format!("output file {}: {e}", path.display())))?.len();
-        self.block_on(self.store.put_file(&uri, path, content_type)).map_err(WritingOutput)?;
+        self.wait(self.store.put_file(&uri, path, content_type))?.map_err(WritingOutput)?;
         Ok(output_info(name, &uri, content_type, bytes, dims))
     }
 
@@ -248,7 +357,7 @@ impl JobContext {
     pub fn complete_unit(&self, key: &str, outputs: &[OutputInfo], data: serde_json::Value) -> Result<(), JobError> {
         self.check()?;
         let seq = match &self.checkpoint {
-            Some(c) => Some(self.block_on(c.record(key, UnitRecord { outputs: outputs.to_vec(), data }))?),
+            Some(c) => Some(self.wait(c.record(key, UnitRecord { outputs: outputs.to_vec(), data }))??),
             None => None,
         };
         for o in outputs {

@@ -40,6 +40,10 @@ pub trait JobKind: Send + Sync + 'static {
 
     /// Appends the kind's own metrics, in Prometheus' text format, to `out` (/metrics).
     fn render_metrics(&self, _out: &mut String) {}
+
+    /// The worker's GPU ledger, given once at start (before warm-up), for GPU memory the kind
+    /// holds outside any one job (warm models). Kinds without such memory ignore it.
+    fn attach_gpus(&self, _ledger: Arc<dyn crate::resources::GpuLedger>) {}
 }
 
 /// What a validated job asks of the worker that would run it, so that a tier can refuse what

@@ -9,6 +9,7 @@
 //! - [`store`]: the [`ObjectStore`] trait jobs read sources from and write outputs to.
 //! - [`checkpoint`]: [`Checkpointer`] and [`UnitRecord`]: resumable units of long jobs.
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
+//! - [`resources`]: [`Resources`]: the CPU slot a job gives back while it waits, GPU grants.
 //! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds (filled by the binary).
 //! - [`layout`]: the store keys of a job (`jobs/{id}/result.json`, `state.json`, `outputs/{id}/`).
 //! - [`convert`]: every mapping of a kernel or store error onto a [`JobError`].
@@ -27,6 +28,7 @@ pub mod infer;
 pub mod kind;
 pub mod layout;
 pub mod render;
+pub mod resources;
 pub mod spec_util;
 pub mod store;
 #[cfg(test)]
@@ -38,6 +40,7 @@ pub use checkpoint::{Checkpointer, UnitRecord};
 pub use context::{CancelSignal, EventSink, JobContext, Limits};
 pub use envelope::{Envelope, ErrorBody, Event, JobResult, JobStatus, OutputInfo, Priority, Timings, WorkerInfo};
 pub use error::{ErrorCode, JobError};
+pub use resources::{GpuGrant, GpuLedger, Resources, Unmetered};
 pub use kind::{JobKind, JobOutput, Needs, PreparedJob, Registry};
 pub use store::{ObjectMeta, ObjectStore, StoreError, Version};
 /// `auto | cpu | gpu`: the one acceleration type of specs and the worker (from kiln-kernels).

@@ -47,6 +47,9 @@ impl KindCapacity {
     }
 }
 
+/// One GPU: what NVML reads (`mem_*_mb`, `util_pct`), what the video probe proved, and what
+/// the worker's scheduler can still hand out on it (`slots*`, `mem_budget*_mb`; 0 from a
+/// worker that does not schedule GPUs, or an older one).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuCapacity {
     pub index: u32,
@@ -56,6 +59,18 @@ pub struct GpuCapacity {
     pub util_pct: u32,
     pub nvenc: bool,
     pub nvdec: bool,
+    /// Jobs that may run device work on it at once.
+    #[serde(default)]
+    pub slots: u32,
+    /// Of those, free now.
+    #[serde(default)]
+    pub slots_free: u32,
+    /// GPU memory the scheduler hands out on it (warm models and in-flight buffers).
+    #[serde(default)]
+    pub mem_budget_mb: u64,
+    /// Of that budget, neither held by warm models nor by running jobs.
+    #[serde(default)]
+    pub mem_budget_free_mb: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -112,5 +127,15 @@ mod tests {
         assert_eq!(v["kinds"]["thumbnail"]["slots"], 8);
         assert!(r.is_fresh(6000) && !r.is_fresh(6001));
         assert_eq!(r.kinds["thumbnail"].free(), 5);
+    }
+
+    #[test]
+    fn gpu_scheduling_fields_default_for_older_reports() {
+        let old = r#"{"index":0,"name":"H200","mem_total_mb":143000,"mem_free_mb":140000,"util_pct":3,"nvenc":true,"nvdec":true}"#;
+        let g: GpuCapacity = serde_json::from_str(old).unwrap();
+        assert_eq!((g.slots, g.slots_free, g.mem_budget_mb, g.mem_budget_free_mb), (0, 0, 0, 0));
+        let g = GpuCapacity { slots: 2, slots_free: 1, mem_budget_mb: 1000, mem_budget_free_mb: 600, ..g };
+        let v = serde_json::to_value(&g).unwrap();
+        assert_eq!((v["slots_free"].as_u64(), v["mem_budget_free_mb"].as_u64()), (Some(1), Some(600)));
     }
 }

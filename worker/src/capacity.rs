@@ -2,6 +2,7 @@
 //! and on every state change.
 
 use crate::runtime::Runtime;
+use crate::scheduler::gpu::DeviceSnapshot;
 use kiln_router_client::{CapacityReport, GpuCapacity, HttpPublisher, KindCapacity, Tier, WarmSet, WorkerState};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,22 +45,36 @@ impl Reporter {
                 util_pct: g.util_pct,
                 nvenc: video.map(|v| v.nvenc_h264 || v.nvenc_hevc).unwrap_or(g.nvenc),
                 nvdec: video.map(|v| v.nvdec).unwrap_or(g.nvdec),
+                ..GpuCapacity::default()
             })
             .collect();
         *self.gpus.lock().unwrap_or_else(|p| p.into_inner()) = gpus;
     }
 
+    /// The report. Per kind, `slots` are the CPU slots a job of the kind may compute on
+    /// (its cap, at most `scheduler.cpu_slots`) and `busy` the jobs of the kind computing now:
+    /// a job waiting for its batch or the store is not busy, so `free()` is the room a new
+    /// job finds. Per GPU, the scheduler's free slots and memory beside NVML's readings.
     pub fn report(&self, rt: &Runtime) -> CapacityReport {
         let snap = rt.scheduler().snapshot();
         let mut kinds = BTreeMap::new();
         for name in rt.kinds().names() {
-            let (running, queued, cap) = snap.by_kind.get(name).copied().unwrap_or((0, 0, rt.scheduler().cap(name)));
+            let (_, queued, cap) = snap.by_kind.get(name).copied().unwrap_or((0, 0, rt.scheduler().cap(name)));
+            let computing = snap.cpu_by_kind.get(name).copied().unwrap_or(0);
             let (p50, p95) = rt.metrics.percentiles(name);
             kinds.insert(
                 name.to_owned(),
-                KindCapacity { slots: cap as u32, busy: running as u32, queued: queued as u32, p50_ms: p50, p95_ms: p95 },
+                KindCapacity {
+                    slots: cap.min(snap.slots) as u32,
+                    busy: computing as u32,
+                    queued: queued as u32,
+                    p50_ms: p50,
+                    p95_ms: p95,
+                },
             );
         }
+        let mut gpus = self.gpus.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        merge_gpus(&mut gpus, &snap.gpus);
         let cfg = rt.config();
         CapacityReport {
             worker_id: rt.worker().id.clone(),
@@ -70,9 +85,29 @@ impl Reporter {
             ts_ms: now_ms(),
             ttl_ms: cfg.router.interval_ms * 5 / 2,
             kinds,
-            gpus: self.gpus.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            gpus,
             warm: WarmSet { models: rt.kinds().kinds().flat_map(|k| k.warm_models()).collect(), kernels: rt.warm_kinds() },
         }
+    }
+}
+
+/// Adds the scheduler's slots and memory to NVML's devices, and lists declared devices NVML
+/// does not see.
+fn merge_gpus(gpus: &mut Vec<GpuCapacity>, scheduled: &[DeviceSnapshot]) {
+    const MIB: u64 = 1 << 20;
+    for d in scheduled {
+        let pos = match gpus.iter().position(|g| g.index == d.index) {
+            Some(p) => p,
+            None => {
+                gpus.push(GpuCapacity { index: d.index, name: "declared".into(), ..GpuCapacity::default() });
+                gpus.len() - 1
+            }
+        };
+        let g = &mut gpus[pos];
+        g.slots = d.slots as u32;
+        g.slots_free = d.slots_free() as u32;
+        g.mem_budget_mb = d.mem_budget / MIB;
+        g.mem_budget_free_mb = d.mem_free() / MIB;
     }
 }
 

@@ -131,8 +131,22 @@ pub struct AllowConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerConfig {
-    /// Jobs running at once; 0 means one per logical core.
+    /// Jobs computing at once; 0 means one per logical core. A job holds its CPU slot only
+    /// while it computes: waiting (its infer batch, the store, a lease, a GPU) it gives the
+    /// slot to another job.
     pub cpu_slots: usize,
+    /// Jobs started at once, computing or waiting: the job threads. 0 means four per CPU
+    /// slot. At least `cpu_slots`.
+    pub job_threads: usize,
+    /// GPU devices the scheduler hands out (the first N that NVML lists); unset: every
+    /// device NVML finds. More than NVML finds declares devices it cannot see (a container
+    /// without NVML); `gpu_memory_mb` is then required.
+    pub gpu_devices: Option<usize>,
+    /// Jobs running device work at once on each GPU.
+    pub gpu_slots: usize,
+    /// GPU memory the scheduler hands out per device (warm models and in-flight buffers),
+    /// in MiB; 0 means the device's total memory as NVML reports it.
+    pub gpu_memory_mb: u64,
     /// Jobs waiting for a slot; past this, submissions are refused (`overloaded`).
     pub queue_depth: usize,
     /// Per-kind caps on running jobs (kind → slots), under `cpu_slots`.
@@ -243,7 +257,16 @@ impl Default for Config {
                 auth: AuthMode::Bearer,
                 metrics_auth: false,
             },
-            scheduler: SchedulerConfig { cpu_slots: 0, queue_depth: 256, per_kind: BTreeMap::new(), retain_finished: 4096 },
+            scheduler: SchedulerConfig {
+                cpu_slots: 0,
+                job_threads: 0,
+                gpu_devices: None,
+                gpu_slots: 2,
+                gpu_memory_mb: 0,
+                queue_depth: 256,
+                per_kind: BTreeMap::new(),
+                retain_finished: 4096,
+            },
             limits: Limits::default(),
             shutdown: ShutdownConfig { grace_ms: 30_000 },
             log: LogConfig { level: "info".into(), format: LogFormat::Auto },
@@ -387,6 +410,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("OUTPUTS_ALLOW", "outputs.allow"),
     ("CPU_SLOTS", "scheduler.cpu_slots"),
     ("QUEUE_DEPTH", "scheduler.queue_depth"),
+    ("JOB_THREADS", "scheduler.job_threads"),
+    ("GPU_DEVICES", "scheduler.gpu_devices"),
+    ("GPU_SLOTS", "scheduler.gpu_slots"),
+    ("GPU_MEMORY_MB", "scheduler.gpu_memory_mb"),
     ("MAX_INPUT_BYTES", "limits.max_input_bytes"),
     ("MAX_PIXELS", "limits.max_pixels"),
     ("MAX_OUTPUTS", "limits.max_outputs"),
@@ -480,6 +507,21 @@ impl Config {
         if self.scheduler.cpu_slots > 4096 {
             return Err(invalid("scheduler.cpu_slots", "at most 4096"));
         }
+        if self.scheduler.job_threads > 4096 * 4 {
+            return Err(invalid("scheduler.job_threads", "at most 16384"));
+        }
+        if self.scheduler.job_threads != 0 && self.scheduler.job_threads < self.cpu_slots() {
+            return Err(invalid(
+                "scheduler.job_threads",
+                format!("{} is fewer than scheduler.cpu_slots ({})", self.scheduler.job_threads, self.cpu_slots()),
+            ));
+        }
+        if self.scheduler.gpu_slots == 0 || self.scheduler.gpu_slots > 1024 {
+            return Err(invalid("scheduler.gpu_slots", "must be within 1..1024"));
+        }
+        if self.scheduler.gpu_devices.is_some_and(|n| n > 64) {
+            return Err(invalid("scheduler.gpu_devices", "at most 64"));
+        }
         for (kind, n) in &self.scheduler.per_kind {
             if *n == 0 {
                 return Err(invalid("scheduler.per_kind", format!("{kind} = 0 would never run a {kind} job")));
@@ -532,6 +574,14 @@ impl Config {
     pub fn cpu_slots(&self) -> usize {
         match self.scheduler.cpu_slots {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// Job threads: the most jobs started at once (computing or waiting).
+    pub fn job_threads(&self) -> usize {
+        match self.scheduler.job_threads {
+            0 => self.cpu_slots().saturating_mul(4),
             n => n,
         }
     }
@@ -602,8 +652,13 @@ mod tests {
         assert_eq!(c.http.addr, "127.0.0.1:9000");
         assert_eq!(c.scheduler.queue_depth, 9);
         assert_eq!(c.cpu_slots(), 3);
+        assert_eq!(c.job_threads(), 12, "four job threads per CPU slot by default");
         assert!(c.store.s3.path_style);
         assert_eq!(c.scheduler.per_kind["thumbnail"], 2);
+        let c = Config::load_from(None, &vars(&[("KILN_CPU_SLOTS", "2"), ("KILN_JOB_THREADS", "1")]));
+        assert!(matches!(c, Err(ConfigError::Invalid { key: "scheduler.job_threads", .. })), "{c:?}");
+        let c = Config::load_from(None, &vars(&[("KILN_GPU_DEVICES", "2"), ("KILN_GPU_MEMORY_MB", "512")])).unwrap();
+        assert_eq!((c.scheduler.gpu_devices, c.scheduler.gpu_memory_mb, c.scheduler.gpu_slots), (Some(2), 512, 2));
         let c = Config::load_from(None, &vars(&[("KILN_LAMBDA_KINDS", "thumbnail, debug")])).unwrap();
         assert_eq!(c.lambda.kinds, ["thumbnail", "debug"]);
         let c = Config::load_from(None, &vars(&[("KILN_CONFIG", f.to_str().unwrap())])).unwrap();

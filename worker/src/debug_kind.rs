@@ -1,6 +1,7 @@
 //! The `debug` job kind, compiled only with the `debug-kind` feature (never in a release
 //! build) and registered only when `KILN_DEBUG_KINDS=1`: a job that holds its slot
-//! for a while or until a gate file appears, panics, or writes a small output. End-to-end
+//! for a while or until a gate file appears, waits without its slot (as a batch or a store
+//! call waits), holds a GPU grant, panics, or writes a small output. End-to-end
 //! tests use it to exercise the scheduler (overload, priority, deadlines, cancellation,
 //! drain, panic isolation) with exact control over when a job ends, and, with `units`, the
 //! checkpoint machinery (lease, resume, takeover) without a media job's cost.
@@ -44,6 +45,18 @@ struct Spec {
     /// Append `{job id} {unit key}` to this file for every unit this attempt computes.
     #[serde(default)]
     unit_log: Option<PathBuf>,
+    /// Before holding: wait until this file exists without the CPU slot, as an infer job waits
+    /// for its batch ([`JobContext::idle`]).
+    #[serde(default)]
+    idle_until: Option<PathBuf>,
+    /// Before holding: wait until this file exists through [`JobContext::wait`], the path
+    /// every store call takes (the CPU slot goes back once the wait outlasts its grace).
+    #[serde(default)]
+    wait_until: Option<PathBuf>,
+    /// First of all, take a GPU slot and this many MiB (waiting without the CPU slot), held
+    /// until the job ends.
+    #[serde(default)]
+    gpu_mb: Option<u64>,
     /// The acceleration the job says it needs (only fit checks read it: `gpu` is refused by
     /// the serverless tier).
     #[serde(default)]
@@ -122,6 +135,30 @@ impl PreparedJob for Spec {
         }
         if self.units > 0 {
             return self.run_units(ctx);
+        }
+        let _gpu = match self.gpu_mb {
+            Some(mb) => Some(ctx.gpu(mb << 20)?),
+            None => None,
+        };
+        if let Some(p) = &self.idle_until {
+            ctx.progress(0, 1, "idle");
+            ctx.idle(|| {
+                let start = Instant::now();
+                while !p.exists() && start.elapsed() < MAX_HOLD {
+                    ctx.check()?;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok::<_, JobError>(())
+            })??;
+        }
+        if let Some(p) = &self.wait_until {
+            ctx.progress(0, 1, "wait");
+            ctx.wait(async {
+                let start = Instant::now();
+                while !p.exists() && start.elapsed() < MAX_HOLD {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })?;
         }
         let start = Instant::now();
         let hold = Duration::from_millis(self.hold_ms);

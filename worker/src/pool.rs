@@ -1,10 +1,11 @@
-//! The job threads: exactly one OS thread per CPU slot, named `kiln-job-N`, that run jobs
-//! and nothing else.
+//! The job threads: one OS thread per job the scheduler may start (`scheduler.job_threads`),
+//! named `kiln-job-N`, that run jobs and nothing else.
 //!
 //! Jobs always run on these few threads (not on whichever tokio blocking thread is free), so
 //! the allocator's per-thread caches are reused from job to job instead of piling up freed
 //! pixel buffers in many threads' heaps: this is what keeps RSS flat under sustained load.
-//! The scheduler never grants more permits than there are threads, so a job never waits here.
+//! The scheduler never starts more jobs than there are threads (a job waiting without its CPU
+//! slot still holds its thread), so a job granted a slot never waits here.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};

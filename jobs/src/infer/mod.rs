@@ -15,8 +15,9 @@
 //!   fit the model → `invalid_spec`; `accel: "gpu"` without a usable CUDA device →
 //!   `unsupported`.
 //! - Batching (see [`batcher`]): each job preprocesses its own images on its job thread, then
-//!   hands the tensors to the model's batch threads (one per instance) and waits. Jobs of the
-//!   same model that arrive within `max_delay_ms` of each other share a batch of up to
+//!   hands the tensors to the model's batch threads (one per instance) and waits without its
+//!   CPU slot ([`JobContext::idle`]), so the scheduler starts the next jobs meanwhile. Jobs of
+//!   the same model that arrive within `max_delay_ms` of each other share a batch of up to
 //!   `max_batch` items; a batch waits only while another job has announced it is coming.
 //! - The cache (see [`cache`]) counts a model's memory as its file size × `memory_factor`.
 
@@ -39,6 +40,7 @@ use crate::context::{JobContext, Limits};
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
 use crate::kind::{JobKind, JobOutput, Needs, PreparedJob};
+use crate::resources::GpuLedger;
 use crate::store::{parse_uri, ObjectStore};
 use batcher::{BatchStats, Item, ItemOutput};
 use bytes::Bytes;
@@ -49,7 +51,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The engine behind the infer kind: registry, settings, cache, batch counters.
 pub struct Engine {
@@ -58,7 +60,12 @@ pub struct Engine {
     cuda_allowed: bool,
     cache: ModelCache<LoadedModel>,
     batch_stats: Mutex<BTreeMap<String, Arc<BatchStats>>>,
+    /// The worker's GPUs: a model loaded on CUDA holds its memory there while it stays loaded.
+    gpus: OnceLock<Arc<dyn GpuLedger>>,
 }
+
+/// The CUDA device ONNX Runtime's CUDA provider runs sessions on (its default, device 0).
+const CUDA_DEVICE: u32 = 0;
 
 /// The infer job kind.
 #[derive(Clone)]
@@ -77,7 +84,7 @@ impl Infer {
         config::validate_models(&models)?;
         let mb = 1024 * 1024;
         let cache = ModelCache::new(cfg.host_memory_mb.saturating_mul(mb), cfg.gpu_memory_mb.saturating_mul(mb));
-        let engine = Engine { models, cfg, cuda_allowed: accel != Accel::Cpu, cache, batch_stats: Mutex::new(BTreeMap::new()) };
+        let engine = Engine { models, cfg, cuda_allowed: accel != Accel::Cpu, cache, batch_stats: Mutex::new(BTreeMap::new()), gpus: OnceLock::new() };
         Ok(Infer { engine: Arc::new(engine), warm_store: None })
     }
 
@@ -132,7 +139,11 @@ impl Engine {
     ) -> Result<(Arc<LoadedModel>, Outcome), JobError> {
         self.cache.get(&m.name, m.warm, || {
             let bytes = read()?;
-            LoadedModel::load(m, &bytes, &self.cfg, want_cuda && self.cuda_allowed, self.stats_for(&m.name))
+            let (mut lm, size) = LoadedModel::load(m, &bytes, &self.cfg, want_cuda && self.cuda_allowed, self.stats_for(&m.name))?;
+            if size.gpu_bytes > 0 {
+                lm.gpu_memory = self.gpus.get().and_then(|g| g.reserve_gpu(CUDA_DEVICE, size.gpu_bytes));
+            }
+            Ok((lm, size))
         })
     }
 }
@@ -172,6 +183,10 @@ impl JobKind for Infer {
 
     fn warm_models(&self) -> Vec<String> {
         self.engine.cache.loaded()
+    }
+
+    fn attach_gpus(&self, ledger: Arc<dyn GpuLedger>) {
+        let _ = self.engine.gpus.set(ledger);
     }
 
     fn render_metrics(&self, out: &mut String) {
@@ -284,6 +299,17 @@ fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, J
         model.check_item(i, it)?;
     }
 
+    // On CUDA the job's tensors are device buffers while its batches run: a GPU slot and
+    // their memory (inputs, and as much again for outputs and activations) on the session's
+    // device, waited for without the CPU slot, held until the outputs are back.
+    let _gpu = match model.device {
+        ortenv::Device::Cuda => {
+            let bytes: u64 = items.iter().map(|it| it.data.len() as u64 * 4).sum();
+            Some(ctx.gpu_on(Some(CUDA_DEVICE), bytes.saturating_mul(2))?)
+        }
+        ortenv::Device::Cpu => None,
+    };
+
     // Chunks of one shape, at most max_batch each, through the model's batcher.
     let mut outputs: Vec<Vec<ItemOutput>> = Vec::with_capacity(items.len());
     let mut batches = Vec::new();
@@ -293,7 +319,10 @@ fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, J
         while chunk.len() < model.batcher.max_batch && rest.peek().is_some_and(|n| n.shape == chunk[0].shape) {
             chunk.extend(rest.next());
         }
-        let (outs, n) = model.batcher.infer(chunk, arrival.take(), || ctx.check())?;
+        // The batch runs on the model's threads: the job's CPU slot goes to another job
+        // (which may decode the next request of this batch) until the outputs are back.
+        let arriving = arrival.take();
+        let (outs, n) = ctx.idle(|| model.batcher.infer(chunk, arriving, || ctx.check()))??;
         batches.push(n);
         outputs.extend(outs);
         ctx.progress(outputs.len() as u64, total, "infer");

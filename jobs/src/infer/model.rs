@@ -4,7 +4,7 @@
 
 use super::batcher::{BatchOutput, BatchStats, Batcher, Item, RunBatch};
 use super::cache::Footprint;
-use super::config::{InferConfig, ModelConfig};
+use super::config::{cpu_sessions, InferConfig, ModelConfig};
 use super::ortenv::{self, Device};
 use super::postprocess::parse_names;
 use crate::error::JobError;
@@ -21,6 +21,8 @@ pub struct LoadedModel {
     pub device: Device,
     pub batcher: Batcher,
     pub load_ms: f64,
+    /// The GPU memory this model holds in the worker's scheduler while loaded (CUDA).
+    pub gpu_memory: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl LoadedModel {
@@ -34,7 +36,16 @@ impl LoadedModel {
     ) -> Result<(LoadedModel, Footprint), JobError> {
         let started = Instant::now();
         let env = ortenv::environment(engine.ort_dylib.as_deref())?;
-        let (session, device) = ortenv::session(env, &m.name, bytes, want_cuda, engine.intra_threads)?;
+        // Sessions and threads: from the cores on CPU unless configured (see `cpu_sessions`);
+        // one session with ONNX Runtime's threads on CUDA unless configured.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (cpu_instances, cpu_threads) = cpu_sessions(cores, m.instances, engine.intra_threads);
+        let first_threads = if want_cuda { engine.intra_threads } else { cpu_threads };
+        let (session, device) = ortenv::session(env, &m.name, bytes, want_cuda, first_threads)?;
+        let (instances, intra) = match device {
+            Device::Cpu => (cpu_instances, cpu_threads),
+            Device::Cuda => (m.instances.unwrap_or(1).max(1), engine.intra_threads),
+        };
         let inputs = session.inputs();
         if inputs.len() != 1 {
             return Err(JobError::unsupported(format!("model {:?} has {} inputs; kiln feeds models with one", m.name, inputs.len())));
@@ -61,21 +72,21 @@ impl LoadedModel {
         let input_name = input.name().to_owned();
         let item_dims = dims[1..].to_vec();
         let mut runners = vec![OrtRunner { session, input: input_name.clone(), model: m.name.clone() }];
-        for _ in 1..m.instances.max(1) {
-            let (session, _) = ortenv::session(env, &m.name, bytes, device == Device::Cuda, engine.intra_threads)?;
+        for _ in 1..instances {
+            let (session, _) = ortenv::session(env, &m.name, bytes, device == Device::Cuda, intra)?;
             runners.push(OrtRunner { session, input: input_name.clone(), model: m.name.clone() });
         }
         // A fixed batch dimension above 1 only takes full batches: pad to it as well.
         let pad = dims[0] > 1 || m.pad_batches.unwrap_or(device == Device::Cuda);
         let batcher = Batcher::start(&m.name, runners, max_batch, Duration::from_millis(m.max_delay_ms), pad, stats)?;
-        let estimate = (bytes.len() as f64 * engine.memory_factor) as u64 * m.instances.max(1) as u64;
+        let estimate = (bytes.len() as f64 * engine.memory_factor) as u64 * instances as u64;
         let footprint = match device {
             Device::Cpu => Footprint { host_bytes: estimate, gpu_bytes: 0 },
             Device::Cuda => Footprint { host_bytes: bytes.len() as u64, gpu_bytes: estimate },
         };
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(model = %m.name, device = device.name(), load_ms, max_batch, instances = m.instances, pad, "model loaded");
-        Ok((LoadedModel { name: m.name.clone(), input_name, item_dims, labels, device, batcher, load_ms }, footprint))
+        tracing::info!(model = %m.name, device = device.name(), load_ms, max_batch, instances, intra_threads = intra, pad, "model loaded");
+        Ok((LoadedModel { name: m.name.clone(), input_name, item_dims, labels, device, batcher, load_ms, gpu_memory: None }, footprint))
     }
 
     /// Checks an item against the model's input: same rank, same fixed dimensions.

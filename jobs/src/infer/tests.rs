@@ -24,9 +24,9 @@ fn config_defaults_and_validation() {
     let mut bad = m.clone();
     bad.max_batch = 0;
     assert!(bad.validate().unwrap_err().contains("max_batch"));
-    assert_eq!(m.instances, 1);
+    assert_eq!(m.instances, None, "chosen from the cores unless configured");
     let mut bad = m.clone();
-    bad.instances = 0;
+    bad.instances = Some(0);
     assert!(bad.validate().unwrap_err().contains("instances"));
     let mut bad = m.clone();
     bad.uri = "http://x/m.onnx".into();
@@ -37,6 +37,22 @@ fn config_defaults_and_validation() {
     let dup = super::config::validate_models(&[m.clone(), m]).unwrap_err();
     assert!(dup.message.contains("twice"));
     assert!(serde_json::from_value::<ModelConfig>(json!({"name": "m", "uri": "file:///m", "colour": 1})).is_err());
+}
+
+#[test]
+fn cpu_sessions_follow_the_cores_unless_configured() {
+    use super::config::cpu_sessions;
+    // The measured bests: 2 cores → two single-threaded sessions; 16 → four of four.
+    assert_eq!(cpu_sessions(2, None, 0), (2, 1));
+    assert_eq!(cpu_sessions(16, None, 0), (4, 4));
+    assert_eq!(cpu_sessions(1, None, 0), (1, 1));
+    assert_eq!(cpu_sessions(8, None, 0), (3, 2));
+    assert_eq!(cpu_sessions(64, None, 0), (4, 16));
+    // Configured values win; the other one is derived.
+    assert_eq!(cpu_sessions(2, Some(1), 0), (1, 2));
+    assert_eq!(cpu_sessions(16, Some(2), 0), (2, 8));
+    assert_eq!(cpu_sessions(2, None, 3), (2, 3));
+    assert_eq!(cpu_sessions(4, Some(4), 2), (4, 2));
 }
 
 #[test]

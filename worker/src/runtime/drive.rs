@@ -1,18 +1,21 @@
 //! One admitted job from its queue slot to its stored result, in four steps:
-//! [`Runtime::acquire`] (wait for a CPU slot under the deadline and cancel signal, and take a
-//! checkpointed job's lease), [`Runtime::execute`] (run it on the job pool inside
-//! `catch_unwind`), [`Runtime::settle`] (end the lease: resume facts on success, release on
-//! failure) and [`Runtime::complete`] (build, store and announce the result).
+//! [`Runtime::acquire`] (wait for a job thread and a CPU slot under the deadline and cancel
+//! signal, and take a checkpointed job's lease without the CPU slot), [`Runtime::execute`]
+//! (run it on the job pool inside `catch_unwind`, with its [`JobResources`] so it gives the
+//! CPU slot back around its waits), [`Runtime::settle`] (end the lease: resume facts on
+//! success, release on failure) and [`Runtime::complete`] (build, store and announce the
+//! result).
 
 use super::{until, Admitted, Runtime};
 use crate::checkpoint::{Acquired, Lease};
 use crate::jobtable::JobEntry;
 use crate::runtime::lease::{renew_lease, Holder};
-use crate::scheduler::{Permit, Ticket};
+use crate::scheduler::{JobResources, Permit, Ticket};
 use crate::store::patient::PatientStore;
 use bytes::Bytes;
 use kiln_jobs::{
-    ErrorCode, EventSink, JobContext, JobError, JobOutput, JobResult, JobStatus, ObjectStore, PreparedJob, Timings,
+    ErrorCode, EventSink, JobContext, JobError, JobOutput, JobResult, JobStatus, ObjectStore, PreparedJob, Resources,
+    Timings,
 };
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use url::Url;
 
 /// How waiting for a slot ended.
 enum Acquire {
-    /// A CPU slot, and the lease of a checkpointed job.
+    /// A job thread and a CPU slot, and the lease of a checkpointed job.
     Granted(Permit, Option<Arc<Lease>>),
     /// The job ends here without running: deadline, cancel, overload or a checkpoint error.
     Stopped(JobError),
@@ -79,8 +82,17 @@ impl Runtime {
                 Err(err) => return Acquire::Stopped(err),
             };
             let Some(hash) = &job.spec_hash else { return Acquire::Granted(permit, None) };
+            // Taking the lease is store I/O: the CPU slot goes to another job meanwhile.
+            let resources = permit.resources(self.scheduler.gpus());
+            resources.release_cpu();
             match self.take_lease(entry, hash).await {
-                Ok(Acquired::Mine(lease)) => return Acquire::Granted(permit, Some(lease)),
+                Ok(Acquired::Mine(lease)) => {
+                    if let Err(err) = cpu_again(&resources, job.deadline, cancel).await {
+                        lease.release().await;
+                        return Acquire::Stopped(err);
+                    }
+                    return Acquire::Granted(permit, Some(lease));
+                }
                 Ok(Acquired::Held { owner, expires_ms }) => {
                     drop(permit);
                     info!(job_id = %entry.id, %owner, lease_expires_ms = expires_ms, "job is running on another worker; waiting for its result");
@@ -108,9 +120,10 @@ impl Runtime {
         }
     }
 
-    /// Runs the job on the job pool under its deadline and cancel signal. A job stopped early
-    /// keeps its slot until it reaches its next `ctx.check()`, so the CPU is never
-    /// over-committed.
+    /// Runs the job on the job pool under its deadline and cancel signal, with its
+    /// [`JobResources`] in the context. A job stopped early keeps its thread (and its CPU slot
+    /// if it holds one) until it reaches its next `ctx.check()` or leaves its wait, so the CPU
+    /// is never over-committed and no granted slot waits for a thread.
     async fn execute(
         &self,
         entry: &Arc<JobEntry>,
@@ -137,7 +150,8 @@ impl Runtime {
             entry.clone() as Arc<dyn EventSink>,
             cancel.clone(),
             tokio::runtime::Handle::current(),
-        );
+        )
+        .with_resources(permit.resources(self.scheduler.gpus()));
         let ctx = match lease {
             Some(l) => ctx.with_checkpoint(l.clone()),
             None => ctx,
@@ -247,6 +261,15 @@ impl Runtime {
         let uri = self.result_uri(&result.id)?;
         let body = serde_json::to_vec(result).map_err(|e| JobError::internal(e.to_string()))?;
         self.store.put(&uri, Bytes::from(body), "application/json").await.map_err(|e| e.into_output_error())
+    }
+}
+
+/// Takes the CPU slot back after a wait in `acquire`, under the deadline and cancel signal.
+async fn cpu_again(resources: &JobResources, deadline: Option<Instant>, cancel: &kiln_jobs::CancelSignal) -> Result<(), JobError> {
+    tokio::select! {
+        _ = resources.reacquire() => Ok(()),
+        _ = until(deadline) => { cancel.expire(); Err(JobError::deadline()) }
+        _ = cancel.token().cancelled() => Err(cancel.error().unwrap_or_else(JobError::cancelled)),
     }
 }
 

@@ -11,7 +11,7 @@ mod lease;
 use crate::checkpoint;
 use crate::config::{Accel, Config};
 use crate::jobtable::{JobEntry, JobTable};
-use crate::scheduler::{Rejected, Scheduler};
+use crate::scheduler::{gpu, Rejected, Scheduler, Sizes};
 use crate::telemetry::Metrics;
 use crate::tracectx::TraceContext;
 use kiln_jobs::envelope::validate_id;
@@ -95,13 +95,25 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(cfg: Config, store: Arc<dyn ObjectStore>, kinds: Registry) -> Arc<Self> {
-        let scheduler =
-            Scheduler::new(cfg.cpu_slots(), cfg.scheduler.queue_depth, cfg.scheduler.per_kind.clone().into_iter().collect());
+        let gpus = gpu::configured(&cfg.scheduler, &kiln_kernels::probe::gpus());
+        let scheduler = Scheduler::with_sizes(Sizes {
+            cpu_slots: cfg.cpu_slots(),
+            job_threads: cfg.job_threads(),
+            queue_depth: cfg.scheduler.queue_depth,
+            per_kind: cfg.scheduler.per_kind.clone().into_iter().collect(),
+            gpus,
+        });
         let accel = if cfg.accel == Accel::Gpu { Accel::Gpu } else { Accel::Cpu };
         let worker = WorkerInfo { id: cfg.worker_id(), tier: cfg.worker.tier.clone(), accel: accel.to_string() };
         let store_url = cfg.store_url();
         let retain = cfg.scheduler.retain_finished;
-        let pool = crate::pool::JobPool::new(scheduler.slots()).expect("starting the job threads");
+        let ledger: Arc<dyn kiln_jobs::GpuLedger> = Arc::new(gpu::Ledger(scheduler.gpus().clone()));
+        for kind in kinds.kinds() {
+            kind.attach_gpus(ledger.clone());
+        }
+        // One thread per job the scheduler may start: a job granted a CPU slot never waits
+        // for a thread.
+        let pool = crate::pool::JobPool::new(scheduler.threads()).expect("starting the job threads");
         Arc::new(Runtime {
             cfg: Arc::new(cfg),
             store,
