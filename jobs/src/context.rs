@@ -1,6 +1,7 @@
 //! What a running job gets from the worker: the store, the event stream, the cancel signal,
 //! the limits and its resources. Jobs run on blocking threads; store calls go through
-//! [`JobContext::wait`], which gives the job's CPU slot back while a call is slow (see
+//! [`JobContext::wait`] (reads: [`JobContext::wait_or_stop`]), which give the job's CPU slot
+//! back while a call is slow (see
 //! [`crate::resources`]), and any other wait for another thread through [`JobContext::idle`].
 
 use crate::checkpoint::{Checkpointer, UnitRecord};
@@ -194,28 +195,51 @@ impl JobContext {
         self.rt.block_on(f)
     }
 
-    /// Waits for `f` (store I/O, a download) from the job's thread. If it is not done within
+    /// Waits for `f` (store I/O) from the job's thread. If it is not done within
     /// [`WAIT_GRACE`] the job gives its CPU slot back until it is, then queues for a slot
-    /// again. Ends early with `cancelled` / `deadline_exceeded` when the job is stopped.
+    /// again. `f` runs to its end even if the job is stopped meanwhile (a write is never cut
+    /// in half); the stop is reported after it, by the slot's wait or the next `check`.
     pub fn wait<F: Future>(&self, f: F) -> Result<F::Output, JobError> {
+        // Without `abandon` the output is always there; `stopped` only names the impossible.
+        self.wait_inner(f, false)?.ok_or_else(|| self.stopped())
+    }
+
+    /// Like [`JobContext::wait`], but a stopped job abandons `f` at once (`cancelled` /
+    /// `deadline_exceeded`): for reads, which leave nothing behind.
+    pub fn wait_or_stop<F: Future>(&self, f: F) -> Result<F::Output, JobError> {
+        match self.wait_inner(f, true)? {
+            Some(out) => Ok(out),
+            None => Err(self.stopped()),
+        }
+    }
+
+    fn wait_inner<F: Future>(&self, f: F, abandon: bool) -> Result<Option<F::Output>, JobError> {
         let token = self.cancel.token().clone();
+        let stop = async {
+            if abandon {
+                token.cancelled().await
+            } else {
+                std::future::pending().await
+            }
+        };
         let out = self.rt.block_on(async {
             tokio::pin!(f);
+            tokio::pin!(stop);
             tokio::select! {
                 biased;
-                out = &mut f => return Ok(out),
-                _ = token.cancelled() => return Err(()),
+                out = &mut f => return Some(out),
+                _ = &mut stop => return None,
                 _ = tokio::time::sleep(WAIT_GRACE) => {}
             }
             self.resources.release_cpu();
             tokio::select! {
                 biased;
-                out = &mut f => Ok(out),
-                _ = token.cancelled() => Err(()),
+                out = &mut f => Some(out),
+                _ = &mut stop => None,
             }
         });
         self.reacquire_cpu()?;
-        out.map_err(|()| self.stopped())
+        Ok(out)
     }
 
     /// Runs `f`, a blocking wait for work done elsewhere (an infer batch on the model's
@@ -291,7 +315,7 @@ impl JobContext {
     pub fn read_input(&self, uri: &str) -> Result<Bytes, JobError> {
         let url = parse_uri(uri)?;
         let limit = self.limits.max_input_bytes;
-        Ok(self.wait(self.store.get(&url, limit))?.map_err(ReadingInput)?)
+        Ok(self.wait_or_stop(self.store.get(&url, limit))?.map_err(ReadingInput)?)
     }
 
     /// Stores one output under the job's output prefix, then announces it as an `output`

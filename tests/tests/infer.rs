@@ -268,6 +268,43 @@ fn photos() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Issue 15: with the default configuration (the model as the README registers it, nothing
+/// about the scheduler or sessions) concurrent jobs share batches. The machine is pinned to
+/// one CPU slot: under the old one-slot-per-job model only one job could be in flight, so no
+/// batch could ever hold two jobs' images; now a job waiting for its batch gives its slot to
+/// the next job, which decodes meanwhile.
+#[test]
+fn the_default_config_batches_concurrent_jobs_without_raising_cpu_slots() {
+    let model = nudenet_model();
+    let rest = "task = \"detect\"\ninput_size = [320, 320]\nletterbox = true\npad_align = \"top_left\"\nmax_batch = 16\nmax_delay_ms = 5\nwarm = true";
+    let extra = model_toml("detector", &format!("file://{}", model.display()), rest);
+    let (_d, cfg) = config(&extra, &ort_lib());
+    let photos = photos();
+    assert!(photos.len() >= 3, "photos missing under data/mate-backgrounds (scripts/fetch-photos.sh)");
+    let jobs: Vec<Value> = (0..24)
+        .map(|i| {
+            let img = format!("file://{}", photos[i % photos.len()].display());
+            json!({"id": format!("b{i}"), "kind": "infer", "input": {"model": "detector", "images": [img]}})
+        })
+        .collect();
+    let rs = run(&cfg, 1, &jobs);
+    let sizes: Vec<u64> = rs.iter().map(|r| ok(r)["infer"]["batches"][0].as_u64().unwrap()).collect();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(largest >= 2, "24 concurrent jobs on one CPU slot never shared a batch: {sizes:?}");
+    assert!(sizes.iter().all(|n| (1..=16).contains(n)), "{sizes:?}");
+    // Every detection is still the job's own: each result has its image's size.
+    for (i, r) in rs.iter().enumerate() {
+        let want = image_size(&photos[i % photos.len()]);
+        assert_eq!((r["inference"][0]["width"].as_u64(), r["inference"][0]["height"].as_u64()), want, "job {i}");
+    }
+}
+
+/// A JPEG's width and height, from its header (kiln's result reports the source's size).
+fn image_size(p: &Path) -> (Option<u64>, Option<u64>) {
+    let img = kiln_tests::decode_rgb8(p);
+    (Some(img.width as u64), Some(img.height as u64))
+}
+
 #[test]
 fn nudenet_detections_match_python_onnxruntime() {
     let model = nudenet_model();

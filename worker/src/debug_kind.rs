@@ -49,8 +49,8 @@ struct Spec {
     /// for its batch ([`JobContext::idle`]).
     #[serde(default)]
     idle_until: Option<PathBuf>,
-    /// Before holding: wait until this file exists through [`JobContext::wait`], the path
-    /// every store call takes (the CPU slot goes back once the wait outlasts its grace).
+    /// Before holding: wait until this file exists through [`JobContext::wait_or_stop`], the
+    /// path store reads take (the CPU slot goes back once the wait outlasts its grace).
     #[serde(default)]
     wait_until: Option<PathBuf>,
     /// First of all, take a GPU slot and this many MiB (waiting without the CPU slot), held
@@ -153,7 +153,7 @@ impl PreparedJob for Spec {
         }
         if let Some(p) = &self.wait_until {
             ctx.progress(0, 1, "wait");
-            ctx.wait(async {
+            ctx.wait_or_stop(async {
                 let start = Instant::now();
                 while !p.exists() && start.elapsed() < MAX_HOLD {
                     tokio::time::sleep(Duration::from_millis(2)).await;

@@ -305,7 +305,7 @@ pub fn configured(cfg: &crate::config::SchedulerConfig, probe: &kiln_kernels::pr
         .map(|g| Device {
             index: g.index,
             slots: cfg.gpu_slots,
-            mem_bytes: if cfg.gpu_memory_mb > 0 { cfg.gpu_memory_mb } else { g.mem_total_mb }.saturating_mul(mib),
+            mem_bytes: (if cfg.gpu_memory_mb > 0 { cfg.gpu_memory_mb } else { g.mem_total_mb }).saturating_mul(mib),
         })
         .collect();
     let mut next = probe.devices.iter().map(|g| g.index + 1).max().unwrap_or(0);

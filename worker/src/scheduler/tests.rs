@@ -331,7 +331,7 @@ async fn a_job_asks_the_scheduler_for_a_gpu_through_its_resources() {
     let mut a = s.try_enqueue("t", Priority::Interactive).unwrap();
     let pa = a.granted().await;
     let ra = pa.resources(s.gpus());
-    let g = Resources::acquire_gpu(ra.as_ref(), 16 * MIB).await.unwrap();
+    let g = Resources::acquire_gpu(ra.as_ref(), None, 16 * MIB).await.unwrap();
     assert_eq!((g.device(), g.mem_bytes()), (3, 16 * MIB));
     let snap = s.snapshot();
     assert_eq!((snap.gpus[0].busy, snap.gpus[0].mem_in_use), (1, 16 * MIB));
