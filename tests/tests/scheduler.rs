@@ -167,16 +167,16 @@ fn cancel_and_deadline_end_every_wait_and_free_everything() {
         let (code, r) = s.run(&json!({"id": "w2", "kind": "debug", "input": {wait: s.gate("never")}, "deadline_ms": 400}));
         assert_eq!((code, r["error"]["code"].as_str()), (504, Some("deadline_exceeded")), "{wait}: {r}");
         // Cancelled, then deadline, while waiting to get the slot back (h holds it).
-        for (id, deadline) in [("w3", None), ("w4", Some(600))] {
-            let h = format!("h-{id}");
-            s.submit(&json!({"id": h, "kind": "debug", "input": {"hold_until": s.gate(&h)}}));
-            wait_for("h to compute", || s.debug_capacity()["busy"] == 1);
+        for (id, deadline) in [("w3", None), ("w4", Some(1500))] {
             let mut job = json!({"id": id, "kind": "debug", "input": {wait: s.gate(id)}});
             if let Some(ms) = deadline {
                 job["deadline_ms"] = json!(ms);
             }
             s.submit(&job);
-            wait_for(&format!("{id} to run"), || s.status(id) == "running");
+            s.wait_released(id);
+            let h = format!("h-{id}");
+            s.submit(&json!({"id": h, "kind": "debug", "input": {"hold_until": s.gate(&h)}}));
+            wait_for("h to compute", || s.debug_capacity()["busy"] == 1);
             s.open(id);
             // Its wait over, it queues for the slot h holds: the deadline passes there. The
             // cancel ends it whether it is still leaving its wait or already queued (the
