@@ -257,8 +257,14 @@ fn run(job: &Resolved, engine: &Engine, ctx: &JobContext) -> Result<JobOutput, J
         return Err(JobError::unsupported("accel gpu: no NVIDIA GPU with ONNX Runtime's CUDA execution provider on this worker"));
     }
     let want_cuda = job.accel != Accel::Cpu && cuda_here;
+    // The loader reads the model file keeping its CPU slot (`block_on`, not `read_input`):
+    // jobs wanting the same model wait for this load (single-flight) holding theirs, so a
+    // loader that gave its slot back could never get one again (deadlock with one slot).
     let (model, outcome) = engine.model(m, want_cuda, || {
-        ctx.read_input(&m.uri).map_err(|e| JobError { message: format!("model {:?}: {}", m.name, e.message), ..e })
+        let url = parse_uri(&m.uri)?;
+        ctx.block_on(ctx.store().get(&url, ctx.limits.max_input_bytes))
+            .map_err(|e| e.into_input_error())
+            .map_err(|e| JobError { message: format!("model {:?}: {}", m.name, e.message), ..e })
     })?;
     span.record("cache", outcome.as_str());
     span.record("device", model.device.name());
