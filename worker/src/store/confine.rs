@@ -282,7 +282,9 @@ impl ConfinedStore {
                 Url::from_file_path(&real).map_err(|_| StoreError::Forbidden(uri.to_string()))
             }
             "s3" => self.policy.check_s3(uri, write).map(|()| uri.clone()),
-            _ => Err(StoreError::Forbidden(format!("{uri}: only file:// and s3:// URIs are allowed"))),
+            // Checked, hop by hop, by the http store itself (`store/http.rs`), in every mode.
+            "http" | "https" if !write => Ok(uri.clone()),
+            _ => Err(StoreError::Forbidden(format!("{uri}: only file://, s3:// and (to read) http(s):// URIs are allowed"))),
         }
     }
 
