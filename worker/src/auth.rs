@@ -165,7 +165,7 @@ impl Auth {
     fn is_open(&self, path: &str) -> bool {
         matches!(path, "/healthz" | "/readyz")
             || (self.metrics_open && path == "/metrics")
-            || path.starts_with(crate::sources::signed::PREFIX)
+            || path.starts_with(crate::signing::PREFIX)
     }
 }
 

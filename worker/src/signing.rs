@@ -27,6 +27,9 @@ use sha2_hmac::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Where the signed paths start.
+pub const PREFIX: &str = "/v1/thumbnail/";
+
 /// Longest signed path accepted (options + encoded source).
 pub const MAX_PATH_LEN: usize = 4096;
 

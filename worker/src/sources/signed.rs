@@ -27,8 +27,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use url::Url;
 
-/// Where the signed paths start.
-pub const PREFIX: &str = "/v1/thumbnail/";
+pub use crate::signing::PREFIX;
 
 /// The keys from `thumbnail.keys` and `thumbnail.keys_file`.
 pub fn keys_from_config(cfg: &ThumbnailConfig) -> Result<SigningKeys, ConfigError> {
