@@ -211,7 +211,7 @@ mod tests {
         let t = tenants(1, 100, 10);
         let first = t.try_admit(Some("a")).unwrap();
         let t2 = t.clone();
-        let waiter = tokio::spawn(async move { t2.admit(Some("a")).await.tenant });
+        let waiter = tokio::spawn(async move { t2.admit(Some("a")).await.tenant.clone() });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         drop(first);
