@@ -109,30 +109,36 @@ pub const TOKENS_FILE_POLL: Duration = Duration::from_secs(1);
 /// in place or a rename over it, as a Kubernetes Secret update does), so tokens rotate
 /// without a restart: a token added to the file is valid, and one removed from it refused,
 /// within `every`. A file that does not parse (or disappears) keeps the tokens in force and
-/// logs an error. Ends when the [`Auth`] is dropped.
-pub async fn watch_tokens_file(auth: Weak<Auth>, http: HttpConfig, every: Duration) {
-    let Some(path) = http.tokens_file.clone() else { return };
+/// logs an error. Ends when the [`Auth`] is dropped. The file's state is taken when this is
+/// called (not when the future first runs), so a change in between is not missed.
+pub fn watch_tokens_file(auth: Weak<Auth>, http: HttpConfig, every: Duration) -> impl std::future::Future<Output = ()> {
     let stamp = |p: &str| {
         std::fs::metadata(p).ok().map(|m| {
             use std::os::unix::fs::MetadataExt;
             (m.modified().ok(), m.len(), m.ino())
         })
     };
+    let path = http.tokens_file.clone().unwrap_or_default();
     let mut seen = stamp(&path);
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(auth) = auth.upgrade() else { return };
-        let now = stamp(&path);
-        if now == seen || now.is_none() {
-            continue;
+    async move {
+        if path.is_empty() {
+            return;
         }
-        seen = now;
-        match Tokens::from_config(&http) {
-            Ok(tokens) => {
-                tracing::info!(file = %path, "tokens file changed; tokens reloaded");
-                *auth.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(auth) = auth.upgrade() else { return };
+            let now = stamp(&path);
+            if now == seen || now.is_none() {
+                continue;
             }
-            Err(e) => tracing::error!(error = %e, "tokens file changed but does not parse; keeping the tokens in force"),
+            seen = now;
+            match Tokens::from_config(&http) {
+                Ok(tokens) => {
+                    tracing::info!(file = %path, "tokens file changed; tokens reloaded");
+                    *auth.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+                }
+                Err(e) => tracing::error!(error = %e, "tokens file changed but does not parse; keeping the tokens in force"),
+            }
         }
     }
 }

@@ -412,7 +412,10 @@ mod tests {
         assert_eq!(Root::parse("s3://b/photos").unwrap(), Root::S3 { bucket: "b".into(), prefix: "photos/".into() });
         assert_eq!(Root::parse("file:///srv/media/").unwrap(), Root::File("/srv/media".into()));
         assert_eq!(Root::parse("/srv/media/../x").unwrap(), Root::File("/srv/x".into()));
-        assert!(Root::parse("http://x/").is_err());
+        assert_eq!(Root::parse("https://x/media").unwrap(), Root::Http(Url::parse("https://x/media/").unwrap()));
+        for bad in ["ftp://x/", "http://u:p@x/", "http://x/a?q=1", "http://x/a#f", "http://x/a%2Fb/"] {
+            assert!(Root::parse(bad).is_err(), "{bad}");
+        }
         assert!(Root::parse("s3:///nobucket").is_err());
         assert!(Root::parse("relative/dir").is_err());
     }
