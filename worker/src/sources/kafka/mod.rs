@@ -16,6 +16,9 @@
 //! - **Revoke and SIGTERM.** A revoke waits (at most `kafka.revoke_drain_ms`) for the revoked
 //!   partitions' jobs, commits, then lets the partitions go. SIGTERM stops intake, drains the
 //!   runtime, commits, and leaves the group.
+//! - **Tenants.** With `kafka.trust_tenant_header`, a message's `kiln-tenant` header is its
+//!   job's tenant (`tenants.rs`: on the span, the result, the per-tenant share and metrics); a
+//!   tenant over its share waits here like a full queue. Without it Kafka jobs are nobody's.
 
 pub mod offsets;
 mod props;
