@@ -110,7 +110,8 @@ pub fn parse_uri(s: &str) -> Result<Url, JobError> {
     }
     match Url::parse(s) {
         Ok(u) if u.scheme().len() > 1 => match u.scheme() {
-            "file" | "s3" => Ok(u),
+            // http(s): remote sources, read-only; the worker's store decides what may be fetched.
+            "file" | "s3" | "http" | "https" => Ok(u),
             other => Err(JobError::new(ErrorCode::Unsupported, format!("URI scheme {other:?} is not supported ({s})"))),
         },
         // No scheme (or a one-letter "scheme" such as a Windows drive): a path.
@@ -123,6 +124,16 @@ pub fn parse_uri(s: &str) -> Result<Url, JobError> {
             };
             Url::from_file_path(&abs).map_err(|_| JobError::invalid_spec(format!("not a usable path: {s}")))
         }
+    }
+}
+
+/// An output prefix: as [`parse_uri`], but only where outputs can be written (`file://`,
+/// `s3://`, or a path).
+pub fn parse_output_uri(s: &str) -> Result<Url, JobError> {
+    let u = parse_uri(s)?;
+    match u.scheme() {
+        "http" | "https" => Err(JobError::new(ErrorCode::Unsupported, format!("outputs cannot be written over {}:// ({s})", u.scheme()))),
+        _ => Ok(u),
     }
 }
 
@@ -194,7 +205,9 @@ mod tests {
         assert_eq!(parse_uri("/tmp/x y.png").unwrap().to_file_path().unwrap(), Path::new("/tmp/x y.png"));
         let rel = parse_uri("examples/a.jpg").unwrap();
         assert!(rel.path().ends_with("/examples/a.jpg"));
-        assert_eq!(parse_uri("http://x/y").unwrap_err().code, ErrorCode::Unsupported);
+        assert_eq!(parse_uri("ftp://x/y").unwrap_err().code, ErrorCode::Unsupported);
+        assert_eq!(parse_uri("https://x/y").unwrap().scheme(), "https");
+        assert_eq!(parse_output_uri("http://x/y/").unwrap_err().code, ErrorCode::Unsupported);
         assert_eq!(parse_uri("").unwrap_err().code, ErrorCode::InvalidSpec);
     }
 

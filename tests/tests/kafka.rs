@@ -354,3 +354,82 @@ async fn traceparent_travels_from_job_to_result() {
     assert_ne!(parts[2], "00f067aa0ba902b7", "the job's own span is the parent: {out}");
     assert_eq!(parts[3], "01", "{out}");
 }
+
+/// The hostile matrix over Kafka: sources and outputs outside the allowlists are `forbidden`
+/// results (published, not dead-lettered: the job is well-formed), traversing output names are
+/// poison (`invalid_spec`, DLQ), nothing is read or written outside the roots; and a trusted
+/// `kiln-tenant` header puts the tenant on the result.
+#[tokio::test(flavor = "multi_thread")]
+async fn forbidden_sources_and_outputs_over_kafka_touch_nothing() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let broker = Broker::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, media, out) = (dir.path().join("store"), dir.path().join("media"), dir.path().join("out"));
+    for d in [&store, &media, &out] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let png = {
+        let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+        let mut c = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut c, image::ImageFormat::Png).unwrap();
+        c.into_inner()
+    };
+    std::fs::write(media.join("ok.png"), &png).unwrap();
+    std::fs::write(dir.path().join("secret.png"), &png).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.png"), media.join("link-out")).unwrap();
+    let allow_src = format!("file://{}/", media.display());
+    let allow_out = format!("file://{}/", out.display());
+    let (_w, _) = worker(
+        &broker,
+        &store,
+        &[("KILN_SOURCES_ALLOW", &allow_src), ("KILN_OUTPUTS_ALLOW", &allow_out), ("KILN_KAFKA_TRUST_TENANT_HEADER", "true")],
+    );
+    let thumb = |id: &str, source: String, name: &str, output: Option<String>| {
+        let mut j = json!({"id": id, "kind": "thumbnail", "input": {"source": source,
+            "outputs": [{"name": name, "width": 2, "height": 2, "format": "png"}]}});
+        if let Some(o) = output {
+            j["output"] = json!(o);
+        }
+        j.to_string().into_bytes()
+    };
+    let m = media.display().to_string();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("ok", thumb("ok", format!("{m}/ok.png"), "a.png", Some(format!("{allow_out}ok/"))), "succeeded"),
+        ("etc", thumb("etc", "/etc/passwd".into(), "x.png", None), "forbidden"),
+        ("outside", thumb("outside", dir.path().join("secret.png").display().to_string(), "x.png", None), "forbidden"),
+        ("dots", thumb("dots", format!("file://{m}/%2e%2e/secret.png"), "x.png", None), "forbidden"),
+        ("link", thumb("link", format!("{m}/link-out"), "x.png", None), "forbidden"),
+        ("zero", thumb("zero", "/dev/zero".into(), "x.png", None), "forbidden"),
+        ("bucket", thumb("bucket", "s3://other-bucket/x.png".into(), "x.png", None), "forbidden"),
+        ("out-prefix", thumb("out-prefix", format!("{m}/ok.png"), "x.png", Some(format!("file://{}/elsewhere/", dir.path().display()))), "forbidden"),
+        ("out-jobs", thumb("out-jobs", format!("{m}/ok.png"), "x.png", Some(format!("file://{}/jobs/victim/", store.display()))), "forbidden"),
+        ("out-name", thumb("out-name", format!("{m}/ok.png"), "..%2F..%2Fx.png", None), "invalid_spec"),
+    ];
+    let p = broker.producer();
+    for (id, value, _) in &cases {
+        let headers = OwnedHeaders::new().insert(Header { key: "kiln-tenant", value: Some("acme") });
+        p.send(FutureRecord::to("kiln.jobs").key(*id).payload(value).headers(headers), Duration::from_secs(10)).await.unwrap();
+    }
+    let results = broker.reader("kiln.results");
+    let n = cases.len();
+    let got = tokio::task::spawn_blocking(move || collect(&results, |g| results_by_id(g).len() >= n)).await.unwrap();
+    let by_id = results_by_id(&got);
+    for (id, _, want) in &cases {
+        let r = &by_id[*id];
+        let code = r["error"]["code"].as_str().unwrap_or(r["status"].as_str().unwrap());
+        assert_eq!(code, *want, "{id}: {r}");
+        assert_eq!(r["tenant"], "acme", "{id}: {r}");
+    }
+    assert!(out.join("ok/a.png").is_file());
+    // Nothing named x.png anywhere under the test's directory, and no victim records.
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            assert_ne!(e.file_name(), "x.png", "{} was written", e.path().display());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(!store.join("jobs/victim").exists());
+}

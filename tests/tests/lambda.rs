@@ -205,3 +205,42 @@ fn without_lambda_variables_the_same_binary_serves_http() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("AWS_LAMBDA_RUNTIME_API"));
 }
+
+/// The hostile matrix over Lambda: the function is confined like `kiln serve` (sources only
+/// from `sources.allow`, outputs only under the store and `outputs.allow`); a forbidden source
+/// or output is a `forbidden` result, nothing is written there, and the instance keeps serving.
+#[test]
+fn forbidden_sources_and_outputs_over_lambda_touch_nothing() {
+    let f = Function::start(&[]);
+    let outside = f.dir.path().join("secret.jpg");
+    std::fs::copy(photo(), &outside).unwrap();
+    let data = root().join("data");
+    let job = |id: &str, source: String, output: Option<String>| {
+        let mut j = json!({"id": id, "kind": "thumbnail", "input": {"source": source,
+            "outputs": [{"name": "x.jpg", "width": 8, "height": 8, "format": "jpeg"}]}});
+        if let Some(o) = output {
+            j["output"] = json!(o);
+        }
+        j
+    };
+    let cases = [
+        job("l-etc", "/etc/passwd".into(), None),
+        job("l-outside", outside.display().to_string(), None),
+        job("l-dots", format!("file://{}/%2e%2e/Cargo.toml", data.display()), None),
+        job("l-zero", "/dev/zero".into(), None),
+        job("l-bucket", "s3://other-bucket/x.jpg".into(), None),
+        job("l-http", "http://169.254.169.254/latest/meta-data/".into(), None),
+        job("l-out", photo().display().to_string(), Some(format!("file://{}/elsewhere/", f.dir.path().display()))),
+        job("l-jobs", photo().display().to_string(), Some(format!("file://{}/store/jobs/victim/", f.dir.path().display()))),
+    ];
+    for c in &cases {
+        let r = f.invoke(c);
+        assert_eq!(r["error"]["code"], "forbidden", "{}: {r}", c["id"]);
+    }
+    assert!(!f.dir.path().join("elsewhere").exists());
+    assert!(!f.dir.path().join("store/jobs/victim").exists());
+    assert!(!f.dir.path().join("store/outputs").exists(), "no job wrote an output");
+    // The instance keeps serving allowed work.
+    let ok = f.invoke(&thumb_job("l-ok"));
+    assert_eq!(ok["status"], "succeeded", "{ok}");
+}

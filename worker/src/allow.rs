@@ -13,6 +13,9 @@ pub enum Root {
     File(PathBuf),
     /// A bucket and a key prefix (empty, or ending with `/`).
     S3 { bucket: String, prefix: String },
+    /// An `http(s)://host[:port]/path/` prefix (path ending with `/`; no user info, query
+    /// or fragment): remote sources (`store/http.rs`), reads only.
+    Http(Url),
 }
 
 impl Root {
@@ -39,7 +42,21 @@ impl Root {
                 }
                 Ok(Root::S3 { bucket, prefix })
             }
-            other => Err(format!("{s:?}: scheme {other:?} is not supported here (file:// or s3://)")),
+            "http" | "https" => {
+                if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() || u.host().is_none() {
+                    return Err(format!("{s:?}: an http(s) prefix is scheme://host[:port]/path/ without user info, query or fragment"));
+                }
+                let mut u = u;
+                if !u.path().ends_with('/') {
+                    let p = format!("{}/", u.path());
+                    u.set_path(&p);
+                }
+                if bad_http_path(&u) {
+                    return Err(format!("{s:?}: the path may not hold encoded separators or dot segments"));
+                }
+                Ok(Root::Http(u))
+            }
+            other => Err(format!("{s:?}: scheme {other:?} is not supported here (file://, s3://, http(s)://)")),
         }
     }
 }
@@ -54,6 +71,27 @@ pub fn s3_parts(u: &Url) -> Option<(String, String)> {
     let raw = u.path().strip_prefix('/').unwrap_or(u.path());
     let key = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?.into_owned();
     Some((bucket, key))
+}
+
+/// Whether a URL's path holds a segment that decodes to `.`, `..`, or holds a `/`, `\\` or NUL
+/// (which a server might read as a separator).
+pub fn bad_http_path(u: &Url) -> bool {
+    u.path().split('/').any(|seg| {
+        let d = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+        d == "." || d == ".." || d.contains(['/', '\\', '\0'])
+    })
+}
+
+/// Whether `url` lies under the `http(s)` prefix `root`: same scheme, host and port, no user
+/// info, a clean path under the root's.
+pub fn http_under(root: &Url, url: &Url) -> bool {
+    root.scheme() == url.scheme()
+        && root.host() == url.host()
+        && root.port_or_known_default() == url.port_or_known_default()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path().starts_with(root.path())
+        && !bad_http_path(url)
 }
 
 pub fn bad_key(key: &str) -> bool {

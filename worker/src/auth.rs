@@ -11,6 +11,8 @@
 //!   tells how close a guess was.
 //! - The token's tenant travels with the request: a task-local the runtime reads
 //!   ([`current_tenant`]) to put it on the job's span, and a [`Tenant`] request extension.
+//! - `http.tokens_file` is re-read when it changes ([`watch_tokens_file`]), so a rotation
+//!   needs no restart.
 //! - Secure by default: [`check_exposure`] refuses to serve a non-loopback address without
 //!   tokens unless `http.auth = "none"` says so on purpose. On loopback without tokens the
 //!   API is open (a local tool, the tests).
@@ -24,7 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
 tokio::task_local! {
     static TENANT: String;
@@ -33,6 +36,12 @@ tokio::task_local! {
 /// The tenant whose token authenticated the request being handled, if any.
 pub fn current_tenant() -> Option<String> {
     TENANT.try_with(Clone::clone).ok()
+}
+
+/// Runs `fut` on behalf of `tenant` (what the middleware does for a bearer token; the signed
+/// thumbnail handler does it for the key that verified).
+pub async fn with_tenant<F: std::future::Future>(tenant: String, fut: F) -> F::Output {
+    TENANT.scope(tenant, fut).await
 }
 
 /// The authenticated tenant, as a request extension.
@@ -77,13 +86,59 @@ pub fn check_exposure(http: &HttpConfig, tokens: &Tokens) -> Result<(), ConfigEr
 }
 
 /// The middleware's state for a config: fails closed (every request refused) when the
-/// tokens cannot be read, which `kiln serve` has already refused to start with.
+/// tokens cannot be read, which `kiln serve` has already refused to start with. With
+/// `http.tokens_file`, the file is watched ([`watch_tokens_file`]) inside a tokio runtime.
 pub fn for_config(http: &HttpConfig) -> Arc<Auth> {
-    match Tokens::from_config(http) {
+    let auth = match Tokens::from_config(http) {
         Ok(tokens) => Auth::new(http, tokens),
         Err(e) => {
             tracing::error!(error = %e, "tokens unreadable; refusing every authenticated request");
-            Arc::new(Auth { tokens: Tokens::default(), required: true, metrics_open: !http.metrics_auth })
+            Arc::new(Auth { tokens: RwLock::new(Arc::new(Tokens::default())), required: true, metrics_open: !http.metrics_auth })
+        }
+    };
+    if http.tokens_file.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(watch_tokens_file(Arc::downgrade(&auth), http.clone(), TOKENS_FILE_POLL));
+    }
+    auth
+}
+
+/// How often `http.tokens_file` is checked for a change.
+pub const TOKENS_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Re-reads `http.tokens_file` when its modification time, size or inode changes (a rewrite
+/// in place or a rename over it, as a Kubernetes Secret update does), so tokens rotate
+/// without a restart: a token added to the file is valid, and one removed from it refused,
+/// within `every`. A file that does not parse (or disappears) keeps the tokens in force and
+/// logs an error. Ends when the [`Auth`] is dropped. The file's state is taken when this is
+/// called (not when the future first runs), so a change in between is not missed.
+pub fn watch_tokens_file(auth: Weak<Auth>, http: HttpConfig, every: Duration) -> impl std::future::Future<Output = ()> {
+    let stamp = |p: &str| {
+        std::fs::metadata(p).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.modified().ok(), m.len(), m.ino())
+        })
+    };
+    let path = http.tokens_file.clone().unwrap_or_default();
+    let mut seen = stamp(&path);
+    async move {
+        if path.is_empty() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(auth) = auth.upgrade() else { return };
+            let now = stamp(&path);
+            if now == seen || now.is_none() {
+                continue;
+            }
+            seen = now;
+            match Tokens::from_config(&http) {
+                Ok(tokens) => {
+                    tracing::info!(file = %path, "tokens file changed; tokens reloaded");
+                    *auth.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+                }
+                Err(e) => tracing::error!(error = %e, "tokens file changed but does not parse; keeping the tokens in force"),
+            }
         }
     }
 }
@@ -91,21 +146,32 @@ pub fn for_config(http: &HttpConfig) -> Arc<Auth> {
 /// What the middleware needs.
 #[derive(Debug)]
 pub struct Auth {
-    tokens: Tokens,
-    /// Whether requests need a token at all (tokens configured and `http.auth = "bearer"`).
+    /// Replaced whole when the tokens file changes.
+    tokens: RwLock<Arc<Tokens>>,
+    /// Whether requests need a token at all (`http.auth = "bearer"` with tokens or a tokens
+    /// file configured). Fixed at start: a tokens file emptied later refuses everyone rather
+    /// than opening the API.
     required: bool,
     metrics_open: bool,
 }
 
 impl Auth {
     pub fn new(http: &HttpConfig, tokens: Tokens) -> Arc<Auth> {
-        let required = http.auth == AuthMode::Bearer && !tokens.is_empty();
-        Arc::new(Auth { tokens, required, metrics_open: !http.metrics_auth })
+        let required = http.auth == AuthMode::Bearer && (!tokens.is_empty() || http.tokens_file.is_some());
+        Arc::new(Auth { tokens: RwLock::new(Arc::new(tokens)), required, metrics_open: !http.metrics_auth })
     }
 
-    /// Paths served without a token.
+    /// The tenant of `token` under the tokens in force now.
+    pub fn check(&self, token: &str) -> Option<String> {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone();
+        tokens.check(token).map(str::to_owned)
+    }
+
+    /// Paths served without a token (signed thumbnail URLs carry their own credential).
     fn is_open(&self, path: &str) -> bool {
-        matches!(path, "/healthz" | "/readyz") || (self.metrics_open && path == "/metrics")
+        matches!(path, "/healthz" | "/readyz")
+            || (self.metrics_open && path == "/metrics")
+            || path.starts_with(crate::signing::PREFIX)
     }
 }
 
@@ -132,7 +198,7 @@ pub async fn require(State(auth): State<Arc<Auth>>, mut req: Request, next: Next
     let Some(token) = presented else {
         return unauthorized("a bearer token is required (Authorization: Bearer <token>)", false);
     };
-    let Some(tenant) = auth.tokens.check(&token).map(str::to_owned) else {
+    let Some(tenant) = auth.check(&token) else {
         return unauthorized("the bearer token is not valid", true);
     };
     req.extensions_mut().insert(Tenant(tenant.clone()));
@@ -173,6 +239,47 @@ mod tests {
         assert_eq!(t.check("aaaaaaaaaaaaaaa"), None);
         assert_eq!(t.check(""), None);
         assert!(Tokens::default().check("anything").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_changed_tokens_file_is_reloaded_and_a_broken_one_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("tokens");
+        std::fs::write(&f, "acme:aaaaaaaaaaaaaaaa\n").unwrap();
+        let mut http = crate::config::Config::default().http;
+        http.tokens_file = Some(f.display().to_string());
+        let auth = Auth::new(&http, Tokens::from_config(&http).unwrap());
+        tokio::spawn(watch_tokens_file(Arc::downgrade(&auth), http, Duration::from_millis(20)));
+        assert_eq!(auth.check("aaaaaaaaaaaaaaaa").as_deref(), Some("acme"));
+        let until = |want: Option<&'static str>, token: &'static str| {
+            let auth = auth.clone();
+            async move {
+                let started = std::time::Instant::now();
+                while auth.check(token).as_deref() != want {
+                    assert!(started.elapsed() < Duration::from_secs(10), "{token}: never {want:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        // Rotated by a rename over the file (as a Kubernetes Secret update does).
+        let tmp = d.path().join("tokens.new");
+        std::fs::write(&tmp, "beta:bbbbbbbbbbbbbbbbbbbb\n").unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
+        until(Some("beta"), "bbbbbbbbbbbbbbbbbbbb").await;
+        assert_eq!(auth.check("aaaaaaaaaaaaaaaa"), None);
+        // A broken file keeps the tokens in force.
+        std::fs::write(&f, "not a token line\n").unwrap();
+        std::fs::write(&tmp, "beta:cccccccccccccccccccc\n").unwrap();
+        // Five polls over the broken file change nothing (the check cannot wait for an event
+        // that must not happen), then a good file counts.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(auth.check("bbbbbbbbbbbbbbbbbbbb").as_deref(), Some("beta"));
+        std::fs::rename(&tmp, &f).unwrap();
+        until(Some("beta"), "cccccccccccccccccccc").await;
+        // Emptied: everyone is refused, the API does not open.
+        std::fs::write(&f, "# nobody\n").unwrap();
+        until(None, "cccccccccccccccccccc").await;
+        assert!(auth.required);
     }
 
     #[test]

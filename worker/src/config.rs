@@ -61,8 +61,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub checkpoint: CheckpointConfig,
     pub lambda: LambdaConfig,
-    /// Where jobs may read from besides the store (serve, lambda, Kafka; see `store/confine.rs`).
-    pub sources: AllowConfig,
+    /// Where jobs may read from besides the store (serve, lambda, Kafka; see `store/confine.rs`),
+    /// and the `http(s)://` prefixes remote sources may come from (every mode, `store/http.rs`).
+    pub sources: SourcesConfig,
     /// Where jobs may write besides the store.
     pub outputs: AllowConfig,
     /// The infer engine: ONNX Runtime library, cache budgets.
@@ -71,6 +72,50 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// `kiln route`, the router (and the URL a worker advertises to it).
     pub route: RouteConfig,
+    /// Signed thumbnail URLs (`GET /v1/thumbnail/…`, see `signing.rs`).
+    pub thumbnail: ThumbnailConfig,
+    /// Per-tenant shares of the worker (`tenants.rs`).
+    pub tenants: TenantsConfig,
+}
+
+/// `[tenants]`: what one tenant may hold of this worker (jobs queued or running).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// Jobs in flight per tenant; 0: only the share caps them.
+    pub max_jobs: usize,
+    /// Percent of the worker's capacity (CPU slots + queue depth) one tenant may hold.
+    pub max_share_pct: u32,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        TenantsConfig { max_jobs: 0, max_share_pct: 50 }
+    }
+}
+
+impl TenantsConfig {
+    pub fn limits(&self) -> crate::tenants::Limits {
+        crate::tenants::Limits { max_jobs: self.max_jobs, max_share_pct: self.max_share_pct }
+    }
+}
+
+/// `[thumbnail]`: the signed thumbnail URLs of the CDN path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThumbnailConfig {
+    /// Signing keys, `tenant:secret` each; the endpoint is off without any.
+    pub keys: Vec<String>,
+    /// A file of `tenant:secret` lines, read at start (added to `keys`).
+    pub keys_file: Option<String>,
+    /// `Cache-Control: public, max-age=…` of a served thumbnail, in seconds.
+    pub max_age_s: u64,
+}
+
+impl Default for ThumbnailConfig {
+    fn default() -> Self {
+        ThumbnailConfig { keys: Vec::new(), keys_file: None, max_age_s: 86_400 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +164,24 @@ pub struct HttpConfig {
 pub enum AuthMode {
     Bearer,
     None,
+}
+
+/// `[sources]`: the read allowlist, and the limits of remote (`http(s)://`) sources.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// URI prefixes (`s3://bucket/prefix/`, `file:///dir/`, `https://host/path/`).
+    pub allow: Vec<String>,
+    /// Longest an `http(s)://` fetch may take, connect to last byte, redirects included.
+    pub http_timeout_ms: u64,
+    /// Redirects an `http(s)://` fetch follows (each checked against the allowlist).
+    pub http_max_redirects: usize,
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        SourcesConfig { allow: Vec::new(), http_timeout_ms: 30_000, http_max_redirects: 5 }
+    }
 }
 
 /// An allowlist of URI prefixes (`s3://bucket/prefix/`, `file:///dir/` or an absolute path).
@@ -197,6 +260,9 @@ pub struct KafkaConfig {
     /// librdkafka properties passed through to the consumer and producer (`[kafka.properties]`:
     /// `security.protocol`, `sasl.*`, `ssl.*`, …); kiln's own settings win on a clash.
     pub properties: BTreeMap<String, String>,
+    /// Whether a message's `kiln-tenant` header names its job's tenant (only when every
+    /// producer on the topic is trusted to set it; otherwise Kafka jobs are nobody's).
+    pub trust_tenant_header: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -281,6 +347,7 @@ impl Default for Config {
                 revoke_drain_ms: 5_000,
                 prefetch_kbytes: 1024,
                 properties: BTreeMap::new(),
+                trust_tenant_header: false,
             },
             checkpoint: CheckpointConfig { lease_ms: 30_000, store_wait_ms: 60_000 },
             lambda: LambdaConfig {
@@ -291,11 +358,13 @@ impl Default for Config {
                 scratch_dir: String::new(),
                 min_scratch_bytes: 16 * 1024 * 1024,
             },
-            sources: AllowConfig::default(),
+            sources: SourcesConfig::default(),
             outputs: AllowConfig::default(),
             infer: InferConfig::default(),
             models: Vec::new(),
             route: RouteConfig::default(),
+            thumbnail: ThumbnailConfig::default(),
+            tenants: TenantsConfig::default(),
         }
     }
 }
@@ -408,6 +477,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HTTP_METRICS_AUTH", "http.metrics_auth"),
     ("SOURCES_ALLOW", "sources.allow"),
     ("OUTPUTS_ALLOW", "outputs.allow"),
+    ("SOURCES_HTTP_TIMEOUT_MS", "sources.http_timeout_ms"),
+    ("SOURCES_HTTP_MAX_REDIRECTS", "sources.http_max_redirects"),
     ("CPU_SLOTS", "scheduler.cpu_slots"),
     ("QUEUE_DEPTH", "scheduler.queue_depth"),
     ("JOB_THREADS", "scheduler.job_threads"),
@@ -456,6 +527,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("ROUTE_MAX_ATTEMPTS", "route.max_attempts"),
     ("ROUTE_JOB_MAP_SIZE", "route.job_map_size"),
     ("ADVERTISE_URL", "route.advertise_url"),
+    ("THUMBNAIL_KEYS", "thumbnail.keys"),
+    ("THUMBNAIL_KEYS_FILE", "thumbnail.keys_file"),
+    ("THUMBNAIL_MAX_AGE_S", "thumbnail.max_age_s"),
+    ("TENANT_MAX_JOBS", "tenants.max_jobs"),
+    ("TENANT_MAX_SHARE_PCT", "tenants.max_share_pct"),
+    ("KAFKA_TRUST_TENANT_HEADER", "kafka.trust_tenant_header"),
 ];
 
 impl Config {
@@ -553,16 +630,24 @@ impl Config {
         if self.route.max_attempts == 0 {
             return Err(invalid("route.max_attempts", "at least 1"));
         }
+        if self.tenants.max_share_pct == 0 || self.tenants.max_share_pct > 100 {
+            return Err(invalid("tenants.max_share_pct", "1 to 100"));
+        }
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));
         }
         for (key, items) in [("sources.allow", &self.sources.allow), ("outputs.allow", &self.outputs.allow)] {
             for item in items {
-                crate::allow::Root::parse(item).map_err(|message| ConfigError::Invalid { key, message })?;
+                let root = crate::allow::Root::parse(item).map_err(|message| ConfigError::Invalid { key, message })?;
+                if key == "outputs.allow" && matches!(root, crate::allow::Root::Http(_)) {
+                    return Err(invalid(key, format!("{item:?}: outputs cannot be written over http(s)")));
+                }
             }
         }
         crate::tokens::Tokens::parse(&self.http.tokens, None)
             .map_err(|e| ConfigError::Invalid { key: "http.tokens", message: e.to_string() })?;
+        crate::signing::SigningKeys::parse(&self.thumbnail.keys, None)
+            .map_err(|e| ConfigError::Invalid { key: "thumbnail.keys", message: e.to_string() })?;
         kiln_jobs::infer::config::validate_models(&self.models).map_err(|e| invalid("models", e.message))?;
         if self.infer.memory_factor.is_nan() || self.infer.memory_factor <= 0.0 {
             return Err(invalid("infer.memory_factor", "must be positive"));
@@ -606,7 +691,7 @@ impl Config {
 }
 
 /// Keys whose variables hold comma-separated lists.
-const LIST_KEYS: &[&str] = &["lambda.kinds", "http.tokens", "sources.allow", "outputs.allow"];
+const LIST_KEYS: &[&str] = &["lambda.kinds", "http.tokens", "sources.allow", "outputs.allow", "thumbnail.keys"];
 
 fn env_list(v: &str) -> figment::value::Value {
     let items: Vec<String> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();

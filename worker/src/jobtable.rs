@@ -25,6 +25,8 @@ pub struct JobEntry {
     pub id: String,
     pub kind: String,
     pub cancel: CancelSignal,
+    /// The tenant that submitted it (`tenants.rs`), set once at admission.
+    tenant: std::sync::OnceLock<String>,
     status: watch::Sender<JobStatus>,
     result: watch::Sender<Option<Arc<JobResult>>>,
     log: Mutex<EventLog>,
@@ -37,6 +39,7 @@ impl JobEntry {
             id,
             kind,
             cancel: CancelSignal::new(),
+            tenant: std::sync::OnceLock::new(),
             status: watch::Sender::new(JobStatus::Queued),
             result: watch::Sender::new(None),
             log: Mutex::new(EventLog { history: Vec::new(), live: Some(live) }),
@@ -45,6 +48,18 @@ impl JobEntry {
 
     pub fn status(&self) -> JobStatus {
         *self.status.borrow()
+    }
+
+    /// The tenant that submitted the job, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.get().map(String::as_str)
+    }
+
+    /// Records the job's tenant (the first call counts).
+    pub fn set_tenant(&self, tenant: Option<String>) {
+        if let Some(t) = tenant {
+            let _ = self.tenant.set(t);
+        }
     }
 
     pub fn set_status(&self, s: JobStatus) {

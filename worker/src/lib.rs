@@ -14,6 +14,9 @@
 //! - [`tracectx`]: W3C trace context: a job's span inside its caller's trace.
 //! - [`modes`]: the composition root and the modes `run`, `serve`, `lambda`, `probe`, `route`.
 //! - [`auth`]: bearer tokens on the HTTP API; tenants. [`tokens`] parses and checks them.
+//! - [`signing`]: the signed thumbnail URL scheme (keys, HMAC-SHA256, options); served by
+//!   `sources::signed`.
+//! - [`tenants`]: a job's tenant, per-tenant shares of the worker, isolation, metrics.
 //! - [`allow`]: allowlist entries (`sources.allow`, `outputs.allow`) parsed into roots.
 //! - [`route`]: `kiln route`, the latency-aware router (placement, forwarding, capacity in).
 
@@ -31,9 +34,11 @@ pub mod route;
 pub mod runtime;
 pub mod scheduler;
 pub mod signals;
+pub mod signing;
 pub mod sinks;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod tenants;
 pub mod tokens;
 pub mod tracectx;

@@ -45,7 +45,13 @@ fn infer_kind(cfg: &Config) -> Option<kiln_jobs::infer::Infer> {
 }
 
 pub fn runtime(cfg: Config) -> Arc<Runtime> {
-    let store: Arc<dyn ObjectStore> = Arc::new(StoreRouter::new(cfg.store.s3.clone()));
+    let http = crate::store::http::HttpStore::new(
+        &cfg.sources.allow,
+        cfg.limits.max_input_bytes,
+        Duration::from_millis(cfg.sources.http_timeout_ms),
+        cfg.sources.http_max_redirects,
+    );
+    let store: Arc<dyn ObjectStore> = Arc::new(StoreRouter::new(cfg.store.s3.clone()).with_http(http));
     let kinds = registry(&cfg, store.clone());
     Runtime::new(cfg, store, kinds)
 }
@@ -131,6 +137,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let router_url = cfg.router.url.clone();
     let kafka_cfg = cfg.kafka.clone();
     crate::auth::check_exposure(&cfg.http, &crate::auth::Tokens::from_config(&cfg.http)?)?;
+    crate::sources::signed::keys_from_config(&cfg.thumbnail)?;
     let policy = crate::store::confine::Policy::from_config(&cfg);
     let rt = runtime(cfg);
     rt.confine(policy);

@@ -234,6 +234,7 @@ impl Runtime {
                 r
             }
         };
+        crate::tenants::stamp(&mut result, entry.tenant());
         let keep = result.status == JobStatus::Succeeded || result.error_code().is_some_and(ErrorCode::is_final);
         if keep {
             let store_span = info_span!("store_result");

@@ -16,7 +16,7 @@ use crate::telemetry::Metrics;
 use crate::tracectx::TraceContext;
 use kiln_jobs::envelope::validate_id;
 use kiln_jobs::layout;
-use kiln_jobs::store::parse_uri;
+use kiln_jobs::store::parse_output_uri;
 use kiln_jobs::{
     Envelope, ErrorCode, JobError, JobResult, ObjectStore, PreparedJob, Priority, Registry, Timings, WorkerInfo,
 };
@@ -91,6 +91,8 @@ pub struct Runtime {
     pool: crate::pool::JobPool,
     /// What jobs may touch (serve, lambda, Kafka); unset for `kiln run` (see `confine.rs`).
     policy: std::sync::OnceLock<Arc<crate::store::confine::Policy>>,
+    /// Per-tenant shares and metrics (`tenants.rs`).
+    pub tenants: Arc<crate::tenants::Tenants>,
 }
 
 impl Runtime {
@@ -114,6 +116,8 @@ impl Runtime {
         // One thread per job the scheduler may start: a job granted a CPU slot never waits
         // for a thread.
         let pool = crate::pool::JobPool::new(scheduler.threads()).expect("starting the job threads");
+        let metrics = Metrics::new();
+        let tenants = crate::tenants::Tenants::new(cfg.tenants.limits(), scheduler.threads() + cfg.scheduler.queue_depth, &metrics.registry);
         Arc::new(Runtime {
             cfg: Arc::new(cfg),
             store,
@@ -121,7 +125,7 @@ impl Runtime {
             kinds,
             scheduler,
             table: JobTable::new(retain),
-            metrics: Metrics::new(),
+            metrics,
             worker,
             state: watch::Sender::new(WorkerState::Warming),
             inflight: AtomicUsize::new(0),
@@ -129,6 +133,7 @@ impl Runtime {
             warm_kinds: std::sync::Mutex::new(Vec::new()),
             pool,
             policy: std::sync::OnceLock::new(),
+            tenants,
         })
     }
 
@@ -254,11 +259,18 @@ impl Runtime {
         if let Err(e) = validate_id(&id) {
             return self.refused(ulid::Ulid::new().to_string(), env.kind.clone(), &e);
         }
+        let tenant = crate::auth::current_tenant();
         if let Some(live) = self.table.get(&id).filter(|e| !e.status().is_terminal()) {
-            return live;
+            return match crate::tenants::visible(live.tenant(), tenant.as_deref()) {
+                true => live,
+                false => self.refused(id.clone(), env.kind.clone(), &JobError::forbidden(format!("job id {id} belongs to another tenant"))),
+            };
         }
         // Idempotency: a stored result is the answer.
         if let Some(stored) = self.stored_result(&id).await {
+            if !crate::tenants::visible(crate::tenants::owner(&stored), tenant.as_deref()) {
+                return self.refused(id.clone(), env.kind.clone(), &JobError::forbidden(format!("job id {id} belongs to another tenant")));
+            }
             self.metrics.idempotent_hits.with_label_values(&[stored.kind.as_str()]).inc();
             let entry = JobEntry::new(id, stored.kind.clone());
             entry.finish(stored);
@@ -266,6 +278,7 @@ impl Runtime {
         }
         let prepared = self.prepare(&id, &env);
         let entry = JobEntry::new(id.clone(), env.kind.clone());
+        entry.set_tenant(tenant.clone());
         let (entry, fresh) = self.table.insert_or_get(entry);
         if !fresh {
             return entry;
@@ -275,6 +288,18 @@ impl Runtime {
             Err(e) => {
                 self.complete(&entry, Err(e), Timings::default(), 1).await;
                 return entry;
+            }
+        };
+        let share = match admission {
+            Admission::Refuse => self.tenants.try_admit(tenant.as_deref()),
+            Admission::Wait => Ok(self.tenants.admit(tenant.as_deref()).await),
+        };
+        let share = match share {
+            Ok(s) => s,
+            Err(over) => {
+                self.table.remove(&entry);
+                self.metrics.rejected.with_label_values(&["tenant_share"]).inc();
+                return self.refused(id, env.kind.clone(), &JobError::new(ErrorCode::Overloaded, over.to_string()));
             }
         };
         let ticket = match admission {
@@ -308,7 +333,7 @@ impl Runtime {
             span_id = tracing::field::Empty,
             parent_span_id = tracing::field::Empty
         );
-        if let Some(tenant) = crate::auth::current_tenant() {
+        if let Some(tenant) = &tenant {
             span.record("tenant", tenant.as_str());
         }
         if let Some(t) = trace {
@@ -320,7 +345,9 @@ impl Runtime {
         let e2 = entry.clone();
         tokio::spawn(
             async move {
-                rt.clone().drive(e2, prepared, ticket, job).await;
+                rt.clone().drive(e2.clone(), prepared, ticket, job).await;
+                share.finished(e2.result().as_deref());
+                drop(share);
                 if rt.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
                     rt.idle.notify_waiters();
                 }
@@ -333,7 +360,7 @@ impl Runtime {
     fn prepare(&self, id: &str, env: &Envelope) -> Result<(Box<dyn PreparedJob>, Url), JobError> {
         let kind = self.kinds.get(&env.kind)?;
         let output = match &env.output {
-            Some(o) => parse_uri(o)?,
+            Some(o) => parse_output_uri(o)?,
             None => layout::default_output(&self.store_url, id)?,
         };
         self.check_output(&output)?;

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/capacity", get(capacity))
+        .route(&format!("{}{{*rest}}", crate::sources::signed::PREFIX), crate::sources::signed::route(state.rt.clone()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -67,8 +68,22 @@ async fn post_job(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -
     answer::result(&result)
 }
 
-async fn get_job(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match st.rt.lookup(&id).await {
+/// The tenant of the request (bearer token), if any.
+type Requester = Option<axum::Extension<crate::auth::Tenant>>;
+
+/// A job by id, as the requesting tenant may see it: another tenant's job is not there
+/// (`tenants.rs`).
+async fn lookup_for(st: &AppState, id: &str, who: &Requester) -> Option<Lookup> {
+    let found = st.rt.lookup(id).await?;
+    let owner = match &found {
+        Lookup::Live(e) => e.tenant().map(str::to_owned),
+        Lookup::Stored(r) => crate::tenants::owner(r).map(str::to_owned),
+    };
+    crate::tenants::visible(owner.as_deref(), who.as_ref().map(|t| t.0 .0.as_str())).then_some(found)
+}
+
+async fn get_job(State(st): State<AppState>, who: Requester, Path(id): Path<String>) -> Response {
+    match lookup_for(&st, &id, &who).await {
         Some(Lookup::Live(e)) => match e.result() {
             Some(r) => answer::result(&r),
             None => answer::live(&e),
@@ -78,15 +93,18 @@ async fn get_job(State(st): State<AppState>, Path(id): Path<String>) -> Response
     }
 }
 
-async fn job_events(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match st.rt.lookup(&id).await {
+async fn job_events(State(st): State<AppState>, who: Requester, Path(id): Path<String>) -> Response {
+    match lookup_for(&st, &id, &who).await {
         Some(Lookup::Live(e)) => answer::sse(e.events()),
         Some(Lookup::Stored(r)) => answer::sse(futures_util::stream::iter([Event::Result((*r).clone())])),
         None => answer::not_found(&id),
     }
 }
 
-async fn delete_job(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+async fn delete_job(State(st): State<AppState>, who: Requester, Path(id): Path<String>) -> Response {
+    if lookup_for(&st, &id, &who).await.is_none() {
+        return answer::not_found(&id);
+    }
     match st.rt.cancel(&id) {
         None => answer::not_found(&id),
         Some((e, true)) => {

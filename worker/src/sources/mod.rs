@@ -1,7 +1,9 @@
 //! Where jobs come from: HTTP (`kiln serve`), files or stdin (`kiln run`), Kafka
-//! (`kiln serve` with brokers), and the Lambda Runtime API (`kiln lambda`).
+//! (`kiln serve` with brokers), the Lambda Runtime API (`kiln lambda`), and signed thumbnail
+//! URLs (`GET /v1/thumbnail/…`, `signed.rs`).
 
 pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod lambda;
+pub mod signed;

@@ -282,7 +282,9 @@ impl ConfinedStore {
                 Url::from_file_path(&real).map_err(|_| StoreError::Forbidden(uri.to_string()))
             }
             "s3" => self.policy.check_s3(uri, write).map(|()| uri.clone()),
-            _ => Err(StoreError::Forbidden(format!("{uri}: only file:// and s3:// URIs are allowed"))),
+            // Checked, hop by hop, by the http store itself (`store/http.rs`), in every mode.
+            "http" | "https" if !write => Ok(uri.clone()),
+            _ => Err(StoreError::Forbidden(format!("{uri}: only file://, s3:// and (to read) http(s):// URIs are allowed"))),
         }
     }
 
@@ -410,7 +412,10 @@ mod tests {
         assert_eq!(Root::parse("s3://b/photos").unwrap(), Root::S3 { bucket: "b".into(), prefix: "photos/".into() });
         assert_eq!(Root::parse("file:///srv/media/").unwrap(), Root::File("/srv/media".into()));
         assert_eq!(Root::parse("/srv/media/../x").unwrap(), Root::File("/srv/x".into()));
-        assert!(Root::parse("http://x/").is_err());
+        assert_eq!(Root::parse("https://x/media").unwrap(), Root::Http(Url::parse("https://x/media/").unwrap()));
+        for bad in ["ftp://x/", "http://u:p@x/", "http://x/a?q=1", "http://x/a#f", "http://x/a%2Fb/"] {
+            assert!(Root::parse(bad).is_err(), "{bad}");
+        }
         assert!(Root::parse("s3:///nobucket").is_err());
         assert!(Root::parse("relative/dir").is_err());
     }

@@ -3,6 +3,8 @@
 //! - [`fs::FsStore`]: the local filesystem (`file://`), the embedded default.
 //! - [`patient::PatientStore`]: waits out store outages for checkpointed jobs.
 //! - [`confine::ConfinedStore`]: what a job may touch in serve, lambda and Kafka mode.
+//! - [`http::HttpStore`]: remote sources (`http(s)://`, read-only), only under the
+//!   `sources.allow` prefixes, redirects re-checked, private networks refused.
 //! - [`s3::S3Store`]: S3 or any S3-compatible server (`s3://bucket/key`), configured by
 //!   `store.s3`. Its client is built on the first `s3://` call, so a worker that never
 //!   touches S3 pays nothing for it at startup and needs no AWS configuration.
@@ -12,6 +14,7 @@
 
 pub mod confine;
 pub mod fs;
+pub mod http;
 pub mod patient;
 pub mod s3;
 
@@ -31,19 +34,31 @@ pub struct StoreRouter {
     s3_config: S3Config,
     /// Built on first use (see the module doc).
     s3: OnceCell<s3::S3Store>,
+    /// `http(s)://` sources; none allowed unless [`StoreRouter::with_http`] says otherwise.
+    http: Option<http::HttpStore>,
 }
 
 impl StoreRouter {
     /// A router whose `s3://` backend, when first used, is configured by `s3`.
     pub fn new(s3: S3Config) -> Self {
-        StoreRouter { file: Arc::new(fs::FsStore), s3_config: s3, s3: OnceCell::new() }
+        StoreRouter { file: Arc::new(fs::FsStore), s3_config: s3, s3: OnceCell::new(), http: None }
+    }
+
+    /// With remote `http(s)://` sources through `http`.
+    pub fn with_http(mut self, http: http::HttpStore) -> Self {
+        self.http = Some(http);
+        self
     }
 
     async fn backend(&self, uri: &Url) -> Result<&dyn ObjectStore, StoreError> {
         match uri.scheme() {
             "file" => Ok(self.file.as_ref()),
             "s3" => Ok(self.s3.get_or_init(|| s3::S3Store::connect(&self.s3_config)).await),
-            _ => Err(StoreError::UnsupportedUri(format!("{uri} (this worker has stores for file:// and s3:// only)"))),
+            "http" | "https" => match &self.http {
+                Some(h) => Ok(h),
+                None => Err(StoreError::Forbidden(format!("{uri} is not under an http(s) prefix of sources.allow"))),
+            },
+            _ => Err(StoreError::UnsupportedUri(format!("{uri} (this worker has stores for file://, s3:// and http(s):// only)"))),
         }
     }
 }

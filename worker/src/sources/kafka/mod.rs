@@ -16,6 +16,9 @@
 //! - **Revoke and SIGTERM.** A revoke waits (at most `kafka.revoke_drain_ms`) for the revoked
 //!   partitions' jobs, commits, then lets the partitions go. SIGTERM stops intake, drains the
 //!   runtime, commits, and leaves the group.
+//! - **Tenants.** With `kafka.trust_tenant_header`, a message's `kiln-tenant` header is its
+//!   job's tenant (`tenants.rs`: on the span, the result, the per-tenant share and metrics); a
+//!   tenant over its share waits here like a full queue. Without it Kafka jobs are nobody's.
 
 pub mod offsets;
 mod props;
@@ -135,6 +138,8 @@ struct Taken {
     trace: Option<TraceContext>,
     /// What results, events and dead letters carry downstream: the job's span as parent.
     traceparent: Option<String>,
+    /// The `kiln-tenant` header, when `kafka.trust_tenant_header` (see `tenants.rs`).
+    tenant: Option<String>,
 }
 
 impl KafkaSource {
@@ -183,7 +188,9 @@ impl KafkaSource {
                         let trace = m.headers().and_then(|h| {
                             h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
                         }).and_then(TraceContext::child_of);
+                        let tenant = if self.cfg.trust_tenant_header { tenant_header(&m) } else { None };
                         Taken {
+                            tenant,
                             tp: (m.topic().to_owned(), m.partition()),
                             offset: m.offset(),
                             payload: m.payload().unwrap_or_default().to_vec(),
@@ -233,7 +240,7 @@ impl KafkaSource {
                 }
             }
         }
-        let entry = self.rt().submit(&t.payload[..], Admission::Wait, t.trace.as_ref()).await;
+        let entry = self.submit(&t).await;
         let this = self.clone();
         self.followers.spawn(async move { this.follow(entry, t, 1).await });
     }
@@ -257,7 +264,7 @@ impl KafkaSource {
                 self.rt().metrics.kafka_retries.with_label_values(&[result.kind.as_str()]).inc();
                 tokio::time::sleep(wait).await;
                 attempt += 1;
-                entry = self.rt().submit(&t.payload[..], Admission::Wait, t.trace.as_ref()).await;
+                entry = self.submit(&t).await;
                 continue;
             }
             if err.retryable {
@@ -273,6 +280,16 @@ impl KafkaSource {
             if let Err(e) = self.consumer.store_offset(&t.tp.0, t.tp.1, mark) {
                 debug!(error = %e, "offset not stored");
             }
+        }
+    }
+
+    /// The message's job, on behalf of its tenant when the header is trusted (a tenant over
+    /// its share waits here, like a full queue).
+    async fn submit(&self, t: &Taken) -> Arc<JobEntry> {
+        let submit = self.rt().submit(&t.payload[..], Admission::Wait, t.trace.as_ref());
+        match &t.tenant {
+            Some(tenant) => crate::auth::with_tenant(tenant.clone(), submit).await,
+            None => submit.await,
         }
     }
 
@@ -297,4 +314,12 @@ impl KafkaSource {
         self.consumer.unsubscribe();
         info!("kafka source left the group");
     }
+}
+
+/// A message's `kiln-tenant` header, when it is a valid tenant name.
+fn tenant_header(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    let v = m.headers()?.iter().find(|h| h.key == "kiln-tenant")?.value?;
+    let t = std::str::from_utf8(v).ok()?;
+    let ok = !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    ok.then(|| t.to_owned())
 }
