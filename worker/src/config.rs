@@ -161,6 +161,9 @@ pub struct LogConfig {
 pub struct RouterConfig {
     pub url: Option<String>,
     pub interval_ms: u64,
+    /// Bearer token sent with capacity reports, for a `kiln route` with `http.tokens` (one
+    /// of its `tenant:token` pairs' token).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,11 +195,19 @@ pub struct KafkaTopics {
     pub results: String,
     pub events: String,
     pub dlq: String,
+    /// Compacted, key = worker id (worker/src/capacity_topic.rs); empty: not used.
+    pub capacity: String,
 }
 
 impl Default for KafkaTopics {
     fn default() -> Self {
-        KafkaTopics { jobs: "kiln.jobs".into(), results: "kiln.results".into(), events: "kiln.events".into(), dlq: "kiln.dlq".into() }
+        KafkaTopics {
+            jobs: "kiln.jobs".into(),
+            results: "kiln.results".into(),
+            events: "kiln.events".into(),
+            dlq: "kiln.dlq".into(),
+            capacity: "kiln.capacity".into(),
+        }
     }
 }
 
@@ -247,7 +258,7 @@ impl Default for Config {
             limits: Limits::default(),
             shutdown: ShutdownConfig { grace_ms: 30_000 },
             log: LogConfig { level: "info".into(), format: LogFormat::Auto },
-            router: RouterConfig { url: None, interval_ms: 2_000 },
+            router: RouterConfig { url: None, interval_ms: 2_000, token: None },
             kafka: KafkaConfig {
                 brokers: None,
                 group: "kiln".into(),
@@ -349,6 +360,13 @@ pub struct RouteConfig {
     /// The URL a `kiln serve` worker advertises to the router with its capacity reports
     /// (default: `http://{http.addr}`, with 127.0.0.1 for an unspecified address).
     pub advertise_url: Option<String>,
+    /// The serverless tier: unset, nothing is invoked (serverless decisions go to a container
+    /// when the decision allows one); `aws`, the Lambda Invoke API of `route.lambda_region`;
+    /// an `http(s)://` URL, the Invoke API at that endpoint (cargo-lambda's emulator). The
+    /// function's name comes from the policy (`serverless.function`, per-kind `function`).
+    pub lambda: Option<String>,
+    /// Region of the Lambda Invoke API (default: the AWS chain's, else us-east-1).
+    pub lambda_region: Option<String>,
 }
 
 impl Default for RouteConfig {
@@ -361,6 +379,8 @@ impl Default for RouteConfig {
             max_attempts: 3,
             job_map_size: 10_000,
             advertise_url: None,
+            lambda: None,
+            lambda_region: None,
         }
     }
 }
@@ -401,6 +421,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LOG_FORMAT", "log.format"),
     ("ROUTER_URL", "router.url"),
     ("ROUTER_INTERVAL_MS", "router.interval_ms"),
+    ("ROUTER_TOKEN", "router.token"),
     ("KAFKA_BROKERS", "kafka.brokers"),
     ("KAFKA_GROUP", "kafka.group"),
     ("KAFKA_SESSION_TIMEOUT_MS", "kafka.session_timeout_ms"),
@@ -411,6 +432,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_RESULTS_TOPIC", "kafka.topics.results"),
     ("KAFKA_EVENTS_TOPIC", "kafka.topics.events"),
     ("KAFKA_DLQ_TOPIC", "kafka.topics.dlq"),
+    ("KAFKA_CAPACITY_TOPIC", "kafka.topics.capacity"),
     ("CHECKPOINT_LEASE_MS", "checkpoint.lease_ms"),
     ("CHECKPOINT_STORE_WAIT_MS", "checkpoint.store_wait_ms"),
     ("LAMBDA_RESPONSE", "lambda.response"),
@@ -429,6 +451,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("ROUTE_MAX_ATTEMPTS", "route.max_attempts"),
     ("ROUTE_JOB_MAP_SIZE", "route.job_map_size"),
     ("ADVERTISE_URL", "route.advertise_url"),
+    ("ROUTE_LAMBDA", "route.lambda"),
+    ("ROUTE_LAMBDA_REGION", "route.lambda_region"),
 ];
 
 impl Config {
@@ -510,6 +534,12 @@ impl Config {
         }
         if self.route.max_attempts == 0 {
             return Err(invalid("route.max_attempts", "at least 1"));
+        }
+        if let Some(l) = self.route.lambda.as_deref().filter(|l| *l != "aws") {
+            let ok = Url::parse(l).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(invalid("route.lambda", format!("{l:?} is neither `aws` nor an http(s):// endpoint")));
+            }
         }
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));

@@ -20,6 +20,7 @@
 pub mod allow;
 pub mod auth;
 pub mod capacity;
+pub mod capacity_topic;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "debug-kind")]
@@ -31,6 +32,7 @@ pub mod route;
 pub mod runtime;
 pub mod scheduler;
 pub mod signals;
+pub mod slot_watch;
 pub mod sinks;
 pub mod sources;
 pub mod store;

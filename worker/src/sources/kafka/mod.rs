@@ -18,7 +18,7 @@
 //!   runtime, commits, and leaves the group.
 
 pub mod offsets;
-mod props;
+pub mod props;
 
 use crate::config::KafkaConfig;
 use crate::jobtable::JobEntry;
