@@ -80,18 +80,20 @@ impl Broker {
     }
 
     /// Every message of a topic's single partition written so far: a marker is appended and
-    /// the partition read up to it (everything before it is all that was there).
+    /// the partition read up to it (everything before it is all that was there). Each call
+    /// writes its own marker, and markers are left out of what it returns, so a topic can be
+    /// read this way again and again.
     pub async fn read_all(&self, topic: &str) -> Vec<Msg> {
+        let marker = format!("end-marker-{}", free_port());
         let p = self.producer();
-        p.send(FutureRecord::to(topic).key("end-marker").payload("{}"), Duration::from_secs(10)).await.unwrap();
+        p.send(FutureRecord::to(topic).key(&marker).payload("{}"), Duration::from_secs(10)).await.unwrap();
         let c = self.reader(topic);
-        let mut got = tokio::task::spawn_blocking(move || {
-            collect(&c, |g| g.last().is_some_and(|(k, _, _)| k.as_deref() == Some("end-marker")))
+        let got = tokio::task::spawn_blocking(move || {
+            collect(&c, |g| g.last().is_some_and(|(k, _, _)| k.as_deref() == Some(marker.as_str())))
         })
         .await
         .unwrap();
-        got.pop();
-        got
+        got.into_iter().filter(|(k, _, _)| !k.as_deref().is_some_and(|k| k.starts_with("end-marker"))).collect()
     }
 }
 
