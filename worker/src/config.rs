@@ -641,6 +641,20 @@ mod tests {
     }
 
     #[test]
+    fn the_route_lambda_key_takes_aws_or_an_endpoint() {
+        for ok in ["aws", "http://127.0.0.1:9000", "https://lambda.example"] {
+            let c = Config::load_from(None, &vars(&[("KILN_ROUTE_LAMBDA", ok), ("KILN_ROUTER_TOKEN", "t")])).unwrap();
+            assert_eq!(c.route.lambda.as_deref(), Some(ok));
+            assert_eq!(c.router.token.as_deref(), Some("t"));
+        }
+        let e = Config::load_from(None, &vars(&[("KILN_ROUTE_LAMBDA", "lambda.local")])).unwrap_err().to_string();
+        assert!(e.contains("route.lambda"), "{e}");
+        let c = Config::load_from(None, &vars(&[("KILN_KAFKA_CAPACITY_TOPIC", "caps")])).unwrap();
+        assert_eq!(c.kafka.topics.capacity, "caps");
+        assert_eq!(Config::default().kafka.topics.capacity, "kiln.capacity");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let e = Config::load_from(None, &vars(&[("KILN_HTTP_ADDR", "nowhere")])).unwrap_err();
         assert!(e.to_string().contains("http.addr"), "{e}");

@@ -186,6 +186,7 @@ mod tests {
             r#"{{"id":"j","kind":"debug","status":"succeeded","outputs":[],"error":null,"attempt":1,"resumed":false,
                "timings":{{"queued_ms":0.1,"run_ms":1.0}},"worker":{{"id":"w-1","tier":"serverless","accel":"cpu"}}{extra}}}"#
         )
+        .replace('\n', "") // one NDJSON line
     }
 
     #[test]
