@@ -1,11 +1,13 @@
 # kiln: the two commands a fresh Debian 12 machine (with the Rust toolchain) needs.
 #   make demo   installs what is missing, builds, runs the example jobs through `kiln run`
 #   make test   installs what is missing, builds, runs every test (what .ci/run calls)
+#   make demo-hybrid  the hybrid on one machine: kiln route, a container worker and the
+#               function under the Lambda emulator; a burst of mixed jobs, a JSON summary last
 
 CARGO ?= cargo
 DEMO_STORE := $(CURDIR)/data/demo-store
 
-.PHONY: setup demo test bench-thumbnail bench-infer bench-render fixtures build-release clean
+.PHONY: setup demo demo-hybrid test bench-thumbnail bench-infer bench-render fixtures build-release clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +29,10 @@ demo: build-release
 	@echo "== results: data/demo-results.jsonl (one JSON result per job)"
 	@echo "== outputs: $(DEMO_STORE)/outputs/<job id>/"
 	@ls $(DEMO_STORE)/outputs/*/ | head -40
+
+demo-hybrid: fixtures
+	$(CARGO) build --workspace $(TEST_FEATURES)
+	@bash scripts/demo-hybrid.sh target/debug/kiln
 
 # The end-to-end tests drive the test-only `debug` job kind, which only this feature compiles in.
 TEST_FEATURES := --features kiln-worker/debug-kind

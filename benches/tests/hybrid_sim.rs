@@ -10,7 +10,8 @@ use kiln_benches::sim::{profile_for, run_all, Config, Options};
 use kiln_router_client::{place, reason_label, Router, Tier};
 
 /// Every label `Decision::rule()` can return (router-client's `reason_label`).
-const ROUTER_RULES: [&str; 15] = [
+const ROUTER_RULES: [&str; 16] = [
+    "pool queue",
     "overflow held",
     "overflow",
     "overflow not drawn",

@@ -13,23 +13,38 @@ use std::collections::{HashMap, VecDeque};
 pub const RATIO_MIN: f64 = 0.05;
 pub const RATIO_MAX: f64 = 50.0;
 
-/// The last `capacity` latencies of one tier and kind.
+/// The last `capacity` latencies of one tier and kind, kept both in arrival order (to drop
+/// the oldest) and sorted (so a quantile is an index, not a sort per decision: an
+/// observation costs one binary-search insert and one remove, O(window) memmoves of f64s).
 #[derive(Debug, Clone, Default)]
 pub struct Window {
     samples: VecDeque<f64>,
+    sorted: Vec<f64>,
     capacity: usize,
 }
 
 impl Window {
     pub fn new(capacity: usize) -> Self {
-        Window { samples: VecDeque::with_capacity(capacity.min(4096)), capacity: capacity.max(1) }
+        let cap = capacity.min(4096);
+        Window { samples: VecDeque::with_capacity(cap), sorted: Vec::with_capacity(cap), capacity: capacity.max(1) }
     }
 
     pub fn push(&mut self, v: f64) {
         while self.samples.len() >= self.capacity {
-            self.samples.pop_front();
+            self.pop_oldest();
         }
         self.samples.push_back(v);
+        let at = self.sorted.partition_point(|x| x.total_cmp(&v).is_lt());
+        self.sorted.insert(at, v);
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(old) = self.samples.pop_front() {
+            let at = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
+            if self.sorted.get(at).is_some_and(|x| x.total_cmp(&old).is_eq()) {
+                self.sorted.remove(at);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -42,11 +57,10 @@ impl Window {
 
     /// Nearest-rank quantile (q in [0, 1]); None when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.samples.is_empty() {
+        let v = &self.sorted;
+        if v.is_empty() {
             return None;
         }
-        let mut v: Vec<f64> = self.samples.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
         let rank = (q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize;
         v.get(rank.saturating_sub(1).min(v.len() - 1)).copied()
     }
@@ -54,7 +68,7 @@ impl Window {
     fn resize(&mut self, capacity: usize) {
         self.capacity = capacity.max(1);
         while self.samples.len() > self.capacity {
-            self.samples.pop_front();
+            self.pop_oldest();
         }
     }
 }
@@ -150,6 +164,24 @@ mod tests {
         assert_eq!(w.quantile(0.95), Some(295.0));
         assert_eq!(w.quantile(0.0), Some(201.0));
         assert_eq!(Window::new(3).quantile(0.5), None);
+    }
+
+    #[test]
+    fn the_sorted_copy_matches_a_sort_of_the_window() {
+        // Unordered values with repeats, through a small window and a resize.
+        let mut w = Window::new(7);
+        let mut x: u64 = 12345;
+        for i in 0..500 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            w.push(((x >> 33) % 50) as f64);
+            if i == 300 {
+                w.resize(4);
+            }
+            let mut want: Vec<f64> = w.samples.iter().copied().collect();
+            want.sort_by(f64::total_cmp);
+            assert_eq!(w.sorted, want, "after {i}");
+        }
+        assert_eq!(w.len(), 4);
     }
 
     #[test]

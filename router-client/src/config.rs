@@ -178,6 +178,10 @@ pub struct PolicyConfig {
     /// Share sent to both tiers (seed §6.2).
     pub dual_share: f64,
     pub cold_start_override: ColdStartOverride,
+    /// Batch and GPU requests whose best container worker would make them wait longer than
+    /// they run go to the pool's queue (`Target::container_queue`) instead of queueing
+    /// behind one worker's jobs (head-of-line blocking behind a long transcode).
+    pub pool_queue: bool,
     pub durations: DurationModel,
     pub closed_loop: LoopConfig,
 }
@@ -215,6 +219,7 @@ impl Default for PolicyConfig {
             exercise_share: 0.02,
             dual_share: 0.01,
             cold_start_override: ColdStartOverride::default(),
+            pool_queue: true,
             durations: DurationModel::default(),
             closed_loop: LoopConfig::default(),
         }

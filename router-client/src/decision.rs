@@ -120,7 +120,8 @@ impl Decision {
 
 /// The stable label of one reason string (the reasons themselves carry numbers).
 pub fn reason_label(reason: &str) -> &'static str {
-    const PREFIXES: [(&str, &str); 14] = [
+    const PREFIXES: [(&str, &str); 15] = [
+        ("pool queue", "pool queue"),
         ("overflow held", "overflow held"),
         ("overflow:", "overflow"),
         ("share ", "overflow"),

@@ -20,6 +20,8 @@ pub enum PublishError {
 pub struct HttpPublisher {
     client: reqwest::Client,
     url: String,
+    /// Sent as `Authorization: Bearer …` when set (a router that needs tokens).
+    token: Option<String>,
 }
 
 impl HttpPublisher {
@@ -29,14 +31,21 @@ impl HttpPublisher {
             .timeout(Duration::from_secs(2))
             .build()
             .map_err(|source| PublishError::Http { url: url.clone(), source })?;
-        Ok(HttpPublisher { client, url })
+        Ok(HttpPublisher { client, url, token: None })
+    }
+
+    /// Sends `Authorization: Bearer {token}` with every report.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     pub async fn publish(&self, report: &CapacityReport) -> Result<(), PublishError> {
-        let resp = self
-            .client
-            .post(&self.url)
-            .json(report)
+        let mut req = self.client.post(&self.url).json(report);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
             .send()
             .await
             .map_err(|source| PublishError::Http { url: self.url.clone(), source })?;

@@ -27,6 +27,9 @@
 //! 8. Cold-start override: `cold-start override: {function} has no idle warm instance (warm
 //!    {n}, in flight {m}); container {worker} {ms} ms < {cold} ms`.
 //! 9. Dual routing: `dual: also {tier} (share {share})`.
+//! 10. Pool queue (`pool_queue`): a batch or GPU request bound for a container worker whose
+//!    predicted wait exceeds its run (every worker busy) goes to the pool's queue instead:
+//!    `pool queue: every container busy ({worker} wait {ms} ms > run {ms} ms)`.
 //!
 //! The container worker chosen is the ready, fresh one serving the kind (with a GPU when the
 //! request needs one) with the least predicted latency (wait + run); ties go to the lowest
@@ -346,6 +349,22 @@ pub fn decide(config: &PolicyConfig, version: u64, f: &RequestFeatures, snap: &S
         reasons.push(format!("dual: also {} (share {})", tier_name(other(tier)), config.dual_share));
     }
 
+    // 10. Pool queue.
+    let mut to_pool = false;
+    if tier == Tier::Container && config.pool_queue && (f.priority == Priority::Batch || needs_gpu) {
+        if let Some((c, _)) = t.container {
+            let run = t.container_run;
+            let wait = c.wait_ms(if c.p50_ms > 0.0 { c.p50_ms } else { run });
+            if wait > run {
+                to_pool = true;
+                reasons.push(format!(
+                    "pool queue: every container busy ({} wait {wait:.0} ms > run {run:.0} ms)",
+                    c.worker_id
+                ));
+            }
+        }
+    }
+
     if reasons.is_empty() {
         reasons.push(format!("primary {} for {}", tier_name(primary), f.kind));
     }
@@ -354,7 +373,7 @@ pub fn decide(config: &PolicyConfig, version: u64, f: &RequestFeatures, snap: &S
         kind: f.kind.clone(),
         primary,
         fallback,
-        target: t.target(tier, function),
+        target: if to_pool { Target::container_queue() } else { t.target(tier, function) },
         reasons,
         exercise,
         dual: shadow.is_some(),

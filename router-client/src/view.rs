@@ -70,12 +70,15 @@ pub struct CapacityView {
     workers: BTreeMap<String, CapacityReport>,
     functions: BTreeMap<String, FunctionPool>,
     idle_lifetime_ms: u64,
+    /// When this router placed requests on each worker ([`CapacityView::placed`]); those
+    /// newer than the worker's report count as queued there.
+    placements: BTreeMap<String, Vec<u64>>,
 }
 
 impl CapacityView {
     /// `idle_lifetime_ms`: how long a serverless instance stays warm after it was last seen.
     pub fn new(idle_lifetime_ms: u64) -> Self {
-        CapacityView { workers: BTreeMap::new(), functions: BTreeMap::new(), idle_lifetime_ms }
+        CapacityView { workers: BTreeMap::new(), functions: BTreeMap::new(), idle_lifetime_ms, placements: BTreeMap::new() }
     }
 
     pub fn set_idle_lifetime_ms(&mut self, ms: u64) {
@@ -96,6 +99,10 @@ impl CapacityView {
         match self.workers.get(&report.worker_id).map(|held| held.seq) {
             Some(seq) if seq >= report.seq => Ingest::Stale,
             held => {
+                // What the report already shows is no longer pending.
+                if let Some(p) = self.placements.get_mut(&report.worker_id) {
+                    p.retain(|t| *t > report.ts_ms);
+                }
                 self.workers.insert(report.worker_id.clone(), report);
                 if held.is_some() {
                     Ingest::Replaced
@@ -120,7 +127,23 @@ impl CapacityView {
 
     /// A worker that shut down cleanly (a tombstone on the topic).
     pub fn remove_worker(&mut self, worker_id: &str) -> bool {
+        self.placements.remove(worker_id);
         self.workers.remove(worker_id).is_some()
+    }
+
+    /// This router sent a request to `worker_id` at `now_ms`. Until a report of that worker
+    /// newer than `now_ms` arrives (one that can show it), the request counts as queued
+    /// there in [`CapacityView::candidates`], so a burst between two reports spreads instead
+    /// of piling onto the worker that looked free.
+    pub fn placed(&mut self, worker_id: &str, now_ms: u64) {
+        self.placements.entry(worker_id.to_owned()).or_default().push(now_ms);
+    }
+
+    /// Placements on `worker_id` its held report cannot show yet.
+    pub fn pending(&self, worker_id: &str) -> u32 {
+        let since = self.workers.get(worker_id).map_or(0, |r| r.ts_ms);
+        let n = self.placements.get(worker_id).map_or(0, |p| p.iter().filter(|t| **t > since).count());
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// The router invoked `function` (the result is still to come).
@@ -129,8 +152,16 @@ impl CapacityView {
         pool.in_flight = pool.in_flight.saturating_add(1);
     }
 
-    /// An invocation's result came back (or failed: pass what is known; an unknown
-    /// instance id is still a sighting of some instance).
+    /// An invocation that brought no result back (the call failed, timed out or was
+    /// throttled): no longer in flight, and no instance sighted.
+    pub fn invocation_failed(&mut self, function: &str) {
+        if let Some(pool) = self.functions.get_mut(function) {
+            pool.in_flight = pool.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// An invocation's result came back (an unknown instance id is still a sighting of some
+    /// instance).
     pub fn observe_invocation(&mut self, obs: &InvocationObservation) {
         let pool = self.functions.entry(obs.function.clone()).or_default();
         pool.in_flight = pool.in_flight.saturating_sub(1);
@@ -151,6 +182,8 @@ impl CapacityView {
     /// Drops expired reports and instances idle past their lifetime.
     pub fn expire(&mut self, now_ms: u64) {
         self.workers.retain(|_, r| r.is_fresh(now_ms));
+        let workers = &self.workers;
+        self.placements.retain(|w, _| workers.contains_key(w));
         let life = self.idle_lifetime_ms;
         for pool in self.functions.values_mut() {
             pool.instances.retain(|_, i| now_ms <= i.last_seen_ms.saturating_add(life));
@@ -193,7 +226,8 @@ impl CapacityView {
         self.functions.get(function).map_or(0, |p| p.cold_starts)
     }
 
-    /// Ready, fresh container workers that serve `kind` (at least one slot), by worker id.
+    /// Ready, fresh container workers that serve `kind` (at least one slot), by worker id;
+    /// `queued` includes this router's placements the report cannot show yet.
     pub fn candidates(&self, kind: &str, now_ms: u64) -> Vec<Candidate> {
         self.workers(now_ms)
             .filter(|r| r.state == WorkerState::Ready)
@@ -205,7 +239,7 @@ impl CapacityView {
                     gpu: !r.gpus.is_empty(),
                     slots: k.slots,
                     busy: k.busy,
-                    queued: k.queued,
+                    queued: k.queued.saturating_add(self.pending(&r.worker_id)),
                     p50_ms: finite(k.p50_ms),
                     p95_ms: finite(k.p95_ms),
                 })
@@ -267,6 +301,29 @@ mod tests {
     }
 
     #[test]
+    fn placements_count_until_a_report_can_show_them() {
+        let mut v = CapacityView::default();
+        v.ingest_report(report("w1", 1, 1000, 1), 1000);
+        v.placed("w1", 1100);
+        v.placed("w1", 1200);
+        assert_eq!(v.candidates("thumbnail", 1300)[0].queued, 2);
+        // A report taken at 1150 shows the first one (busy 2), not the second.
+        assert_eq!(v.ingest_report(report("w1", 2, 1150, 2), 1300), Ingest::Replaced);
+        let c = &v.candidates("thumbnail", 1300)[0];
+        assert_eq!((c.busy, c.queued), (2, 1));
+        // A stale report changes nothing.
+        assert_eq!(v.ingest_report(report("w1", 1, 5000, 0), 1300), Ingest::Stale);
+        assert_eq!(v.pending("w1"), 1);
+        v.ingest_report(report("w1", 3, 1250, 3), 1300);
+        assert_eq!(v.pending("w1"), 0);
+        v.placed("gone", 1);
+        v.expire(1300);
+        assert_eq!(v.pending("gone"), 0);
+        assert!(v.remove_worker("w1"));
+        assert_eq!(v.pending("w1"), 0);
+    }
+
+    #[test]
     fn reports_expire_by_ttl() {
         let mut v = CapacityView::default();
         assert_eq!(v.ingest_report(report("old", 1, 0, 0), 6000), Ingest::Expired);
@@ -298,6 +355,11 @@ mod tests {
         v.invocation_started("kiln");
         v.invocation_started("kiln");
         assert_eq!(v.pool("kiln", 0).in_flight, 3);
+        v.invocation_started("kiln");
+        v.invocation_failed("kiln");
+        v.invocation_failed("other");
+        assert_eq!(v.pool("kiln", 0).in_flight, 3, "a failed call is no longer in flight");
+        assert_eq!(v.pool("other", 0).warm, 0);
         v.observe_invocation(&obs("i1", true, 1000));
         v.observe_invocation(&obs("i2", true, 2000));
         let p = v.pool("kiln", 2000);

@@ -38,7 +38,8 @@ fn least_predicted_wait_worker_is_chosen_ties_to_lowest_id() {
 
 #[test]
 fn gpu_work_never_goes_serverless() {
-    let mut c = PolicyConfig { exercise_share: 1.0, dual_share: 1.0, ..PolicyConfig::default() };
+    // The GPU worker is loaded (overflow pressure); without the pool queue it is still named.
+    let mut c = PolicyConfig { exercise_share: 1.0, dual_share: 1.0, pool_queue: false, ..PolicyConfig::default() };
     c.kinds.get_mut("infer").unwrap().overflow.fraction = 1.0;
     let mut r = Router::new(c, 3).unwrap();
     let mut v = view(vec![worker("cpu", "infer", 8, 0, 0, 10.0), gpu_worker("gpu", "infer", 1, 1, 9, 10.0)]);
@@ -286,6 +287,31 @@ fn the_simple_stateless_place_keeps_its_signature() {
     let req = PlacementRequest { kind: "thumbnail".into(), est_run_ms: 20.0, interactive: true, ..Default::default() };
     let p: Placement = place(&req, &[worker("w1", "thumbnail", 4, 0, 0, 20.0)], &Policy::default(), NOW);
     assert_eq!((p.tier, p.worker_id.as_deref(), p.reason), (Tier::Container, Some("w1"), "warm container slot"));
+}
+
+#[test]
+fn batch_and_gpu_work_waits_in_the_pool_queue_rather_than_behind_one_worker() {
+    let c = quiet();
+    // One 1-slot GPU worker running a long job with one more queued: 2 jobs of 60 s ahead.
+    let v = view(vec![gpu_worker("g", "transcode", 1, 1, 1, 60_000.0)]);
+    let mut f = feats("t", "transcode", 30_000.0);
+    f.needs_gpu = true;
+    let d = decide_now(&c, &f, &v, no_draw());
+    assert_eq!(d.target, Target::container_queue());
+    assert_eq!(d.reasons.last().unwrap(), "pool queue: every container busy (g wait 120000 ms > run 30000 ms)");
+    assert_eq!(d.rule(), "pool queue");
+    // A free slot: named as before.
+    let v = view(vec![gpu_worker("g", "transcode", 2, 1, 0, 60_000.0)]);
+    assert_eq!(decide_now(&c, &f, &v, no_draw()).target, Target::worker("g"));
+    // Interactive CPU work keeps the least-wait worker; batch CPU work queues.
+    let v = view(vec![worker("w", "render", 1, 1, 3, 500.0)]);
+    let mut r = feats("r", "render", 100.0);
+    assert_eq!(decide_now(&c, &r, &v, no_draw()).target, Target::worker("w"));
+    r.priority = Priority::Batch;
+    assert_eq!(decide_now(&c, &r, &v, no_draw()).target, Target::container_queue());
+    // Off: the worker is named.
+    let off = PolicyConfig { pool_queue: false, ..quiet() };
+    assert_eq!(decide_now(&off, &r, &v, no_draw()).target, Target::worker("w"));
 }
 
 #[test]

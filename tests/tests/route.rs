@@ -1,20 +1,42 @@
-//! End-to-end tests of `kiln route` (issue 16): two `kiln serve` workers pushing capacity to
-//! a router, jobs of the `debug` kind (KILN_DEBUG_KINDS=1) sent through it.
+//! End-to-end tests of `kiln route` (issue 16).
 //!
-//! One test, one stack (start-up dominates the cost): placement on both workers, the
-//! decision in `x-kiln-route` and the decision log, GPU work never serverless, SSE and
-//! async passthrough, lookups forwarded, bad input, a policy reload that sends the kind
-//! serverless (which fails over to a container), a worker killed mid-run whose job
-//! finishes on the other with one stored result, and the router's metrics.
+//! `jobs_through_kiln_route`: two `kiln serve` workers pushing capacity to a router without
+//! a serverless tier, jobs of the `debug` kind (KILN_DEBUG_KINDS=1) sent through it:
+//! placement on both workers, the decision in `x-kiln-route` and the decision log, GPU work
+//! never serverless, SSE and async passthrough, lookups forwarded, bad input, a policy
+//! reload that sends the kind serverless (no invoker: a container answers), a worker killed
+//! mid-run whose job finishes on the other with one stored result, and the router's metrics.
+//!
+//! `route_authenticates_like_serve`: tokens on the router and its worker: 401 without one,
+//! the caller's token passed on to the worker, the tenant's pin applied, reports need the
+//! worker's `router.token`, and no public address without tokens.
+//!
+//! `capacity_topic_and_the_kafka_queue`: a router and a Kafka-fed worker on a real broker:
+//! a job sent before any worker is ready is queued on `kiln.jobs` (202) and run once the
+//! worker comes; the worker's reports reach the router through the compacted
+//! `kiln.capacity` topic alone (URL header included), a report follows a slot change, and a
+//! clean shutdown ends with a draining report and a tombstone that the router honours.
+//!
+//! `both_tiers_through_kiln_route`: the same router with the serverless tier — `kiln` as a
+//! function under cargo-lambda's emulator, invoked through the Lambda Invoke API — and one
+//! container worker: small thumbnails run on the function (cold, then warm on the same
+//! instance), a long job goes to the container, a source too big for the function is
+//! refused there (`too_long_for_tier`) and finished on the container, and with the
+//! emulator gone the container answers.
 
+use kiln_tests::broker::Broker;
+use kiln_tests::lambda::Function;
 use kiln_tests::proc::{kiln, serve, spawn_listening, wait_ready, Proc};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn start_router(dir: &Path, policy: &Path) -> (Proc, String) {
+fn start_router(dir: &Path, policy: &Path, env: &[(&str, &str)]) -> (Proc, String) {
     let mut cmd = kiln();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     cmd.arg("route")
         .env("KILN_HTTP_ADDR", "127.0.0.1:0")
         .env("KILN_ROUTE_POLICY", policy)
@@ -27,8 +49,11 @@ fn start_router(dir: &Path, policy: &Path) -> (Proc, String) {
     spawn_listening(&mut cmd, "kiln route listening on ")
 }
 
-fn start_worker(id: &str, store: &str, router: &str, dir: &Path) -> (Proc, String) {
+fn start_worker(id: &str, store: &str, router: &str, dir: &Path, env: &[(&str, &str)]) -> (Proc, String) {
     let mut cmd = kiln();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     cmd.env("KILN_STORE_URL", store)
         .env("KILN_DEBUG_KINDS", "1")
         .env("KILN_WORKER_ID", id)
@@ -82,12 +107,12 @@ fn jobs_through_kiln_route() {
         r#"{"exercise_share": 0.0, "dual_share": 0.0, "kinds": {"debug": {"primary": "container", "fallback": "serverless"}}}"#,
     )
     .unwrap();
-    let (_router, rbase) = start_router(dir.path(), &policy);
+    let (_router, rbase) = start_router(dir.path(), &policy, &[]);
     let c = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
     assert_eq!(c.get(format!("{rbase}/healthz")).send().unwrap().status().as_u16(), 200);
     assert_eq!(c.get(format!("{rbase}/readyz")).send().unwrap().status().as_u16(), 503, "no worker yet");
-    let (mut w1, b1) = start_worker("w1", &store, &rbase, dir.path());
-    let (mut w2, b2) = start_worker("w2", &store, &rbase, dir.path());
+    let (mut w1, b1) = start_worker("w1", &store, &rbase, dir.path(), &[]);
+    let (mut w2, b2) = start_worker("w2", &store, &rbase, dir.path(), &[]);
     wait_ready(&rbase, Duration::from_secs(30));
     // Both workers heard from (a report every 200 ms each).
     std::thread::sleep(Duration::from_millis(500));
@@ -224,6 +249,264 @@ fn jobs_through_kiln_route() {
     assert_eq!(field(&route, "tier"), "container", "{route}");
     assert!(field(&route, "note").contains("serverless unavailable"), "{route}");
     assert_eq!(field(&route, "policy"), "2", "{route}");
+}
+
+fn metric(m: &str, line_start: &str) -> f64 {
+    m.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
+fn photo(name: &str) -> std::path::PathBuf {
+    let p = kiln_tests::workspace_root().join("data/mate-backgrounds/usr/share/backgrounds/mate/nature").join(name);
+    assert!(p.exists(), "{} is missing: run `bash scripts/fetch-photos.sh` (make test does)", p.display());
+    p
+}
+
+fn thumb(id: &str, photo: &Path) -> String {
+    json!({"id": id, "kind": "thumbnail", "input": {"source": photo,
+        "outputs": [{"name": "128.jpg", "width": 128, "height": 128, "fit": "inside", "format": "jpeg"}]}})
+    .to_string()
+}
+
+#[test]
+fn both_tiers_through_kiln_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    let data = format!("file://{}/data/", kiln_tests::workspace_root().display());
+    // Garden.jpg (265 kB) fits the function; Dune.jpg (1 MB) does not.
+    let (small, big) = (photo("Garden.jpg"), photo("Dune.jpg"));
+    let mut function = Function::start(&[("KILN_LAMBDA_MAX_INPUT_BYTES", "500000"), ("KILN_STORE_URL", store.as_str())]);
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"exercise_share": 0.0, "dual_share": 0.0, "cold_start_override": {"enabled": false},
+            "serverless": {"function": "_"},
+            "kinds": {"thumbnail": {"primary": "serverless", "fallback": "container"},
+                      "debug": {"primary": "serverless", "fallback": "container"}},
+            "durations": {"kinds": {"debug": {"base_ms": 100000.0, "per_unit_ms": 0.0}}}}"#,
+    )
+    .unwrap();
+    let endpoint = function.endpoint();
+    let aws = [
+        ("KILN_ROUTE_LAMBDA", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let (_router, rbase) = start_router(dir.path(), &policy, &aws);
+    // With a serverless tier the router is ready before any worker reports.
+    wait_ready(&rbase, Duration::from_secs(30));
+    let c = Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let (_w1, _) = start_worker("w1", &store, &rbase, dir.path(), &[("KILN_SOURCES_ALLOW", data.as_str())]);
+    wait_until("w1's first report", || {
+        let m = c.get(format!("{rbase}/metrics")).send().unwrap().text().unwrap();
+        metric(&m, "kiln_route_capacity_reports_total{outcome=\"inserted\"}") >= 1.0
+    });
+
+    // A small thumbnail runs on the function: a cold start, then the same instance warm.
+    let (status, route, text) = post(&c, &rbase, &thumb("sl-1", &small), &[]);
+    assert_eq!(status, 200, "{route} {text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["worker"]["tier"], "serverless", "{v}");
+    assert_eq!(v["lambda"]["cold_start"], true, "{v}");
+    assert_eq!((field(&route, "tier"), field(&route, "placed")), ("serverless", "serverless"), "{route}");
+    let instance = v["lambda"]["instance_id"].as_str().unwrap().to_owned();
+    assert_eq!(field(&route, "worker"), instance, "{route}");
+    let out = v["outputs"][0]["uri"].as_str().unwrap().strip_prefix("file://").unwrap().to_owned();
+    assert!(std::fs::read(&out).unwrap().starts_with(&[0xFF, 0xD8]), "a JPEG was stored");
+    let (status, route, text) = post(&c, &rbase, &thumb("sl-2", &small), &[]);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["lambda"]["cold_start"], false, "{v}");
+    assert_eq!(field(&route, "worker"), instance, "warm: the same instance; {route}");
+
+    // SSE on the serverless tier: the result as the one event.
+    let (status, route, text) = post(&c, &rbase, &thumb("sl-sse", &small), &[("accept", "text/event-stream")]);
+    assert_eq!(status, 200);
+    assert!(text.contains("event: result") && text.contains("succeeded"), "{text}");
+    assert_eq!(field(&route, "tier"), "serverless", "{route}");
+
+    // A job too long for the function's timeout goes to the container.
+    let long = json!({"id": "long-1", "kind": "debug", "input": {"hold_ms": 10, "output": "o.txt"}});
+    let (status, route, text) = post(&c, &rbase, &long.to_string(), &[]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!((field(&route, "tier"), field(&route, "placed"), field(&route, "worker")), ("container", "container", "w1"), "{route}");
+    let log = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
+    let d: Value = log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|l| l["job_id"] == "long-1").unwrap();
+    assert!(d["reasons"].to_string().contains("too long for serverless"), "{d}");
+
+    // A source too big for the function: refused there (too_long_for_tier), run on the
+    // container under the same id, one stored result.
+    let (status, route, text) = post(&c, &rbase, &thumb("big-1", &big), &[]);
+    assert_eq!(status, 200, "{route} {text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["worker"]["id"], "w1", "{v}");
+    assert_eq!((field(&route, "tier"), field(&route, "placed"), field(&route, "attempts")), ("container", "serverless", "2"), "{route}");
+    assert!(field(&route, "note").contains("too_long_for_tier"), "{route}");
+    let stored: Vec<_> = walk(&store_dir).into_iter().filter(|p| p.ends_with("big-1/result.json")).collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+
+    let m = c.get(format!("{rbase}/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(metric(&m, "kiln_route_cold_starts_total"), 1.0, "{m}");
+    assert_eq!(metric(&m, "kiln_route_jobs_total{status=\"2xx\",tier=\"serverless\"}"), 3.0, "{m}");
+    assert_eq!(metric(&m, "kiln_route_retries_total{reason=\"too_long_for_tier\"}"), 1.0, "{m}");
+
+    // The function gone: its thumbnails are answered by the container.
+    function.stop_emulator();
+    let (status, route, text) = post(&c, &rbase, &thumb("sl-3", &small), &[]);
+    assert_eq!(status, 200, "{route} {text}");
+    assert_eq!((field(&route, "tier"), field(&route, "placed")), ("container", "serverless"), "{route}");
+    assert!(field(&route, "note").contains("unreachable"), "{route}");
+}
+
+#[test]
+fn capacity_topic_and_the_kafka_queue() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let broker = rt.block_on(Broker::start(1));
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"exercise_share": 0.0, "dual_share": 0.0, "kinds": {"debug": {"primary": "container", "fallback": null}}}"#)
+        .unwrap();
+    let (_router, rbase) = start_router(dir.path(), &policy, &[("KILN_KAFKA_BROKERS", broker.addr.as_str())]);
+    // With a queue the router is ready before any worker.
+    wait_ready(&rbase, Duration::from_secs(30));
+    let c = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+
+    // No worker yet: queued on kiln.jobs.
+    let body = json!({"id": "q-1", "kind": "debug", "input": {"hold_ms": 1, "output": "o.txt"}}).to_string();
+    let (status, route, text) = post(&c, &rbase, &body, &[]);
+    assert_eq!(status, 202, "{route} {text}");
+    assert_eq!(field(&route, "worker"), "queue:kiln.jobs", "{route}");
+    assert!(field(&route, "note").contains("queued"), "{route}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "queued", "{v}");
+    let jobs = rt.block_on(broker.read_all("kiln.jobs"));
+    assert!(jobs.iter().any(|(k, _, _)| k.as_deref() == Some("q-1")), "{jobs:?}");
+
+    // A worker on the broker, reporting only through the capacity topic; a long interval, so
+    // reports between ready and shutdown come from slot changes.
+    let mut cmd = kiln();
+    cmd.env("KILN_STORE_URL", store.as_str())
+        .env("KILN_DEBUG_KINDS", "1")
+        .env("KILN_WORKER_ID", "wk")
+        .env("KILN_CPU_SLOTS", "2")
+        .env("KILN_KAFKA_BROKERS", broker.addr.as_str())
+        .env("KILN_KAFKA_GROUP", "route-test")
+        .env("KILN_KAFKA_SESSION_TIMEOUT_MS", "2000")
+        .env("KILN_KAFKA_REVOKE_DRAIN_MS", "1000")
+        .env("KILN_ROUTER_INTERVAL_MS", "600000")
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_ROUTER_URL")
+        .env_remove("KILN_CONFIG")
+        .current_dir(dir.path());
+    let (mut worker, wbase) = serve(&mut cmd);
+    wait_ready(&wbase, Duration::from_secs(30));
+    // The queued job runs on it.
+    wait_until("q-1 stored", || store_dir.join("jobs/q-1/result.json").exists());
+    wait_until("the worker's report through the topic", || {
+        let m = c.get(format!("{rbase}/metrics")).send().unwrap().text().unwrap();
+        metric(&m, "kiln_route_capacity_reports_total{outcome=\"inserted\"}") >= 1.0
+    });
+    // Placed on it directly now: the report's URL header is the address the router uses.
+    let gate = dir.path().join("gate");
+    let held = json!({"id": "k-1", "kind": "debug", "input": {"hold_until": gate, "output": "o.txt"}}).to_string();
+    let (status, route, _) = post(&c, &rbase, &held, &[("prefer", "respond-async")]);
+    assert_eq!(status, 202);
+    assert_eq!((field(&route, "tier"), field(&route, "worker")), ("container", "wk"), "{route}");
+    // A report with the slot taken follows (the interval is 10 minutes).
+    wait_until("a report with the busy slot", || {
+        let msgs = rt.block_on(broker.read_all("kiln.capacity"));
+        msgs.iter().filter(|(k, _, _)| k.as_deref() == Some("wk")).any(|(_, v, h)| {
+            let r: Value = serde_json::from_slice(v).unwrap_or_default();
+            r["kinds"]["debug"]["busy"] == 1 && h.get("kiln-worker-url").is_some_and(|u| *u == wbase)
+        })
+    });
+    std::fs::write(&gate, b"go").unwrap();
+    wait_until("k-1 stored", || store_dir.join("jobs/k-1/result.json").exists());
+
+    // A clean shutdown: draining, then the tombstone; the router forgets the worker.
+    worker.signal("TERM");
+    assert!(worker.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "the worker did not exit cleanly");
+    let msgs = rt.block_on(broker.read_all("kiln.capacity"));
+    let mine: Vec<_> = msgs.iter().filter(|(k, _, _)| k.as_deref() == Some("wk")).collect();
+    assert!(mine.last().unwrap().1.is_empty(), "the last message is a tombstone");
+    let draining: Value = serde_json::from_slice(&mine[mine.len() - 2].1).unwrap();
+    assert_eq!(draining["state"], "draining", "{draining}");
+    wait_until("the tombstone read", || {
+        let m = c.get(format!("{rbase}/metrics")).send().unwrap().text().unwrap();
+        metric(&m, "kiln_route_capacity_reports_total{outcome=\"tombstone\"}") >= 1.0
+    });
+    let body = json!({"id": "q-2", "kind": "debug", "input": {"hold_ms": 1}}).to_string();
+    let (status, route, _) = post(&c, &rbase, &body, &[]);
+    assert_eq!((status, field(&route, "worker")), (202, "queue:kiln.jobs"), "{route}");
+}
+
+const TOKEN: &str = "acme-token-0000000001";
+const WORKER_TOKEN: &str = "pool-token-0000000002";
+
+#[test]
+fn route_authenticates_like_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"exercise_share": 0.0, "dual_share": 0.0, "tenants": {"acme": {"tier": "container"}},
+            "kinds": {"debug": {"primary": "serverless", "fallback": "container"}}}"#,
+    )
+    .unwrap();
+    let tokens = format!("acme:{TOKEN},pool:{WORKER_TOKEN}");
+    let (_router, rbase) = start_router(dir.path(), &policy, &[("KILN_HTTP_TOKENS", tokens.as_str())]);
+    let c = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    // Health is open; the job API and capacity reports are not.
+    assert_eq!(c.get(format!("{rbase}/healthz")).send().unwrap().status().as_u16(), 200);
+    let r = c.post(format!("{rbase}/v1/capacity")).body("{}").send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (_w, _) = start_worker("wa", &store, &rbase, dir.path(), &[("KILN_HTTP_TOKENS", tokens.as_str()), ("KILN_ROUTER_TOKEN", WORKER_TOKEN)]);
+    wait_ready(&rbase, Duration::from_secs(30));
+
+    let body = json!({"id": "auth-1", "kind": "debug", "input": {"hold_ms": 1, "output": "o.txt"}}).to_string();
+    let (status, _, text) = post(&c, &rbase, &body, &[]);
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("unauthorized"), "{text}");
+    let (status, _, _) = post(&c, &rbase, &body, &[("authorization", "Bearer wrong-token-00000000000")]);
+    assert_eq!(status, 401);
+    // The token authenticates at the router and again at the worker (passed on); acme's
+    // pin keeps its debug jobs on containers.
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, route, text) = post(&c, &rbase, &body, &[("authorization", bearer.as_str())]);
+    assert_eq!(status, 200, "{route} {text}");
+    assert_eq!((field(&route, "tier"), field(&route, "worker")), ("container", "wa"), "{route}");
+    let log = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
+    let d: Value = log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|l| l["job_id"] == "auth-1").unwrap();
+    assert_eq!(d["features"]["tenant"], "acme", "{d}");
+    assert!(d["reasons"].to_string().contains("tenant acme pinned to container"), "{d}");
+    // Lookups pass the token on too.
+    let r = c.get(format!("{rbase}/v1/jobs/auth-1")).header("authorization", bearer.as_str()).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(c.get(format!("{rbase}/v1/jobs/auth-1")).send().unwrap().status().as_u16(), 401);
+
+    // A public address without tokens: refused at start, like kiln serve.
+    let out = kiln()
+        .arg("route")
+        .env("KILN_HTTP_ADDR", "0.0.0.0:0")
+        .env_remove("KILN_HTTP_TOKENS")
+        .env_remove("KILN_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http.tokens") && err.contains("KILN_HTTP_AUTH=none"), "{err}");
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

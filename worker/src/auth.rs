@@ -1,4 +1,4 @@
-//! Bearer-token authentication of the HTTP API (`kiln serve`).
+//! Bearer-token authentication of the HTTP API (`kiln serve` and `kiln route`).
 //!
 //! - Tokens are `tenant:token` pairs from `http.tokens` (`KILN_HTTP_TOKENS`, a comma list)
 //!   and `http.tokens_file` (`KILN_HTTP_TOKENS_FILE`, one pair a line, `#` comments), all
@@ -77,7 +77,7 @@ pub fn check_exposure(http: &HttpConfig, tokens: &Tokens) -> Result<(), ConfigEr
     Err(ConfigError::Invalid {
         key: "http.tokens",
         message: format!(
-            "kiln serve on {} (not a loopback address) needs bearer tokens: set http.tokens \
+            "serving on {} (not a loopback address) needs bearer tokens: set http.tokens \
              (KILN_HTTP_TOKENS=tenant:token,…) or http.tokens_file (KILN_HTTP_TOKENS_FILE), or set \
              http.auth = \"none\" (KILN_HTTP_AUTH=none) to serve without authentication on purpose",
             http.addr

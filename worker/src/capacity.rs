@@ -1,5 +1,5 @@
-//! Builds the capacity report from live state, and publishes it to the router on an interval
-//! and on every state change.
+//! Builds the capacity report from live state, and publishes it to the router on an interval,
+//! on every state change and when the scheduler's slots change ([`crate::slot_watch`]).
 
 use crate::runtime::Runtime;
 use crate::scheduler::gpu::DeviceSnapshot;
@@ -120,15 +120,17 @@ impl Default for Reporter {
 /// Publishes reports to `router.url` until `stop` fires, then one last (draining) report.
 pub async fn publish_loop(rt: Arc<Runtime>, reporter: Arc<Reporter>, url: String, stop: CancellationToken) {
     let publisher = match HttpPublisher::new(url) {
-        Ok(p) => p,
+        Ok(p) => p.with_token(rt.config().router.token.clone()),
         Err(e) => return warn!(error = %e, "capacity publisher disabled"),
     };
     let mut state = rt.subscribe_state();
+    let mut slots = crate::slot_watch::SlotWatch::new(rt.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(rt.config().router.interval_ms));
     loop {
         tokio::select! {
             _ = tick.tick() => reporter.refresh_gpus(),
             r = state.changed() => if r.is_err() { break },
+            _ = slots.changed() => {}
             _ = stop.cancelled() => break,
         }
         let report = reporter.report(&rt);

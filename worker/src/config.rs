@@ -238,6 +238,9 @@ pub struct LogConfig {
 pub struct RouterConfig {
     pub url: Option<String>,
     pub interval_ms: u64,
+    /// Bearer token sent with capacity reports, for a `kiln route` with `http.tokens` (one
+    /// of its `tenant:token` pairs' token).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -272,11 +275,19 @@ pub struct KafkaTopics {
     pub results: String,
     pub events: String,
     pub dlq: String,
+    /// Compacted, key = worker id (worker/src/capacity_topic.rs); empty: not used.
+    pub capacity: String,
 }
 
 impl Default for KafkaTopics {
     fn default() -> Self {
-        KafkaTopics { jobs: "kiln.jobs".into(), results: "kiln.results".into(), events: "kiln.events".into(), dlq: "kiln.dlq".into() }
+        KafkaTopics {
+            jobs: "kiln.jobs".into(),
+            results: "kiln.results".into(),
+            events: "kiln.events".into(),
+            dlq: "kiln.dlq".into(),
+            capacity: "kiln.capacity".into(),
+        }
     }
 }
 
@@ -336,7 +347,7 @@ impl Default for Config {
             limits: Limits::default(),
             shutdown: ShutdownConfig { grace_ms: 30_000 },
             log: LogConfig { level: "info".into(), format: LogFormat::Auto },
-            router: RouterConfig { url: None, interval_ms: 2_000 },
+            router: RouterConfig { url: None, interval_ms: 2_000, token: None },
             kafka: KafkaConfig {
                 brokers: None,
                 group: "kiln".into(),
@@ -441,6 +452,13 @@ pub struct RouteConfig {
     /// The URL a `kiln serve` worker advertises to the router with its capacity reports
     /// (default: `http://{http.addr}`, with 127.0.0.1 for an unspecified address).
     pub advertise_url: Option<String>,
+    /// The serverless tier: unset, nothing is invoked (serverless decisions go to a container
+    /// when the decision allows one); `aws`, the Lambda Invoke API of `route.lambda_region`;
+    /// an `http(s)://` URL, the Invoke API at that endpoint (cargo-lambda's emulator). The
+    /// function's name comes from the policy (`serverless.function`, per-kind `function`).
+    pub lambda: Option<String>,
+    /// Region of the Lambda Invoke API (default: the AWS chain's, else us-east-1).
+    pub lambda_region: Option<String>,
 }
 
 impl Default for RouteConfig {
@@ -453,6 +471,8 @@ impl Default for RouteConfig {
             max_attempts: 3,
             job_map_size: 10_000,
             advertise_url: None,
+            lambda: None,
+            lambda_region: None,
         }
     }
 }
@@ -499,6 +519,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LOG_FORMAT", "log.format"),
     ("ROUTER_URL", "router.url"),
     ("ROUTER_INTERVAL_MS", "router.interval_ms"),
+    ("ROUTER_TOKEN", "router.token"),
     ("KAFKA_BROKERS", "kafka.brokers"),
     ("KAFKA_GROUP", "kafka.group"),
     ("KAFKA_SESSION_TIMEOUT_MS", "kafka.session_timeout_ms"),
@@ -509,6 +530,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_RESULTS_TOPIC", "kafka.topics.results"),
     ("KAFKA_EVENTS_TOPIC", "kafka.topics.events"),
     ("KAFKA_DLQ_TOPIC", "kafka.topics.dlq"),
+    ("KAFKA_CAPACITY_TOPIC", "kafka.topics.capacity"),
     ("CHECKPOINT_LEASE_MS", "checkpoint.lease_ms"),
     ("CHECKPOINT_STORE_WAIT_MS", "checkpoint.store_wait_ms"),
     ("LAMBDA_RESPONSE", "lambda.response"),
@@ -533,6 +555,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("TENANT_MAX_JOBS", "tenants.max_jobs"),
     ("TENANT_MAX_SHARE_PCT", "tenants.max_share_pct"),
     ("KAFKA_TRUST_TENANT_HEADER", "kafka.trust_tenant_header"),
+    ("ROUTE_LAMBDA", "route.lambda"),
+    ("ROUTE_LAMBDA_REGION", "route.lambda_region"),
 ];
 
 impl Config {
@@ -632,6 +656,12 @@ impl Config {
         }
         if self.tenants.max_share_pct == 0 || self.tenants.max_share_pct > 100 {
             return Err(invalid("tenants.max_share_pct", "1 to 100"));
+        }
+        if let Some(l) = self.route.lambda.as_deref().filter(|l| *l != "aws") {
+            let ok = Url::parse(l).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(invalid("route.lambda", format!("{l:?} is neither `aws` nor an http(s):// endpoint")));
+            }
         }
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));
@@ -748,6 +778,20 @@ mod tests {
         assert_eq!(c.lambda.kinds, ["thumbnail", "debug"]);
         let c = Config::load_from(None, &vars(&[("KILN_CONFIG", f.to_str().unwrap())])).unwrap();
         assert_eq!(c.scheduler.queue_depth, 7);
+    }
+
+    #[test]
+    fn the_route_lambda_key_takes_aws_or_an_endpoint() {
+        for ok in ["aws", "http://127.0.0.1:9000", "https://lambda.example"] {
+            let c = Config::load_from(None, &vars(&[("KILN_ROUTE_LAMBDA", ok), ("KILN_ROUTER_TOKEN", "t")])).unwrap();
+            assert_eq!(c.route.lambda.as_deref(), Some(ok));
+            assert_eq!(c.router.token.as_deref(), Some("t"));
+        }
+        let e = Config::load_from(None, &vars(&[("KILN_ROUTE_LAMBDA", "lambda.local")])).unwrap_err().to_string();
+        assert!(e.contains("route.lambda"), "{e}");
+        let c = Config::load_from(None, &vars(&[("KILN_KAFKA_CAPACITY_TOPIC", "caps")])).unwrap();
+        assert_eq!(c.kafka.topics.capacity, "caps");
+        assert_eq!(Config::default().kafka.topics.capacity, "kiln.capacity");
     }
 
     #[test]

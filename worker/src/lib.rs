@@ -23,6 +23,7 @@
 pub mod allow;
 pub mod auth;
 pub mod capacity;
+pub mod capacity_topic;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "debug-kind")]
@@ -35,6 +36,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod signals;
 pub mod signing;
+pub mod slot_watch;
 pub mod sinks;
 pub mod sources;
 pub mod store;

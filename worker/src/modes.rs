@@ -158,6 +158,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let advertise = rt.config().route.advertise_url.clone();
     let router_url = router_url.map(|url| crate::route::report_url(&url, local, advertise.as_deref()));
     let publisher = router_url.map(|url| tokio::spawn(publish_loop(rt.clone(), reporter.clone(), url, stop_publish.clone())));
+    // The compacted capacity topic, when there is a broker (worker/src/capacity_topic.rs).
+    let topic_publisher = (kafka_cfg.brokers.is_some() && !kafka_cfg.topics.capacity.is_empty()).then(|| {
+        let own = crate::route::advertised_url(local, advertise.as_deref());
+        tokio::spawn(crate::capacity_topic::publish_loop(rt.clone(), reporter.clone(), own, stop_publish.clone()))
+    });
     rt.warm_up().await;
     let stop_kafka = CancellationToken::new();
     let kafka = match kafka_cfg.brokers.is_some() {
@@ -184,8 +189,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         source.finish(Duration::from_secs(10)).await;
     }
     stop_publish.cancel();
-    if let Some(p) = publisher {
-        let _ = tokio::time::timeout(Duration::from_secs(3), p).await;
+    for p in [publisher, topic_publisher].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(6), p).await;
     }
     stop_http.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {

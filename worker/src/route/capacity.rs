@@ -1,6 +1,7 @@
 //! Capacity in: `POST /v1/capacity` takes the [`CapacityReport`]s workers push (the worker's
 //! publisher posts to `router.url` with its own address as `?worker_url=`, see
-//! [`super::report_url`]) into the shared [`kiln_router_client::CapacityView`]. Also the
+//! [`super::report_url`]) into the shared [`kiln_router_client::CapacityView`] ([`ingest`],
+//! which the capacity topic's reader uses too). Also the
 //! worker address book (worker id → base URL) and the bounded job id → worker map that
 //! `GET /v1/jobs/{id}` uses.
 
@@ -105,28 +106,35 @@ pub async fn post_capacity(State(st): State<Arc<RouteState>>, Query(q): Query<Re
             return (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": "invalid_spec", "message": msg}}))).into_response();
         }
     };
-    let now = now_ms();
+    if let Some(url) = q.worker_url.as_deref().filter(|u| u.starts_with("http://") || u.starts_with("https://")) {
+        lock(&st.book).set(&report.worker_id, url.trim_end_matches('/'));
+    }
+    let outcome = ingest(&st, report, q.function.as_deref(), now_ms());
+    st.metrics.reports.with_label_values(&[outcome]).inc();
+    Json(json!({"outcome": outcome})).into_response()
+}
+
+/// One report into the view (from `POST /v1/capacity` or the capacity topic); what the view
+/// did with it, as a metrics label. A serverless instance's report is a sighting of
+/// `function` (default: the policy's function).
+pub fn ingest(st: &RouteState, report: CapacityReport, function: Option<&str>, now: u64) -> &'static str {
     let worker_id = report.worker_id.clone();
     let state = report.state;
     let outcome = {
         let mut view = lock(&st.view);
         if report.tier == Tier::Serverless {
-            let function = q.function.clone().unwrap_or_else(|| lock(&st.policy).config().serverless.function.clone());
+            let function = function.map(str::to_owned).unwrap_or_else(|| lock(&st.policy).config().serverless.function.clone());
             view.ingest_serverless_report(&function, &report);
             Ingest::ServerlessInstance
         } else {
             view.ingest_report(report, now)
         }
     };
-    if let Some(url) = q.worker_url.as_deref().filter(|u| u.starts_with("http://") || u.starts_with("https://")) {
-        lock(&st.book).set(&worker_id, url.trim_end_matches('/'));
-    }
-    st.metrics.reports.with_label_values(&[outcome_label(outcome)]).inc();
     tracing::debug!(%worker_id, state = ?state, outcome = outcome_label(outcome), "capacity report");
     if state == WorkerState::Draining && matches!(outcome, Ingest::Inserted | Ingest::Replaced) {
         tracing::info!(%worker_id, "worker draining");
     }
-    Json(json!({"outcome": outcome_label(outcome)})).into_response()
+    outcome_label(outcome)
 }
 
 #[cfg(test)]

@@ -1,27 +1,47 @@
 //! One job through the router: parse the envelope (bad input → the worker's own failed
 //! result with `invalid_spec`, 400), features and placement (the decision logged as JSONL
-//! and put on the job's span), then forward to a container worker and stream its answer
-//! back. A worker that is unreachable, dies mid-run, times out, answers `overloaded` (full
-//! or draining) or `too_long_for_tier` is retried on another worker under the same job id
-//! (the workers' idempotency makes that safe), up to `route.max_attempts`.
+//! and put on the job's span), then attempts on the decision's tier and, when that fails and
+//! the decision allows it, on the other one — all under the same job id (the workers'
+//! idempotency makes that safe), up to `route.max_attempts` attempts in all:
+//!
+//! - container: forwarded to the least loaded ready worker and its answer streamed back. A
+//!   worker that is unreachable, dies mid-run, times out, answers `overloaded` (full or
+//!   draining) or `too_long_for_tier` is retried on another worker, then on the function.
+//! - serverless: the job's function invoked ([`super::serverless`]); the instance id, cold
+//!   start and init time go into the view's warm pool. Throttling, a failed or timed-out
+//!   invocation, `overloaded` or `too_long_for_tier` are retried on a container.
+//!
+//! A router with a Kafka queue ([`super::queue`]) queues the job there (202 with
+//! `worker=queue:{topic}`) when the decision targets the pool's queue (no ready worker, or
+//! every worker busy for batch and GPU work), and when neither tier gave an answer and the
+//! decision allows containers.
 //!
 //! The answer carries `x-kiln-route: tier=…; worker=…; rule=…; placed=…; attempts=…;
-//! policy=…` (`placed` is the decision's tier; `tier` and `worker` where it ran).
+//! policy=…[; note=…]` (`placed` is the decision's tier; `tier` and `worker` where it ran —
+//! the worker id, or the function instance; `note`, what failed on the way).
 //!
-//! SSE (`Accept: text/event-stream`) and `Prefer: respond-async` answers are passed through
-//! as they come; they are retried only when the worker fails before answering.
+//! SSE (`Accept: text/event-stream`) and `Prefer: respond-async` answers of a container are
+//! passed through as they come; they are retried only when the worker fails before
+//! answering. On the serverless tier the Invoke API answers once the job is done: an SSE
+//! request gets the result as its one event, and an async request tries a container first.
 
+use super::serverless::{self, Invoker};
 use super::{lock, now_ms, RouteState};
 use crate::tracectx::TraceContext;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kiln_jobs::{ErrorCode, JobError, JobResult, WorkerInfo};
-use kiln_router_client::{Decision, Tier};
+use kiln_jobs::{ErrorCode, Event, JobError, JobResult, WorkerInfo};
+use kiln_router_client::decision::other;
+use kiln_router_client::{Decision, RequestFeatures, Tier};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn, Instrument};
+
+/// Request headers a container worker gets from the client: what it answers with, and the
+/// caller's bearer token (the worker checks it against the same tokens: the same tenant).
+const PASSED_TO_WORKER: [&str; 3] = ["accept", "prefer", "authorization"];
 
 const PASSED_ON: [HeaderName; 4] = [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER, header::CACHE_CONTROL];
 
@@ -48,19 +68,18 @@ enum Attempt {
 }
 
 /// Picks a container worker for `kind` among the ready, untried ones: the least loaded by
-/// (busy + queued as reported + jobs this router has in flight there) / slots, so a burst
+/// (busy + queued) / slots, where queued includes this router's placements the worker's
+/// report cannot show yet ([`kiln_router_client::CapacityView::placed`]), so a burst
 /// between two reports spreads; the decision's worker (`preferred`) wins ties.
 fn next_worker(st: &RouteState, kind: &str, gpu: bool, preferred: Option<&str>, tried: &[String]) -> Option<(String, String)> {
     let book = lock(&st.book);
     let cands = lock(&st.view).candidates(kind, now_ms());
-    let inflight = lock(&st.inflight);
     let best = cands
         .into_iter()
         .filter(|c| (!gpu || c.gpu) && !tried.contains(&c.worker_id))
         .filter_map(|c| {
             let url = book.url(&c.worker_id)?;
-            let mine = inflight.get(&c.worker_id).copied().unwrap_or(0);
-            let load = f64::from(c.busy + c.queued + mine) / f64::from(c.slots.max(1));
+            let load = f64::from(c.busy + c.queued) / f64::from(c.slots.max(1));
             let not_preferred = Some(c.worker_id.as_str()) != preferred;
             Some((load, not_preferred, c.worker_id, url))
         })
@@ -72,22 +91,20 @@ fn next_worker(st: &RouteState, kind: &str, gpu: bool, preferred: Option<&str>, 
     }
 }
 
-/// Counts a forward in flight on a worker while alive.
-struct InFlight<'a>(&'a RouteState, String);
-
-impl<'a> InFlight<'a> {
-    fn new(st: &'a RouteState, worker: &str) -> Self {
-        *lock(&st.inflight).entry(worker.to_owned()).or_insert(0) += 1;
-        InFlight(st, worker.to_owned())
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if let Some(n) = lock(&self.0.inflight).get_mut(&self.1) {
-            *n = n.saturating_sub(1);
-        }
-    }
+/// One job on its way through the router: what every attempt needs.
+struct Job {
+    id: String,
+    kind: String,
+    body: Bytes,
+    headers: HeaderMap,
+    trace: Option<TraceContext>,
+    /// Only workers with a GPU may take it (and never the serverless tier).
+    gpu: bool,
+    /// The function the serverless tier invokes for this kind.
+    function: String,
+    sse: bool,
+    asynchronous: bool,
+    started: Instant,
 }
 
 /// `POST /v1/jobs` through the router.
@@ -115,7 +132,8 @@ pub async fn submit(st: Arc<RouteState>, headers: HeaderMap, body: Bytes) -> Res
         }
     };
     let features = match lock(&st.policy).features(&env, None) {
-        Ok(f) => f,
+        // The authenticated tenant, never one the envelope claims.
+        Ok(f) => RequestFeatures { tenant: crate::auth::current_tenant().or(f.tenant), ..f },
         Err(e) => {
             st.metrics.invalid.inc();
             return refuse(&id, &kind, &JobError::invalid_spec(e.to_string()));
@@ -137,94 +155,221 @@ pub async fn submit(st: Arc<RouteState>, headers: HeaderMap, body: Bytes) -> Res
         tier = decision.target.tier.as_str(), worker = decision.target.worker_id.as_deref().unwrap_or(""),
         rule, reasons = ?decision.reasons, policy_version = decision.policy_version,
         trace_id = trace.as_ref().map(|t| t.trace_id.as_str()).unwrap_or(""));
-    let gpu = features.needs_gpu || lock(&st.policy).config().rule(&kind).needs_gpu;
-    run_attempts(st, headers, body, id, kind, decision, gpu, trace, started).instrument(span).await
+    let (gpu, function) = {
+        let policy = lock(&st.policy);
+        (features.needs_gpu || policy.config().rule(&kind).needs_gpu, policy.config().function(&kind).to_owned())
+    };
+    let job = Job {
+        sse: header_has(&headers, "accept", "text/event-stream"),
+        asynchronous: header_has(&headers, "prefer", "respond-async"),
+        id,
+        kind,
+        body,
+        headers,
+        trace,
+        gpu,
+        function,
+        started,
+    };
+    run_attempts(st, job, decision).instrument(span).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_attempts(
-    st: Arc<RouteState>,
-    headers: HeaderMap,
-    body: Bytes,
-    id: String,
-    kind: String,
-    decision: Decision,
-    gpu: bool,
-    trace: Option<TraceContext>,
-    started: Instant,
-) -> Response {
+/// The tiers to try, in order: the decision's target, then the other tier when the decision
+/// allows it there (it is the primary or the fallback; GPU work never has serverless as
+/// either). An async request (`Prefer: respond-async`) tries a container first: the Invoke
+/// API only answers once the job is done, a container answers 202 at once.
+fn tier_order(decision: &Decision, asynchronous: bool) -> Vec<Tier> {
+    let allowed = |t: Tier| decision.primary == t || decision.fallback == Some(t);
+    let first = decision.target.tier;
+    let mut order = vec![first];
+    if allowed(other(first)) {
+        order.push(other(first));
+    }
+    if asynchronous && order == [Tier::Serverless, Tier::Container] {
+        order.swap(0, 1);
+    }
+    order
+}
+
+/// Tries the job on the decision's tier, then on the other one, up to `route.max_attempts`
+/// attempts in all, and answers with the first final answer.
+async fn run_attempts(st: Arc<RouteState>, job: Job, decision: Decision) -> Response {
     info!(target = ?decision.target, reasons = ?decision.reasons, "placed");
     let mut notes: Vec<&'static str> = Vec::new();
-    let container_ok = decision.primary == Tier::Container || decision.fallback == Some(Tier::Container);
-    if decision.target.tier == Tier::Serverless {
-        // No Lambda invoker yet: the serverless tier is answered by a container worker.
-        st.metrics.retries.with_label_values(&["serverless_unavailable"]).inc();
-        notes.push("serverless unavailable");
-        if !container_ok {
-            let err = JobError::new(ErrorCode::Overloaded, format!("{kind} may only run serverless, and the router has no Lambda invoker"));
-            let mut resp = refuse(&id, &kind, &err);
-            route_header(&mut resp, &decision, None, 0, &notes);
-            return resp;
-        }
-    }
-    let sse = header_has(&headers, "accept", "text/event-stream");
-    let asynchronous = header_has(&headers, "prefer", "respond-async");
     let mut tried: Vec<String> = Vec::new();
+    let mut attempts = 0usize;
+    let max = st.cfg.max_attempts as usize;
     let mut last: Option<Response> = None;
     let mut preferred = decision.target.worker_id.clone();
-    for _ in 0..st.cfg.max_attempts {
-        let Some((worker, url)) = next_worker(&st, &kind, gpu, preferred.take().as_deref(), &tried) else { break };
-        tried.push(worker.clone());
-        let counted = InFlight::new(&st, &worker);
-        let outcome = attempt(&st, &url, &headers, &body, trace.as_ref(), sse || asynchronous).await;
-        drop(counted);
-        match outcome {
-            Attempt::Done(mut resp) => {
-                lock(&st.jobs).insert(&id, &url);
-                let latency = started.elapsed();
-                st.metrics.latency.with_label_values(&["container"]).observe(latency.as_secs_f64());
-                st.metrics.jobs.with_label_values(&["container", status_class(resp.status())]).inc();
-                if resp.status().is_success() && !sse && !asynchronous && decision.target.tier == Tier::Container {
-                    lock(&st.policy).observe(Tier::Container, &kind, latency.as_secs_f64() * 1e3, decision.predicted_ms);
+    // The pool's queue as the target (no ready worker, or the pool-queue rule), and a queue
+    // to put it in: no worker is tried.
+    let to_queue = decision.target.tier == Tier::Container && decision.target.worker_id.is_none() && st.queue.is_some();
+    let order = if to_queue { Vec::new() } else { tier_order(&decision, job.asynchronous) };
+    for tier in order {
+        match tier {
+            Tier::Serverless => {
+                if attempts >= max {
+                    break;
                 }
-                route_header(&mut resp, &decision, Some(&worker), tried.len(), &notes);
+                let Some(invoker) = st.invoker.as_ref() else {
+                    // No invoker configured: the other tier answers, when the decision allows.
+                    st.metrics.retries.with_label_values(&["serverless_unavailable"]).inc();
+                    notes.push("serverless unavailable");
+                    continue;
+                };
+                attempts += 1;
+                match invoke(&st, invoker, &job).await {
+                    Ok((resp, instance)) => {
+                        return finish(&st, &job, &decision, resp, Tier::Serverless, &instance, attempts, &notes)
+                    }
+                    Err((why, resp)) => {
+                        warn!(function = %job.function, why, "serverless attempt failed; trying the other tier");
+                        st.metrics.retries.with_label_values(&[why]).inc();
+                        notes.push(why);
+                        if resp.is_some() {
+                            last = resp;
+                        }
+                    }
+                }
+            }
+            Tier::Container => {
+                while attempts < max {
+                    let Some((worker, url)) = next_worker(&st, &job.kind, job.gpu, preferred.take().as_deref(), &tried) else {
+                        break;
+                    };
+                    tried.push(worker.clone());
+                    attempts += 1;
+                    lock(&st.view).placed(&worker, now_ms());
+                    let outcome = attempt(&st, &url, &job, job.sse || job.asynchronous).await;
+                    match outcome {
+                        Attempt::Done(resp) => {
+                            lock(&st.jobs).insert(&job.id, &url);
+                            return finish(&st, &job, &decision, resp, Tier::Container, &worker, attempts, &notes);
+                        }
+                        Attempt::Retry(why, resp) => {
+                            warn!(%worker, why, "attempt failed; trying another worker");
+                            st.metrics.retries.with_label_values(&[why]).inc();
+                            notes.push(why);
+                            if why == "unreachable" {
+                                // Dead or gone: out of the view until its next report.
+                                lock(&st.view).remove_worker(&worker);
+                            }
+                            if resp.is_some() {
+                                last = resp;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let container_allowed = decision.primary == Tier::Container || decision.fallback == Some(Tier::Container);
+    if let (Some(queue), true) = (st.queue.as_ref(), container_allowed) {
+        let traceparent = job.trace.as_ref().map(TraceContext::header);
+        match queue.enqueue(&job.id, &job.body, traceparent.as_deref()).await {
+            Ok(()) => {
+                info!(topic = %queue.topic, "no worker could take the job now; queued");
+                notes.push("queued");
+                st.metrics.jobs.with_label_values(&["queue", "2xx"]).inc();
+                let body = serde_json::json!({"id": job.id, "kind": job.kind, "status": "queued", "topic": queue.topic});
+                let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                let at = format!("queue:{}", queue.topic);
+                route_header(&mut resp, &decision, Some((Tier::Container, &at)), attempts, &notes);
                 return resp;
             }
-            Attempt::Retry(why, resp) => {
-                warn!(%worker, why, "attempt failed; trying another worker");
-                st.metrics.retries.with_label_values(&[why]).inc();
-                notes.push(why);
-                if why == "unreachable" {
-                    // Dead or gone: out of the view until its next report.
-                    lock(&st.view).remove_worker(&worker);
-                }
-                if resp.is_some() {
-                    last = resp;
-                }
-            }
+            Err(e) => warn!(topic = %queue.topic, error = %e, "queueing the job failed"),
         }
     }
     st.metrics.jobs.with_label_values(&["none", "5xx"]).inc();
     let mut resp = last.unwrap_or_else(|| {
-        let why = if tried.is_empty() {
-            format!("no ready container worker serves {kind}{}", if gpu { " with a GPU" } else { "" })
+        let why = if attempts == 0 {
+            match decision.target.tier {
+                Tier::Serverless if st.invoker.is_none() => {
+                    format!("{} may only run serverless, and the router has no Lambda invoker (route.lambda)", job.kind)
+                }
+                _ => format!("no ready container worker serves {}{}", job.kind, if job.gpu { " with a GPU" } else { "" }),
+            }
         } else {
-            format!("no worker could take the job ({} tried)", tried.len())
+            format!("no worker could take the job ({attempts} tried)")
         };
-        refuse(&id, &kind, &JobError::new(ErrorCode::Overloaded, why))
+        refuse(&job.id, &job.kind, &JobError::new(ErrorCode::Overloaded, why))
     });
-    route_header(&mut resp, &decision, None, tried.len(), &notes);
+    route_header(&mut resp, &decision, None, attempts, &notes);
     resp
 }
 
-/// `x-kiln-route` on the client's answer: where it ran (`tier=none` when nowhere), where it
-/// was placed, the rule, the attempts and what went wrong on the way.
-fn route_header(resp: &mut Response, decision: &Decision, worker: Option<&str>, attempts: usize, notes: &[&str]) {
+/// A final answer from `tier` (`at`: the worker or function instance): metrics, the closed
+/// loop (when it ran where it was placed), the `x-kiln-route` header.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    st: &RouteState,
+    job: &Job,
+    decision: &Decision,
+    mut resp: Response,
+    tier: Tier,
+    at: &str,
+    attempts: usize,
+    notes: &[&str],
+) -> Response {
+    let latency = job.started.elapsed();
+    st.metrics.latency.with_label_values(&[tier.as_str()]).observe(latency.as_secs_f64());
+    st.metrics.jobs.with_label_values(&[tier.as_str(), status_class(resp.status())]).inc();
+    let measured = tier == Tier::Serverless || !(job.sse || job.asynchronous);
+    if resp.status().is_success() && measured && decision.target.tier == tier {
+        lock(&st.policy).observe(tier, &job.kind, latency.as_secs_f64() * 1e3, decision.predicted_ms);
+    }
+    route_header(&mut resp, decision, Some((tier, at)), attempts, notes);
+    resp
+}
+
+/// One invocation of the job's function. `Ok`: the final answer and the instance that gave
+/// it; `Err`: why the other tier should try, and the answer to give if none is left.
+async fn invoke(st: &RouteState, invoker: &Invoker, job: &Job) -> Result<(Response, String), (&'static str, Option<Response>)> {
+    lock(&st.view).invocation_started(&job.function);
+    let timeout = Duration::from_millis(st.cfg.forward_timeout_ms);
+    let invoked = match invoker.invoke(&job.function, &job.body, timeout).await {
+        Ok(i) => i,
+        Err(e) => {
+            lock(&st.view).invocation_failed(&job.function);
+            warn!(function = %job.function, error = %e, "invocation failed");
+            return Err((e.label(), None));
+        }
+    };
+    lock(&st.view).observe_invocation(&serverless::observation(&job.function, &invoked, now_ms()));
+    if invoked.cold_start() {
+        st.metrics.cold_starts.inc();
+    }
+    let instance = invoked.instance_id();
+    let code = invoked.result.error_code();
+    let resp = if job.sse {
+        crate::sinks::http::sse(futures_util::stream::once(std::future::ready(Event::Result(invoked.result.clone()))))
+    } else {
+        let status = crate::sinks::status_for(&invoked.result);
+        let mut resp = (status, axum::Json(invoked.body)).into_response();
+        if let Some(secs) = crate::sinks::retry_after(status) {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        resp
+    };
+    match code {
+        Some(ErrorCode::TooLongForTier) => Err(("too_long_for_tier", Some(resp))),
+        Some(ErrorCode::Overloaded) => Err(("overloaded", Some(resp))),
+        _ => Ok((resp, instance)),
+    }
+}
+
+/// `x-kiln-route` on the client's answer: where it ran (`tier=none` when nowhere; `worker`
+/// is the container worker or the function instance), where it was placed, the rule, the
+/// attempts and what went wrong on the way.
+fn route_header(resp: &mut Response, decision: &Decision, ran: Option<(Tier, &str)>, attempts: usize, notes: &[&str]) {
     let note = if notes.is_empty() { String::new() } else { format!("; note={}", notes.join(",")) };
     let value = format!(
         "tier={}; worker={}; rule={}; placed={}; attempts={attempts}; policy={}{note}",
-        if worker.is_some() { "container" } else { "none" },
-        worker.unwrap_or(""),
+        ran.map_or("none", |(t, _)| t.as_str()),
+        ran.map_or("", |(_, w)| w),
         decision.rule(),
         decision.target.tier.as_str(),
         decision.policy_version
@@ -267,12 +412,16 @@ fn answer_from(head: &Head, body: Body) -> Response {
 
 /// `GET`/`DELETE` of `/v1/jobs/{id}[/events]`: sent to the worker that took the job (the id
 /// map), else to every known worker in turn until one knows the job; 404 when none does.
-pub async fn to_owner(st: Arc<RouteState>, method: reqwest::Method, id: &str, path: &str) -> Response {
+pub async fn to_owner(st: Arc<RouteState>, method: reqwest::Method, id: &str, path: &str, headers: &HeaderMap) -> Response {
     let known = lock(&st.jobs).get(id);
     let mut urls: Vec<String> = known.clone().into_iter().collect();
     urls.extend(lock(&st.book).all().into_iter().filter(|u| Some(u) != known.as_ref()));
     for url in urls {
-        let resp = match st.client.request(method.clone(), format!("{url}{path}")).send().await {
+        let mut req = st.client.request(method.clone(), format!("{url}{path}"));
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            req = req.header(header::AUTHORIZATION.as_str(), auth.as_bytes());
+        }
+        let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
                 warn!(%url, error = %e, "worker did not answer a lookup");
@@ -291,14 +440,15 @@ pub async fn to_owner(st: Arc<RouteState>, method: reqwest::Method, id: &str, pa
 }
 
 /// One try on one worker.
-async fn attempt(st: &RouteState, url: &str, headers: &HeaderMap, body: &Bytes, trace: Option<&TraceContext>, streaming: bool) -> Attempt {
-    let mut req = st.client.post(format!("{url}/v1/jobs")).header(header::CONTENT_TYPE.as_str(), "application/json").body(body.clone());
-    for name in ["accept", "prefer"] {
-        for v in headers.get_all(name) {
+async fn attempt(st: &RouteState, url: &str, job: &Job, streaming: bool) -> Attempt {
+    let mut req =
+        st.client.post(format!("{url}/v1/jobs")).header(header::CONTENT_TYPE.as_str(), "application/json").body(job.body.clone());
+    for name in PASSED_TO_WORKER {
+        for v in job.headers.get_all(name) {
             req = req.header(name, v.as_bytes());
         }
     }
-    if let Some(t) = trace {
+    if let Some(t) = &job.trace {
         req = req.header("traceparent", t.header());
     }
     let timeout = Duration::from_millis(st.cfg.forward_timeout_ms);

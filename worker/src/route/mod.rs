@@ -2,24 +2,32 @@
 //!
 //! Stateless (any number of replicas): it serves the same `/v1/jobs` API as `kiln serve`,
 //! places each job with the router-client policy ([`kiln_router_client::Router`]) from the
-//! capacity workers push to it (`POST /v1/capacity`), and forwards the job to the chosen
-//! container worker over HTTP, retrying on another worker when one fails.
+//! capacity workers push to it (`POST /v1/capacity`, or the `kiln.capacity` topic) and from the serverless invocations'
+//! results, and sends the job to the chosen container worker over HTTP or to the Lambda
+//! function through the Invoke API, retrying on another worker or the other tier when one
+//! fails.
 //!
 //! - [`server`]: the HTTP API (axum) and the process's lifecycle ([`run`]).
-//! - [`forward`]: one job's placement, forwarding, retries and answer.
+//! - [`forward`]: one job's placement, attempts on both tiers, retries and answer.
+//! - [`serverless`]: the Lambda Invoke API client and what an invocation's answer says.
 //! - [`capacity`]: capacity reports in, the worker address book and the job id → worker map.
+//! - [`capacity_topic`]: capacity reports in from the compacted `kiln.capacity` topic.
+//! - [`queue`]: the container pool's Kafka queue, for jobs no worker can take now.
 //! - [`metrics`]: the router's own Prometheus metrics.
 //!
-//! The serverless tier (Lambda Invoke API) is not wired yet: a decision for it fails over to
-//! a container worker, with the reason in the `x-kiln-route` header and a metric.
+//! Without `route.lambda` no function is invoked: a serverless decision goes to a container
+//! when the decision allows one, with `serverless unavailable` in the `x-kiln-route` note.
 //!
 //! Policy reload: the file at `route.policy` is re-read when its modification time changes
 //! (checked every 2 s); an invalid file is logged and the running policy kept.
 
 pub mod capacity;
+pub mod capacity_topic;
 pub mod forward;
 pub mod metrics;
+pub mod queue;
 pub mod server;
+pub mod serverless;
 
 pub use server::run;
 
@@ -54,9 +62,11 @@ pub struct RouteState {
     pub view: Mutex<CapacityView>,
     pub book: Mutex<AddressBook>,
     pub jobs: Mutex<JobMap>,
-    /// Jobs this router is forwarding now, by worker id.
-    pub inflight: Mutex<std::collections::HashMap<String, u32>>,
     pub client: reqwest::Client,
+    /// The serverless tier's Invoke API client (`route.lambda`); None: no serverless tier.
+    pub invoker: Option<serverless::Invoker>,
+    /// The container pool's queue on Kafka (`kafka.brokers`); None: no queue.
+    pub queue: Option<queue::JobQueue>,
     pub metrics: RouteMetrics,
     decision_log: Option<Mutex<std::fs::File>>,
 }
@@ -89,7 +99,7 @@ fn mtime(path: &str) -> Option<SystemTime> {
 }
 
 impl RouteState {
-    pub fn new(cfg: RouteConfig) -> Result<Self, RouteError> {
+    pub fn new(cfg: RouteConfig, invoker: Option<serverless::Invoker>, queue: Option<queue::JobQueue>) -> Result<Self, RouteError> {
         let policy = match &cfg.policy {
             Some(p) => load_policy(p)?,
             None => PolicyConfig::default(),
@@ -110,12 +120,13 @@ impl RouteState {
         let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
         Ok(RouteState {
             jobs: Mutex::new(JobMap::new(cfg.job_map_size)),
-            inflight: Mutex::new(std::collections::HashMap::new()),
             cfg,
             policy: Mutex::new(router),
             view: Mutex::new(view),
             book: Mutex::new(AddressBook::default()),
             client,
+            invoker,
+            queue,
             metrics: RouteMetrics::new(),
             decision_log,
         })
@@ -132,25 +143,29 @@ impl RouteState {
         }
     }
 
-    /// Ready once a fresh capacity report is held (the serverless tier is not invoked yet).
+    /// Ready once a fresh capacity report is held, or at once with a serverless tier or a
+    /// Kafka queue (both take jobs without a report).
     pub fn ready(&self) -> bool {
         let now = now_ms();
-        lock(&self.view).workers(now).next().is_some()
+        self.invoker.is_some() || self.queue.is_some() || lock(&self.view).workers(now).next().is_some()
     }
 
-    /// Re-reads the policy file when its modification time changed; every 2 s until dropped.
+    /// Every 2 s until dropped: drops expired reports and idle instances from the view, and
+    /// re-reads the policy file when its modification time changed.
     pub async fn watch_policy(self: std::sync::Arc<Self>) {
-        let Some(path) = self.cfg.policy.clone() else { return };
-        let mut seen = mtime(&path);
+        let path = self.cfg.policy.clone();
+        let mut seen = path.as_deref().and_then(mtime);
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
-            let now = mtime(&path);
+            lock(&self.view).expire(now_ms());
+            let Some(path) = path.as_deref() else { continue };
+            let now = mtime(path);
             if now == seen {
                 continue;
             }
             seen = now;
-            match load_policy(&path) {
+            match load_policy(path) {
                 Ok(policy) => {
                     let idle = policy.serverless.idle_lifetime_ms;
                     let mut view = lock(&self.view);
@@ -169,16 +184,22 @@ impl RouteState {
     }
 }
 
+/// A worker's own base URL as it advertises it: `route.advertise_url`, else `http://{local}`
+/// with 127.0.0.1 for an unspecified address.
+pub fn advertised_url(local: SocketAddr, advertise: Option<&str>) -> String {
+    match advertise {
+        Some(a) => a.trim_end_matches('/').to_owned(),
+        None if local.ip().is_unspecified() => format!("http://127.0.0.1:{}", local.port()),
+        None => format!("http://{local}"),
+    }
+}
+
 /// The URL a `kiln serve` worker posts its capacity reports to: `router.url` with the
 /// worker's own address as the `worker_url` query parameter, so the router can forward jobs
 /// to it. `advertise` (`route.advertise_url`) wins; else `http://{local}`, with 127.0.0.1
 /// for an unspecified address.
 pub fn report_url(router_url: &str, local: SocketAddr, advertise: Option<&str>) -> String {
-    let own = match advertise {
-        Some(a) => a.trim_end_matches('/').to_owned(),
-        None if local.ip().is_unspecified() => format!("http://127.0.0.1:{}", local.port()),
-        None => format!("http://{local}"),
-    };
+    let own = advertised_url(local, advertise);
     match url::Url::parse(router_url) {
         Ok(mut u) => {
             u.query_pairs_mut().append_pair("worker_url", &own);

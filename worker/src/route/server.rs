@@ -2,6 +2,12 @@
 //! [`super::forward`]), `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/events` and
 //! `DELETE /v1/jobs/{id}` (sent to the worker that took the job), `POST /v1/capacity`
 //! (also `POST /`, for a `router.url` without a path), `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Authentication is `kiln serve`'s ([`crate::auth`]): the same `http.tokens`, the same
+//! open paths, the same refusal to serve a non-loopback address without tokens. Capacity
+//! reports need a token too (workers send `router.token`). The caller's `Authorization`
+//! is passed on to the container worker, which checks it against the same tokens and so
+//! knows the same tenant; the tenant also feeds the policy's tenant pins.
 
 use super::{capacity, forward, RouteState};
 use crate::config::Config;
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub fn router(st: Arc<RouteState>, max_body: usize) -> Router {
+pub fn router(st: Arc<RouteState>, http: &crate::config::HttpConfig) -> Router {
     Router::new()
         .route("/v1/jobs", post(post_job))
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
@@ -26,7 +32,8 @@ pub fn router(st: Arc<RouteState>, max_body: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(crate::auth::for_config(http), crate::auth::require))
         .with_state(st)
 }
 
@@ -34,19 +41,19 @@ async fn post_job(State(st): State<Arc<RouteState>>, headers: HeaderMap, body: B
     forward::submit(st, headers, body).await
 }
 
-async fn get_job(State(st): State<Arc<RouteState>>, Path(id): Path<String>) -> Response {
+async fn get_job(State(st): State<Arc<RouteState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let path = format!("/v1/jobs/{id}");
-    forward::to_owner(st, reqwest::Method::GET, &id, &path).await
+    forward::to_owner(st, reqwest::Method::GET, &id, &path, &headers).await
 }
 
-async fn job_events(State(st): State<Arc<RouteState>>, Path(id): Path<String>) -> Response {
+async fn job_events(State(st): State<Arc<RouteState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let path = format!("/v1/jobs/{id}/events");
-    forward::to_owner(st, reqwest::Method::GET, &id, &path).await
+    forward::to_owner(st, reqwest::Method::GET, &id, &path, &headers).await
 }
 
-async fn delete_job(State(st): State<Arc<RouteState>>, Path(id): Path<String>) -> Response {
+async fn delete_job(State(st): State<Arc<RouteState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let path = format!("/v1/jobs/{id}");
-    forward::to_owner(st, reqwest::Method::DELETE, &id, &path).await
+    forward::to_owner(st, reqwest::Method::DELETE, &id, &path, &headers).await
 }
 
 async fn healthz() -> Response {
@@ -69,14 +76,22 @@ async fn metrics(State(st): State<Arc<RouteState>>) -> Response {
 /// address (`kiln route listening on http://…`).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = cfg.http.addr.clone();
-    let st = Arc::new(RouteState::new(cfg.route.clone())?);
+    crate::auth::check_exposure(&cfg.http, &crate::auth::Tokens::from_config(&cfg.http)?)?;
+    let invoker = match cfg.route.lambda.as_deref() {
+        Some(target) => Some(super::serverless::Invoker::connect(target, cfg.route.lambda_region.as_deref()).await),
+        None => None,
+    };
+    let queue = super::queue::JobQueue::from_config(&cfg.kafka).map_err(|e| anyhow::anyhow!("kafka producer: {e}"))?;
+    let st = Arc::new(RouteState::new(cfg.route.clone(), invoker, queue)?);
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
     let local = listener.local_addr()?;
     println!("kiln route listening on http://{local}");
-    info!(%local, policy = ?cfg.route.policy, "routing");
+    info!(%local, policy = ?cfg.route.policy, lambda = ?cfg.route.lambda, "routing");
     let watcher = tokio::spawn(st.clone().watch_policy());
+    let stop_topic = CancellationToken::new();
+    let topic_reader = tokio::spawn(super::capacity_topic::consume(st.clone(), cfg.kafka.clone(), stop_topic.clone()));
     let stop = CancellationToken::new();
-    let app = router(st, cfg.http.max_body_bytes);
+    let app = router(st, &cfg.http);
     let server = tokio::spawn({
         let stop = stop.clone();
         async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
@@ -84,6 +99,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::signals::shutdown_signal().await;
     info!("stopping");
     watcher.abort();
+    stop_topic.cancel();
+    let _ = topic_reader.await;
     stop.cancel();
     match tokio::time::timeout(std::time::Duration::from_secs(10), server).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),

@@ -1,7 +1,7 @@
 //! The Lambda side of results: a buffered response (the result, or an HTTP-shaped answer for
 //! function-URL and API Gateway events), or an NDJSON stream of every event with the result
 //! last. Each result carries the invocation's facts (`lambda: {cold_start, init_ms,
-//! invocation}`), which is how the router learns the serverless tier's warm pool.
+//! invocation, instance_id}`), which is how the router learns the serverless tier's warm pool.
 
 use super::status_for;
 use crate::jobtable::JobEntry;
@@ -14,12 +14,15 @@ use std::sync::Arc;
 use tracing::warn;
 
 /// What this invocation adds to its result.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Invocation {
     /// 1 for the instance's first invocation (its cold start).
     pub number: u64,
     /// Process start → runtime ready, in ms.
     pub init_ms: f64,
+    /// The instance (execution environment) that served it: the same for every invocation
+    /// of one instance, different across instances.
+    pub instance_id: Arc<str>,
 }
 
 impl Invocation {
@@ -27,7 +30,8 @@ impl Invocation {
     pub fn annotate(&self, result: &JobResult) -> Value {
         let mut v = serde_json::to_value(result).unwrap_or(Value::Null);
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("lambda".into(), json!({"cold_start": self.number == 1, "init_ms": self.init_ms, "invocation": self.number}));
+            obj.insert("lambda".into(), json!({"cold_start": self.number == 1, "init_ms": self.init_ms, "invocation": self.number,
+                "instance_id": &*self.instance_id}));
         }
         v
     }

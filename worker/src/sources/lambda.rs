@@ -32,6 +32,18 @@ pub struct LambdaSource {
     rt: Arc<Runtime>,
     init_ms: f64,
     invocations: AtomicU64,
+    /// This instance's id (see [`instance_id`]).
+    instance_id: Arc<str>,
+}
+
+/// The id of this execution environment: its CloudWatch log stream name on AWS (one per
+/// instance), else the worker id and a random suffix (a configured `worker.id` is shared
+/// by every instance of a function).
+fn instance_id(worker_id: &str) -> Arc<str> {
+    match std::env::var("AWS_LAMBDA_LOG_STREAM_NAME") {
+        Ok(s) if !s.is_empty() => s.into(),
+        _ => format!("{worker_id}-{}", ulid::Ulid::new()).into(),
+    }
 }
 
 /// What the event carried.
@@ -76,7 +88,8 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 
 impl LambdaSource {
     pub fn new(rt: Arc<Runtime>, init_ms: f64) -> Arc<Self> {
-        Arc::new(LambdaSource { rt, init_ms, invocations: AtomicU64::new(0) })
+        let instance_id = instance_id(&rt.worker().id);
+        Arc::new(LambdaSource { rt, init_ms, invocations: AtomicU64::new(0), instance_id })
     }
 
     /// Refuses what this tier cannot finish; tightens the job's deadline to the time left.
@@ -156,7 +169,7 @@ impl LambdaSource {
     pub async fn handle(self: Arc<Self>, event: LambdaEvent<Value>) -> Result<FunctionResponse<Value, Body>, lambda_runtime::Error> {
         let (payload, ctx) = event.into_parts();
         let n = self.invocations.fetch_add(1, Ordering::SeqCst) + 1;
-        let inv = Invocation { number: n, init_ms: self.init_ms };
+        let inv = Invocation { number: n, init_ms: self.init_ms, instance_id: self.instance_id.clone() };
         let remaining = remaining_time(ctx.deadline, SystemTime::now());
         let started = Instant::now();
         let (entry, http) = self.start(&payload, remaining).await;

