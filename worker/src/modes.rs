@@ -232,7 +232,8 @@ pub fn check(cfg: &Config, mode: crate::config::Mode) -> anyhow::Result<serde_js
         }
         Mode::Lambda => {}
     }
-    let kafka = cfg.kafka.brokers.as_ref().map(|brokers| {
+    // Only serve runs the Kafka source.
+    let kafka = cfg.kafka.brokers.as_ref().filter(|_| mode == Mode::Serve).map(|brokers| {
         serde_json::json!({
             "brokers": brokers,
             "group": cfg.kafka.group,
