@@ -284,7 +284,7 @@ impl Cfn<'_> {
                         };
                         let mut out = text.to_owned();
                         let locals = local.as_ref().and_then(Value::as_object).cloned().unwrap_or_default();
-                        for (name, val) in locals.iter().chain(self.params.iter().map(|(k, v)| (k, v))) {
+                        for (name, val) in locals.iter().chain(self.params.iter()) {
                             if let Some(s) = val.as_str() {
                                 out = out.replace(&format!("${{{name}}}"), s);
                             }
