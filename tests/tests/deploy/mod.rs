@@ -214,7 +214,8 @@ pub fn run_config_check(docs: &[Value], spec: &Value, container: &Value, mut var
         } else if let Some(n) = vol["secret"]["secretName"].as_str() {
             object_data(docs, "Secret", n)
         } else {
-            Some(BTreeMap::new())
+            // Scratch (emptyDir): nothing to provide, no paths to move.
+            continue;
         };
         match data {
             Some(data) => {
@@ -233,10 +234,8 @@ pub fn run_config_check(docs: &[Value], spec: &Value, container: &Value, mut var
         mounts.push((mount, dir));
     }
     for (_, v) in vars.iter_mut() {
-        for (mount, dir) in &mounts {
-            if let Some(rest) = v.strip_prefix(&format!("{mount}/")) {
-                *v = dir.join(rest).to_string_lossy().into_owned();
-            }
+        if let Some(moved) = mounts.iter().find_map(|(mount, dir)| v.strip_prefix(&format!("{mount}/")).map(|rest| dir.join(rest))) {
+            *v = moved.to_string_lossy().into_owned();
         }
     }
     let out = Command::new(kiln_bin())
