@@ -50,6 +50,8 @@ impl Broker {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b.addr).create().unwrap();
         let topics = [
             NewTopic::new("kiln.jobs", partitions, TopicReplication::Fixed(1)),
+            // A pool's own jobs topic (k8s/: kiln.jobs.cpu, kiln.jobs.gpu).
+            NewTopic::new("kiln.jobs.gpu", partitions, TopicReplication::Fixed(1)),
             NewTopic::new("kiln.results", 1, TopicReplication::Fixed(1)),
             NewTopic::new("kiln.events", 1, TopicReplication::Fixed(1)),
             NewTopic::new("kiln.dlq", 1, TopicReplication::Fixed(1)),
@@ -353,4 +355,45 @@ async fn traceparent_travels_from_job_to_result() {
     assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace: {out}");
     assert_ne!(parts[2], "00f067aa0ba902b7", "the job's own span is the parent: {out}");
     assert_eq!(parts[3], "01", "{out}");
+}
+
+/// A pool as k8s/ runs it: its own jobs topic and group, and Kafka static membership
+/// (`KILN_KAFKA_INSTANCE_ID`, the pod name). It takes only its topic's jobs, and a restart
+/// under the same instance id takes jobs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_reads_only_its_own_topic_as_a_static_member() {
+    let broker = Broker::start(2).await;
+    let store = tempfile::tempdir().unwrap();
+    let p = broker.producer();
+    // On the shared default topic: no pool below reads it.
+    broker.produce(&p, "elsewhere", &job("elsewhere", json!({}))).await;
+    let pool = [("KILN_KAFKA_JOBS_TOPIC", "kiln.jobs.gpu"), ("KILN_KAFKA_GROUP", "kiln-gpu"), ("KILN_KAFKA_INSTANCE_ID", "kiln-gpu-0")];
+    let send = |ids: Vec<String>| {
+        let p = p.clone();
+        async move {
+            for id in ids {
+                p.send(FutureRecord::to("kiln.jobs.gpu").key(&id).payload(&job(&id, json!({}))), Duration::from_secs(10)).await.unwrap();
+            }
+        }
+    };
+    for round in 0..2 {
+        let (mut w, _) = worker(&broker, store.path(), &pool);
+        let ids: Vec<String> = (0..4).map(|i| format!("g{round}-{i}")).collect();
+        send(ids.clone()).await;
+        let results = broker.reader("kiln.results");
+        let want: BTreeSet<String> = ids.iter().cloned().collect();
+        let got = tokio::task::spawn_blocking(move || {
+            collect(&results, |g| want.iter().all(|id| results_by_id(g).contains_key(id)))
+        })
+        .await
+        .unwrap();
+        for id in &ids {
+            assert_eq!(results_by_id(&got)[id]["status"], "succeeded", "round {round}: {id}");
+        }
+        w.signal("TERM");
+        assert!(w.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "round {round}: the worker did not drain and exit");
+    }
+    let all = results_by_id(&broker.read_all("kiln.results").await);
+    assert_eq!(all.len(), 8, "{:?}", all.keys().collect::<Vec<_>>());
+    assert!(!all.contains_key("elsewhere"), "a pool took a job from a topic it does not read");
 }
