@@ -146,11 +146,7 @@ impl KafkaSource {
             revoke_drain: Duration::from_millis(cfg.revoke_drain_ms),
             rt,
         });
-        let mut consumer_cfg = props::client_config(&cfg);
-        if let Some(id) = &cfg.instance_id {
-            consumer_cfg.set("group.instance.id", id);
-        }
-        let consumer: StreamConsumer<Ctx> = consumer_cfg
+        let consumer: StreamConsumer<Ctx> = props::consumer_config(&cfg)
             .set("bootstrap.servers", &brokers)
             .set("group.id", &cfg.group)
             .set("enable.auto.commit", "true")
