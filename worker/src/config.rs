@@ -249,6 +249,10 @@ pub struct KafkaConfig {
     /// Comma-separated bootstrap servers; the Kafka source runs when set.
     pub brokers: Option<String>,
     pub group: String,
+    /// Kafka static membership (`group.instance.id`): a name stable across restarts (a
+    /// StatefulSet pod's name), so a restarted member gets its partitions back without a
+    /// rebalance. Unset: dynamic membership.
+    pub instance_id: Option<String>,
     pub topics: KafkaTopics,
     pub session_timeout_ms: u64,
     /// Tries of a job that fails with a retryable error before it goes to the DLQ.
@@ -351,6 +355,7 @@ impl Default for Config {
             kafka: KafkaConfig {
                 brokers: None,
                 group: "kiln".into(),
+                instance_id: None,
                 topics: KafkaTopics::default(),
                 session_timeout_ms: 10_000,
                 max_attempts: 3,
@@ -522,6 +527,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("ROUTER_TOKEN", "router.token"),
     ("KAFKA_BROKERS", "kafka.brokers"),
     ("KAFKA_GROUP", "kafka.group"),
+    ("KAFKA_INSTANCE_ID", "kafka.instance_id"),
     ("KAFKA_SESSION_TIMEOUT_MS", "kafka.session_timeout_ms"),
     ("KAFKA_MAX_ATTEMPTS", "kafka.max_attempts"),
     ("KAFKA_RETRY_BACKOFF_MS", "kafka.retry_backoff_ms"),
@@ -649,6 +655,12 @@ impl Config {
             }
             if self.kafka.max_attempts == 0 {
                 return Err(invalid("kafka.max_attempts", "at least 1"));
+            }
+            if self.kafka.group.is_empty() || self.kafka.topics.jobs.is_empty() {
+                return Err(invalid("kafka", "group and topics.jobs must not be empty"));
+            }
+            if self.kafka.instance_id.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid("kafka.instance_id", "must not be empty when set"));
             }
         }
         if self.route.max_attempts == 0 {

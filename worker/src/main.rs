@@ -52,6 +52,19 @@ enum Command {
     Probe,
     /// Routes jobs to workers (the latency-aware router of the hybrid design) until SIGTERM.
     Route,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Loads the config as the mode that would run (KILN_MODE, else lambda when
+    /// AWS_LAMBDA_RUNTIME_API is set, else serve) and runs its start-up checks without
+    /// starting it. Prints a summary as JSON and exits 0, or prints the error and exits 2.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +86,18 @@ fn main() -> ExitCode {
     telemetry::init_logging(&log);
     // A panicking job is reported as `internal` by the runtime; log the panic as an event too.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "a job panicked")));
+    if let Some(Command::Config { action: ConfigAction::Check }) = &cli.command {
+        return match modes::check(&cfg, mode_from_env(&cfg)) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kiln: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let command = match cli.command {
         Some(c) => c,
         None => match mode_from_env(&cfg) {
@@ -99,6 +124,7 @@ fn main() -> ExitCode {
         Command::Serve => rt.block_on(modes::serve(cfg)).map(|()| 0),
         Command::Lambda => rt.block_on(modes::lambda(cfg, started)).map(|()| 0),
         Command::Route => rt.block_on(modes::route(cfg)).map(|()| 0),
+        Command::Config { .. } => Ok(0),
         Command::Probe => serde_json::to_string_pretty(&modes::probe(&cfg)).map_err(Into::into).map(|s| {
             println!("{s}");
             0

@@ -1,6 +1,7 @@
 //! The modes of the one binary and its composition root: [`registry`] and [`runtime`] assemble
 //! the job kinds, the store and the runtime that `run` (file or stdin → JSONL on stdout),
-//! `serve` (HTTP, and Kafka when brokers are set), `lambda` and `probe` share.
+//! `serve` (HTTP, and Kafka when brokers are set), `lambda` and `probe` share; and
+//! `config check`, the start-up checks without starting.
 
 use crate::capacity::{publish_loop, Reporter};
 use crate::config::Config;
@@ -225,10 +226,68 @@ pub fn probe(cfg: &Config) -> serde_json::Value {
     })
 }
 
+/// `kiln config check`: the start-up checks of `mode` that need no network (the config is
+/// loaded and validated already): for serve, the bearer tokens (`http.tokens_file` is read)
+/// and the exposure rule; for route, the policy file. Returns what the process would run
+/// with (no secrets), for deployment checks to compare against their own settings.
+pub fn check(cfg: &Config, mode: crate::config::Mode) -> anyhow::Result<serde_json::Value> {
+    use crate::config::Mode;
+    match mode {
+        Mode::Serve => {
+            let tokens = crate::auth::Tokens::from_config(&cfg.http)?;
+            crate::auth::check_exposure(&cfg.http, &tokens)?;
+        }
+        Mode::Route => {
+            if let Some(p) = &cfg.route.policy {
+                crate::route::load_policy(p)?;
+            }
+        }
+        Mode::Lambda => {}
+    }
+    // Only serve runs the Kafka source.
+    let kafka = cfg.kafka.brokers.as_ref().filter(|_| mode == Mode::Serve).map(|brokers| {
+        serde_json::json!({
+            "brokers": brokers,
+            "group": cfg.kafka.group,
+            "jobs_topic": cfg.kafka.topics.jobs,
+            "instance_id": cfg.kafka.instance_id,
+        })
+    });
+    Ok(serde_json::json!({
+        "ok": true,
+        "mode": mode,
+        "worker_id": cfg.worker_id(),
+        "tier": cfg.worker.tier,
+        "accel": cfg.accel,
+        "store": cfg.store_url().to_string(),
+        "kafka": kafka,
+        "router_url": cfg.router.url,
+        "advertise_url": cfg.route.advertise_url,
+        "http_addr": cfg.http.addr,
+        "cpu_slots": cfg.scheduler.cpu_slots,
+        "grace_ms": cfg.shutdown.grace_ms,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use kiln_jobs::ErrorCode;
+
+    #[test]
+    fn config_check_runs_the_modes_start_up_checks() {
+        use crate::config::Mode;
+        let mut cfg = Config::default();
+        let e = check(&cfg, Mode::Serve).unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
+        cfg.http.tokens = vec!["t:secret-token-1234".into()];
+        let v = check(&cfg, Mode::Serve).unwrap();
+        assert_eq!(v["mode"], "serve");
+        assert!(!v.to_string().contains("secret-token"), "{v}");
+        cfg.route.policy = Some("/nonexistent/policy.toml".into());
+        assert!(check(&cfg, Mode::Route).is_err());
+        assert!(check(&cfg, Mode::Lambda).is_ok());
+    }
 
     #[test]
     fn the_registry_holds_every_kind_and_refuses_unknown_ones() {

@@ -151,7 +151,7 @@ impl KafkaSource {
             revoke_drain: Duration::from_millis(cfg.revoke_drain_ms),
             rt,
         });
-        let consumer: StreamConsumer<Ctx> = props::client_config(&cfg)
+        let consumer: StreamConsumer<Ctx> = props::consumer_config(&cfg)
             .set("bootstrap.servers", &brokers)
             .set("group.id", &cfg.group)
             .set("enable.auto.commit", "true")

@@ -16,6 +16,16 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The consumer's: the pass-through properties, and static membership (`group.instance.id`)
+/// when `kafka.instance_id` is set.
+pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    if let Some(id) = &cfg.instance_id {
+        c.set("group.instance.id", id);
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,5 +38,9 @@ mod tests {
         let c = client_config(&cfg);
         assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(c.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(consumer_config(&cfg).get("group.instance.id"), None);
+        cfg.instance_id = Some("kiln-gpu-0".into());
+        assert_eq!(consumer_config(&cfg).get("group.instance.id"), Some("kiln-gpu-0"));
+        assert_eq!(client_config(&cfg).get("group.instance.id"), None, "the producer has no group");
     }
 }
