@@ -9,7 +9,7 @@
 # (scripts/fetch-photos.sh), poppler-utils and Typst in .tools/venv (scripts/fetch-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmdline="benches/render_pdf.sh${*:+ $*}"
+cmdline="${KILN_BIN:+KILN_BIN=$KILN_BIN }benches/render_pdf.sh${*:+ $*}"
 KILN=${KILN_BIN:-target/release/kiln}
 [ -x "$KILN" ] || { echo "render pdf bench: $KILN is missing: run \`cargo build --release -p kiln-worker\`" >&2; exit 2; }
 PY=.tools/venv/bin/python
