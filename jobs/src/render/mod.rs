@@ -16,10 +16,14 @@
 //!   `sans`, `serif`, `mono` (+ `-bold`), DejaVu. Image `width`/`height`: one alone keeps
 //!   the aspect ratio, neither takes the (cropped) image's size; the image is stretched to its
 //!   box; `rotate` is degrees clockwise about the box centre; `crop` is in source pixels.
-//! - PDF pages are raster: each page is one image XObject at the page's DPI (page size in
-//!   points = pixels × 72 / dpi), JPEG (`jpeg_quality`, 4:2:0) when the page has image layers,
-//!   lossless Flate otherwise. Pages with transparency are flattened onto white in the PDF;
-//!   PNGs keep alpha. Text is not kept as text.
+//! - PDF pages are vectors (`vector.rs`): text as text (the PNG path's shaping, fonts
+//!   embedded once per document as subsets with a ToUnicode map), rectangles as paths, images
+//!   as image XObjects at the resolution their box needs (never above the source's; JPEGs
+//!   needing no change passed through; the same photo on many pages stored once), opacity and
+//!   blend modes as ExtGStates. Page size in points = pixels × 72 / dpi. `jpeg_quality` is
+//!   the quality of photos re-encoded after resampling. A `pdf` job composites nothing; PNG
+//!   pages (`png`, `pdf+png`) are composited as before and keep alpha; a transparent page
+//!   background shows the white paper in the PDF.
 //! - `pdf_page` pages are copied whole (content, resources, annotations; not `/Parent` links)
 //!   and need PDF output; with `pdf+png` they get no PNG (kiln does not rasterise PDFs).
 //! - Units: one per page, key `page-NNNN`. A page's PNG (`page-NNNN.png`) and its PDF part
@@ -33,8 +37,10 @@
 
 mod page;
 pub mod pdf;
+mod pdfimage;
 mod run;
 mod spec;
+mod vector;
 #[cfg(test)]
 mod tests;
 

@@ -103,12 +103,7 @@ fn image_source(
         }
         None => CropRect { left: 0.0, top: 0.0, width: full.width as f64, height: full.height as f64 },
     };
-    let (bw, bh) = match (w, h) {
-        (Some(w), Some(h)) => (w, h),
-        (Some(w), None) => (w, ((w as f64 * c.height / c.width).round() as u32).max(1)),
-        (None, Some(h)) => (((h as f64 * c.width / c.height).round() as u32).max(1), h),
-        (None, None) => (c.width.round().max(1.0) as u32, c.height.round().max(1.0) as u32),
-    };
+    let (bw, bh) = box_size((w, h), &c);
     if bw as u64 * bh as u64 > ctx.limits.max_page_pixels {
         return Err(JobError::invalid_spec(format!("{what}: its {bw}x{bh} box is over the page pixel limit")));
     }
@@ -116,7 +111,18 @@ fn image_source(
     Ok(raster::image(&resized, x.round() as i64, y.round() as i64, rotate, opacity, blend))
 }
 
-fn ensure_crop(what: &str, c: &super::spec::Crop, dims: (u32, u32)) -> Result<(), JobError> {
+/// The box (page pixels) an image layer fills: the spec's width and height, one alone keeping
+/// the (cropped) image's aspect ratio, neither taking its size. The PDF path uses the same.
+pub(super) fn box_size((w, h): (Option<u32>, Option<u32>), c: &CropRect) -> (u32, u32) {
+    match (w, h) {
+        (Some(w), Some(h)) => (w, h),
+        (Some(w), None) => (w, ((w as f64 * c.height / c.width).round() as u32).max(1)),
+        (None, Some(h)) => (((h as f64 * c.width / c.height).round() as u32).max(1), h),
+        (None, None) => (c.width.round().max(1.0) as u32, c.height.round().max(1.0) as u32),
+    }
+}
+
+pub(super) fn ensure_crop(what: &str, c: &super::spec::Crop, dims: (u32, u32)) -> Result<(), JobError> {
     if c.x + c.width > dims.0 as f64 + 1e-6 || c.y + c.height > dims.1 as f64 + 1e-6 {
         return Err(JobError::invalid_spec(format!(
             "{what}: crop {}x{}+{}+{} reaches outside the {}x{} image",

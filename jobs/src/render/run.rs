@@ -3,7 +3,9 @@
 //! streamed to the store.
 
 use super::page::{self, ImageCache};
-use super::pdf::{self, Assembler, Encoding};
+use super::pdf::{self, Assembler};
+use super::pdfimage::PdfImages;
+use super::vector::{self, Fonts};
 use super::spec::{Page, Resolved};
 use crate::context::JobContext;
 use crate::convert::Context;
@@ -50,6 +52,8 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     let total = job.pages.len() as u64;
     let mut comp: Option<Arc<dyn Compositor>> = None;
     let mut cache = ImageCache::default();
+    let mut fonts = Fonts::default();
+    let mut pdf_images = PdfImages::default();
     let mut source_pdf: Option<(String, lopdf::Document)> = None;
     let mut pngs: Vec<OutputInfo> = Vec::new();
     let mut parts: Vec<String> = Vec::new();
@@ -72,21 +76,20 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
         let mut outputs = Vec::new();
         let record = match p {
             Page::Drawn(d) => {
-                if comp.is_none() {
-                    comp = Some(render::compositor(job.accel)?);
-                }
-                let c = comp.as_deref().ok_or_else(|| JobError::internal("no compositor"))?;
-                let image = page::render(ctx, d, c, &mut cache)?;
-                ctx.check()?;
                 if job.png {
+                    if comp.is_none() {
+                        comp = Some(render::compositor(job.accel)?);
+                    }
+                    let c = comp.as_deref().ok_or_else(|| JobError::internal("no compositor"))?;
+                    let image = page::render(ctx, d, c, &mut cache)?;
+                    ctx.check()?;
                     let bytes = img::encode(&image, &EncodeOptions::new(OutputFormat::Png))
                         .map_err(|e| JobError::internal(format!("{key}: png: {e}")))?;
                     outputs.push(ctx.store_output(&png_name(i), Bytes::from(bytes), "image/png", Some((image.width, image.height)))?);
                 }
                 let size = d.size_pt();
                 let part = if job.pdf {
-                    let enc = if d.has_images() { Encoding::Dct(job.jpeg_quality) } else { Encoding::Flate };
-                    let bytes = pdf::raster_part(&image, size, enc)?;
+                    let bytes = vector::part(ctx, d, &mut fonts, &mut pdf_images, job.jpeg_quality)?;
                     ctx.store_output(&part_name(i), Bytes::from(bytes), "application/pdf", None)?;
                     Some(part_name(i))
                 } else {
@@ -117,6 +120,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
         ctx.progress(i as u64 + 1, total, &key);
     }
     drop(cache);
+    drop(pdf_images);
     drop(source_pdf);
 
     let mut outputs = pngs;

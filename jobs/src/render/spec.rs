@@ -220,9 +220,6 @@ impl DrawnPage {
     pub fn size_pt(&self) -> (f64, f64) {
         (self.width as f64 * 72.0 / self.dpi, self.height as f64 * 72.0 / self.dpi)
     }
-    pub fn has_images(&self) -> bool {
-        self.layers.iter().any(|l| matches!(l, Layer::Image { .. }))
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

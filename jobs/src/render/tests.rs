@@ -192,15 +192,27 @@ fn pages_render_to_pngs_and_one_pdf_with_merged_pages() {
     let merged = doc.get_pages()[&2];
     assert_eq!(doc.get_page_content(merged).trim_ascii_end(), b"q 0 0 1 rg 10 10 80 40 re f Q");
     assert!(doc.get_dictionary(merged).unwrap().get(b"Resources").is_ok(), "inherited resources made explicit");
-    // Page 1 (with a photo) is a JPEG image, page 3 (vector only) Flate.
-    let filter = |n: u32| {
+    // Page 1's photo is a JPEG image XObject at its box's size (the source is larger); page 3
+    // (vector only) has no image at all.
+    let xobjects = |n: u32| {
         let id = doc.get_pages()[&n];
-        let res = doc.get_dictionary(id).unwrap().get(b"Resources").unwrap().as_dict().unwrap();
-        let im = res.get(b"XObject").unwrap().as_dict().unwrap().get(b"Im0").unwrap().as_reference().unwrap();
-        doc.get_object(im).unwrap().as_stream().unwrap().dict.get(b"Filter").unwrap().as_name().unwrap().to_vec()
+        let res = doc.get_dictionary(id).unwrap().get(b"Resources").unwrap().as_dict().unwrap().clone();
+        res.get(b"XObject").ok().and_then(|x| x.as_dict().ok()).cloned().unwrap_or_default()
     };
-    assert_eq!(filter(1), b"DCTDecode");
-    assert_eq!(filter(3), b"FlateDecode");
+    let im = xobjects(1).get(b"Im0").unwrap().as_reference().unwrap();
+    let im = &doc.get_object(im).unwrap().as_stream().unwrap().dict;
+    assert_eq!(im.get(b"Filter").unwrap().as_name().unwrap(), b"DCTDecode");
+    assert_eq!((im.get(b"Width").unwrap().as_i64().unwrap(), im.get(b"Height").unwrap().as_i64().unwrap()), (120, 80));
+    assert!(xobjects(3).is_empty());
+    // Text is text: the content stream shows glyphs with the embedded subset font.
+    let content = String::from_utf8_lossy(&doc.get_page_content(doc.get_pages()[&1])).into_owned();
+    assert!(content.contains(" TJ") && content.contains(" re f"), "{content}");
+    let fonts = doc.get_page_fonts(doc.get_pages()[&1]).unwrap();
+    let font = fonts.values().next().unwrap();
+    assert_eq!(font.get(b"Subtype").unwrap().as_name().unwrap(), b"Type0");
+    let base = font.get(b"BaseFont").unwrap().as_name().unwrap();
+    assert!(base.ends_with(b"+DejaVuSans") && base.len() == 7 + 10, "{}", String::from_utf8_lossy(base));
+    assert!(font.get(b"ToUnicode").is_ok() && font.get(b"KilnFont").is_err());
 
     let events = h.events.0.lock().unwrap();
     let progress: Vec<_> = events.iter().filter_map(|e| match e {
@@ -303,4 +315,81 @@ fn an_interrupted_200_page_job_resumes_and_assembles_the_same_pdf() {
         let name = format!("page-{:04}.png", i + 1);
         assert_eq!(h.output(&name), whole.output(&name), "{name}");
     }
+}
+
+/// Every image XObject of a document: (object id, width, height, filter, data).
+fn images_of(pdf: &[u8]) -> Vec<(lopdf::ObjectId, i64, i64, Vec<u8>, Vec<u8>)> {
+    let doc = lopdf::Document::load_mem(pdf).unwrap();
+    let mut out: Vec<_> = doc
+        .objects
+        .iter()
+        .filter_map(|(id, o)| {
+            let s = o.as_stream().ok()?;
+            (s.dict.get(b"Subtype").ok()?.as_name().ok()? == b"Image").then(|| {
+                let g = |k: &[u8]| s.dict.get(k).unwrap().as_i64().unwrap();
+                (*id, g(b"Width"), g(b"Height"), s.dict.get(b"Filter").unwrap().as_name().unwrap().to_vec(), s.content.clone())
+            })
+        })
+        .collect();
+    out.sort_by_key(|i| i.0);
+    out
+}
+
+#[test]
+fn photos_are_stored_once_at_their_box_size_and_small_jpegs_pass_through() {
+    let h = Harness::new();
+    let big = photo_jpeg(400, 300);
+    let small = photo_jpeg(40, 30);
+    h.store.insert("file:///in/big.jpg", big);
+    h.store.insert("file:///in/small.jpg", small.clone());
+    let pages: Vec<_> = (0..5)
+        .map(|i| {
+            page(json!([
+                {"type": "image", "source": "file:///in/big.jpg", "x": 0, "y": 0, "width": 100, "height": 75},
+                {"type": "image", "source": "file:///in/small.jpg", "x": 110, "y": 10, "width": 80, "height": 60, "blend": "multiply"},
+                {"type": "text", "x": 5, "y": 80, "text": format!("page {i}"), "size": 12}
+            ]))
+        })
+        .collect();
+    let out = h.run(json!({"pages": pages, "format": "pdf", "accel": "cpu"})).unwrap();
+    assert!(out.extra.get("compositor").is_none(), "a pdf job composites nothing");
+    let pdf = h.output("document.pdf");
+    let images = images_of(&pdf);
+    assert_eq!(images.len(), 2, "one object per photo for five pages: {:?}", images.iter().map(|i| (i.1, i.2)).collect::<Vec<_>>());
+    let (_, w, hh, filter, _) = &images[0];
+    assert_eq!((*w, *hh, filter.as_slice()), (100, 75, &b"DCTDecode"[..]), "resampled to the box");
+    let (_, w, hh, filter, data) = &images[1];
+    assert_eq!((*w, *hh, filter.as_slice()), (40, 30, &b"DCTDecode"[..]), "never upsampled");
+    assert!(data[..] == small[..], "a JPEG that needs no change is passed through");
+    // One font for the document, its glyphs from every page.
+    let doc = lopdf::Document::load_mem(&pdf).unwrap();
+    let fonts: std::collections::BTreeSet<_> = doc.get_pages().values().map(|p| doc.get_page_fonts(*p).unwrap().values().next().map(|f| f.get(b"BaseFont").unwrap().as_name().unwrap().to_vec())).collect();
+    assert_eq!(fonts.len(), 1, "{fonts:?}");
+}
+
+#[test]
+fn blend_modes_and_opacity_are_graphics_states_not_pixels() {
+    let h = Harness::new();
+    let spec = json!({"format": "pdf", "pages": [page(json!([
+        {"type": "rect", "x": 10, "y": 10, "width": 50, "height": 40, "fill": "#ff000080", "blend": "screen"},
+        {"type": "rect", "x": 30, "y": 20, "width": 50, "height": 40, "fill": "#00ff00", "stroke": "#000000", "stroke_width": 4, "opacity": 0.5, "blend": "multiply"},
+        {"type": "text", "x": 5, "y": 60, "text": "ﬁne", "size": 20, "opacity": 0.25}
+    ]))]});
+    h.run(spec).unwrap();
+    let doc = lopdf::Document::load_mem(&h.output("document.pdf")).unwrap();
+    let page = doc.get_pages()[&1];
+    let res = doc.get_dictionary(page).unwrap().get(b"Resources").unwrap().as_dict().unwrap();
+    let gs = res.get(b"ExtGState").unwrap().as_dict().unwrap();
+    let states: Vec<(f32, Vec<u8>)> = gs.iter().map(|(_, g)| {
+        let g = g.as_dict().unwrap();
+        (g.get(b"ca").unwrap().as_float().unwrap(), g.get(b"BM").unwrap().as_name().unwrap().to_vec())
+    }).collect();
+    assert!(states.contains(&(0.502, b"Screen".to_vec())), "{states:?}");
+    assert!(states.contains(&(0.502, b"Multiply".to_vec())), "the fill+stroke group at half opacity: {states:?}");
+    assert!(states.contains(&(0.251, b"Normal".to_vec())), "{states:?}");
+    // The stroked, filled rect under opacity is one transparency group.
+    let xo = res.get(b"XObject").unwrap().as_dict().unwrap();
+    let fm = doc.get_object(xo.get(b"Fm0").unwrap().as_reference().unwrap()).unwrap().as_stream().unwrap();
+    assert_eq!(fm.dict.get(b"Group").unwrap().as_dict().unwrap().get(b"S").unwrap().as_name().unwrap(), b"Transparency");
+    assert!(xo.iter().all(|(k, _)| !k.starts_with(b"Im")), "no raster fallback");
 }

@@ -71,32 +71,109 @@ pub struct TextStyle {
     pub blend: BlendMode,
 }
 
-/// Shapes and rasterises `text` with its box's top-left at (`x`, `y`), clipped to a
-/// `page`-sized canvas. `None` when no pixel is drawn (blank text, off the page).
-pub fn text(font: &[u8], page: (u32, u32), x: f64, y: f64, text: &str, style: &TextStyle) -> Result<Option<Source>, RenderError> {
+/// One shaped glyph, in font units (y up, as the font has it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapedGlyph {
+    pub id: u16,
+    pub x_advance: i32,
+    pub x_offset: i32,
+    pub y_offset: i32,
+    /// The text this glyph stands for: its cluster's characters on the first glyph of a
+    /// cluster, empty on the others (what a PDF ToUnicode map needs).
+    pub text: String,
+}
+
+/// One line of shaped text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapedLine {
+    /// Baseline in page pixels (y down).
+    pub baseline: f32,
+    /// Pen start in page pixels.
+    pub x: f32,
+    pub glyphs: Vec<ShapedGlyph>,
+}
+
+/// A text layer shaped with rustybuzz: what both the rasteriser and the PDF writer draw, so
+/// both put every glyph at the same place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shaped {
+    pub units_per_em: u16,
+    /// Em size in pixels.
+    pub size: f32,
+    pub lines: Vec<ShapedLine>,
+}
+
+impl Shaped {
+    /// Pixels per font unit.
+    pub fn scale(&self) -> f32 {
+        self.size / self.units_per_em as f32
+    }
+}
+
+/// Shapes `text` (lines split at `\n`) with its box's top-left at (`x`, `y`), `size` the em
+/// size in pixels.
+pub fn shape(font: &[u8], x: f64, y: f64, text: &str, size: f32) -> Result<Shaped, RenderError> {
     let face = rustybuzz::Face::from_slice(font, 0).ok_or_else(|| RenderError::Font("font does not parse".into()))?;
-    let outlines = FontRef::try_from_slice(font).map_err(|e| RenderError::Font(e.to_string()))?;
     let upem = face.units_per_em() as f32;
-    let k = style.size / upem;
-    let px_scale = PxScale::from(style.size * outlines.height_unscaled() / upem);
+    let k = size / upem;
     let ascender = face.ascender() as f32 * k;
     let line_height = (face.ascender() as f32 - face.descender() as f32 + face.line_gap() as f32) * k;
-
-    let mut glyphs = Vec::new();
+    let mut lines = Vec::new();
     for (line_no, line) in text.split('\n').enumerate() {
         let mut buf = rustybuzz::UnicodeBuffer::new();
         buf.push_str(line);
         buf.guess_segment_properties();
         let shaped = rustybuzz::shape(&face, &[], buf);
+        let infos = shaped.glyph_infos();
+        // Cluster starts (byte offsets) in ascending order: a cluster's text runs to the next.
+        let mut starts: Vec<usize> = infos.iter().map(|i| i.cluster as usize).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let mut seen = std::collections::HashSet::new();
+        let glyphs = infos
+            .iter()
+            .zip(shaped.glyph_positions())
+            .map(|(info, pos)| {
+                let c = info.cluster as usize;
+                let text = if seen.insert(c) {
+                    let end = starts.iter().find(|s| **s > c).copied().unwrap_or(line.len());
+                    line.get(c..end).unwrap_or("").to_owned()
+                } else {
+                    String::new()
+                };
+                ShapedGlyph {
+                    id: u16::try_from(info.glyph_id).unwrap_or(0),
+                    x_advance: pos.x_advance,
+                    x_offset: pos.x_offset,
+                    y_offset: pos.y_offset,
+                    text,
+                }
+            })
+            .collect();
         let baseline = y as f32 + ascender + line_no as f32 * line_height;
-        let mut pen = x as f32;
-        for (info, pos) in shaped.glyph_infos().iter().zip(shaped.glyph_positions()) {
-            let gx = pen + pos.x_offset as f32 * k;
-            let gy = baseline - pos.y_offset as f32 * k;
-            pen += pos.x_advance as f32 * k;
-            let id = GlyphId(u16::try_from(info.glyph_id).unwrap_or(0));
-            if let Some(g) = outlines.outline_glyph(id.with_scale_and_position(px_scale, ab_glyph::point(gx, gy))) {
-                glyphs.push(g);
+        lines.push(ShapedLine { baseline, x: x as f32, glyphs });
+    }
+    Ok(Shaped { units_per_em: u16::try_from(face.units_per_em()).unwrap_or(1000), size, lines })
+}
+
+/// Shapes and rasterises `text` with its box's top-left at (`x`, `y`), clipped to a
+/// `page`-sized canvas. `None` when no pixel is drawn (blank text, off the page).
+pub fn text(font: &[u8], page: (u32, u32), x: f64, y: f64, text: &str, style: &TextStyle) -> Result<Option<Source>, RenderError> {
+    let shaped = shape(font, x, y, text, style.size)?;
+    let outlines = FontRef::try_from_slice(font).map_err(|e| RenderError::Font(e.to_string()))?;
+    let upem = shaped.units_per_em as f32;
+    let k = style.size / upem;
+    let px_scale = PxScale::from(style.size * outlines.height_unscaled() / upem);
+
+    let mut glyphs = Vec::new();
+    for line in &shaped.lines {
+        let mut pen = line.x;
+        for g in &line.glyphs {
+            let gx = pen + g.x_offset as f32 * k;
+            let gy = line.baseline - g.y_offset as f32 * k;
+            pen += g.x_advance as f32 * k;
+            if let Some(o) = outlines.outline_glyph(GlyphId(g.id).with_scale_and_position(px_scale, ab_glyph::point(gx, gy))) {
+                glyphs.push(o);
             }
         }
     }
@@ -134,4 +211,53 @@ pub fn text(font: &[u8], page: (u32, u32), x: f64, y: f64, text: &str, style: &T
     let colour = premultiply(style.color);
     let pixels = mask.iter().map(|&c| fade(colour, (c * 255.0).round() as u32)).collect();
     Ok(Some(Source { x: tx0, y: ty0, width: tw as u32, height: th as u32, pixels, opacity: style.opacity, blend: style.blend }))
+}
+
+/// What a PDF font descriptor and width array need from a font file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FontInfo {
+    /// The PostScript name (`name` table id 6), or a name made from the file's family.
+    pub postscript_name: String,
+    pub units_per_em: u16,
+    pub ascender: i16,
+    pub descender: i16,
+    pub cap_height: i16,
+    /// x min, y min, x max, y max, font units.
+    pub bbox: [i16; 4],
+    pub italic_angle: f32,
+    pub monospaced: bool,
+    pub serif: bool,
+    /// Whether the outlines are CFF (an OpenType `OTTO` file) rather than TrueType `glyf`.
+    pub cff: bool,
+    /// Advance width of every glyph, font units.
+    pub advances: Vec<u16>,
+}
+
+/// Reads [`FontInfo`] from a font file.
+pub fn font_info(font: &[u8]) -> Result<FontInfo, RenderError> {
+    use rustybuzz::ttf_parser::{name_id, Face, GlyphId as Gid, Tag};
+    let face = Face::parse(font, 0).map_err(|e| RenderError::Font(e.to_string()))?;
+    let name = face
+        .names()
+        .into_iter()
+        .filter(|n| n.name_id == name_id::POST_SCRIPT_NAME)
+        .find_map(|n| n.to_string())
+        .unwrap_or_else(|| "KilnFont".to_owned());
+    // PDF names: keep printable ASCII without delimiters.
+    let postscript_name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+    let b = face.global_bounding_box();
+    let advances = (0..face.number_of_glyphs()).map(|g| face.glyph_hor_advance(Gid(g)).unwrap_or(0)).collect();
+    Ok(FontInfo {
+        postscript_name: if postscript_name.is_empty() { "KilnFont".into() } else { postscript_name },
+        units_per_em: face.units_per_em(),
+        ascender: face.ascender(),
+        descender: face.descender(),
+        cap_height: face.capital_height().unwrap_or(face.ascender()),
+        bbox: [b.x_min, b.y_min, b.x_max, b.y_max],
+        italic_angle: face.italic_angle(),
+        monospaced: face.is_monospaced(),
+        serif: name.contains("Serif") && !name.contains("Sans"),
+        cff: face.raw_face().table(Tag::from_bytes(b"CFF ")).is_some(),
+        advances,
+    })
 }

@@ -1,31 +1,30 @@
 //! PDF writing and merging, with lopdf for the object model, object serialisation and
 //! parsing.
 //!
-//! Every page becomes a *part*: a small, complete single-page PDF stored under
-//! `{output}.parts/page-NNNN.pdf` (a raster page: one image XObject, DCT or Flate, drawn over
-//! the whole MediaBox; a merged page: the source page and everything it references,
-//! renumbered, inherited attributes made explicit). The final document is assembled by
-//! [`Assembler`], which reads the parts one at a time and writes their objects straight to a
-//! file with their offsets, then the page tree, the catalog and the xref table: memory holds
-//! one part and an offset per object, never the whole document.
+//! Every page becomes a *part*: a small single-page PDF stored under
+//! `{output}.parts/page-NNNN.pdf`. A drawn page is written as vectors ([`vector_part`]: a
+//! content stream of paths, text and image placements, its images as XObjects and its fonts
+//! as placeholders, see [`font`]); a merged page is the source page and everything it
+//! references, renumbered, inherited attributes made explicit ([`extract_part`]). The final
+//! document is assembled by [`Assembler`] (`assemble.rs`), which reads the parts one at a
+//! time and writes their objects straight to a file with their offsets, writing an object
+//! that another part already wrote (the same photo, the same font program of a merged
+//! source) only once, then the embedded subset fonts, the page tree, the catalog and the
+//! xref table: memory holds one part, an offset and a content hash per object and the glyph
+//! sets of the fonts, never the whole document.
 //!
 //! Output is deterministic (no dates, no /ID, objects in a fixed order), so a resumed job that
 //! reuses stored parts assembles a byte-identical document.
 
+mod assemble;
+pub mod font;
+
+pub use assemble::Assembler;
+
 use crate::error::JobError;
-use kiln_kernels::image::{self as img, Image, PixelKind};
 use lopdf::{Dictionary, Document, Object, ObjectId, Stream, Writer};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
-
-/// How a raster page's pixels are compressed in the PDF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// JPEG (for pages with photographic layers), at this quality.
-    Dct(u8),
-    /// zlib, lossless (vector-only pages: rectangles and text).
-    Flate,
-}
 
 fn pdf_err(what: &str, e: impl std::fmt::Display) -> JobError {
     JobError::internal(format!("pdf {what}: {e}"))
@@ -58,11 +57,14 @@ impl<W: Write> ObjWriter<W> {
     }
 
     fn object(&mut self, id: u32, obj: &Object) -> Result<(), JobError> {
-        let mut body = Vec::new();
-        Writer::write_object(&mut body, obj).map_err(|e| pdf_err("serialise", e))?;
+        self.body(id, &serialise(obj)?)
+    }
+
+    /// Writes an already serialised object body as object `id`.
+    fn body(&mut self, id: u32, body: &[u8]) -> Result<(), JobError> {
         self.offsets[id as usize] = self.pos;
         self.raw(format!("{id} 0 obj\n").as_bytes())?;
-        self.raw(&body)?;
+        self.raw(body)?;
         self.raw(b"\nendobj\n")
     }
 
@@ -79,60 +81,158 @@ impl<W: Write> ObjWriter<W> {
     }
 }
 
-fn real(v: f64) -> Object {
+fn serialise(obj: &Object) -> Result<Vec<u8>, JobError> {
+    let mut body = Vec::new();
+    Writer::write_object(&mut body, obj).map_err(|e| pdf_err("serialise", e))?;
+    Ok(body)
+}
+
+pub(crate) fn real(v: f64) -> Object {
     Object::Real((v * 1000.0).round() as f32 / 1000.0)
 }
 
-/// A single-page PDF holding `image` drawn over a `size_pt` page.
-pub fn raster_part(image: &Image, size_pt: (f64, f64), encoding: Encoding) -> Result<Vec<u8>, JobError> {
-    let rgb;
-    let image = match image.pixels {
-        PixelKind::Rgb8 => image,
-        PixelKind::Rgba8 => {
-            rgb = img::flatten(image.clone(), [255, 255, 255]);
-            &rgb
-        }
-    };
-    let (filter, data) = match encoding {
-        Encoding::Dct(q) => ("DCTDecode", img::jpeg::encode_rgb(image, q).map_err(|e| pdf_err("jpeg", e))?),
-        Encoding::Flate => {
-            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
-            z.write_all(&image.data).map_err(|e| pdf_err("deflate", e))?;
-            ("FlateDecode", z.finish().map_err(|e| pdf_err("deflate", e))?)
-        }
-    };
-    let mut xobj = Dictionary::new();
-    xobj.set("Type", Object::Name(b"XObject".to_vec()));
-    xobj.set("Subtype", Object::Name(b"Image".to_vec()));
-    xobj.set("Width", image.width as i64);
-    xobj.set("Height", image.height as i64);
-    xobj.set("ColorSpace", Object::Name(b"DeviceRGB".to_vec()));
-    xobj.set("BitsPerComponent", 8i64);
-    xobj.set("Filter", Object::Name(filter.as_bytes().to_vec()));
-    let (w, h) = (real(size_pt.0), real(size_pt.1));
-    let (Object::Real(wf), Object::Real(hf)) = (&w, &h) else { return Err(pdf_err("size", "not real")) };
-    let content = format!("q {wf} 0 0 {hf} 0 0 cm /Im0 Do Q");
+/// An image XObject ready to place: its samples encoded (`DCTDecode` or `FlateDecode`), an
+/// optional soft mask (8-bit alpha, Flate).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PdfImage {
+    pub width: u32,
+    pub height: u32,
+    /// `DeviceRGB` or `DeviceGray`.
+    pub color_space: &'static str,
+    /// `DCTDecode` or `FlateDecode`.
+    pub filter: &'static str,
+    pub data: Vec<u8>,
+    /// Flate-compressed alpha, `width × height` bytes before compression.
+    pub smask: Option<Vec<u8>>,
+}
 
+impl PdfImage {
+    fn objects(&self) -> (Dictionary, Option<Stream>) {
+        let dict = |w: u32, h: u32, cs: &str, filter: &str| {
+            let mut d = Dictionary::new();
+            d.set("Type", Object::Name(b"XObject".to_vec()));
+            d.set("Subtype", Object::Name(b"Image".to_vec()));
+            d.set("Width", w as i64);
+            d.set("Height", h as i64);
+            d.set("ColorSpace", Object::Name(cs.as_bytes().to_vec()));
+            d.set("BitsPerComponent", 8i64);
+            d.set("Filter", Object::Name(filter.as_bytes().to_vec()));
+            d
+        };
+        let smask = self.smask.as_ref().map(|a| Stream::new(dict(self.width, self.height, "DeviceGray", "FlateDecode"), a.clone()));
+        (dict(self.width, self.height, self.color_space, self.filter), smask)
+    }
+}
+
+/// A transparency group drawn as a form XObject: `content` in the page's user space, clipped
+/// to `bbox`, with its own graphics states (`/G0`, `/G1`, …).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Form {
+    pub bbox: [f64; 4],
+    pub content: Vec<u8>,
+    pub gstates: Vec<Dictionary>,
+}
+
+/// What a vector page's content stream names: fonts `/F0…` (name and the glyphs used, see
+/// [`font::placeholder`]), images `/Im0…`, forms `/Fm0…`, graphics states `/G0…`.
+#[derive(Debug, Default)]
+pub struct Resources {
+    pub fonts: Vec<(String, BTreeMap<u16, String>)>,
+    pub images: Vec<std::sync::Arc<PdfImage>>,
+    pub forms: Vec<Form>,
+    pub gstates: Vec<Dictionary>,
+}
+
+pub fn deflate(data: &[u8]) -> Result<Vec<u8>, JobError> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+    z.write_all(data).map_err(|e| pdf_err("deflate", e))?;
+    z.finish().map_err(|e| pdf_err("deflate", e))
+}
+
+fn flate_stream(mut dict: Dictionary, data: &[u8]) -> Result<Stream, JobError> {
+    dict.set("Filter", Object::Name(b"FlateDecode".to_vec()));
+    Ok(Stream::new(dict, deflate(data)?))
+}
+
+fn named(prefix: &str, ids: &[u32]) -> Dictionary {
+    let mut d = Dictionary::new();
+    for (i, id) in ids.iter().enumerate() {
+        d.set(format!("{prefix}{i}").into_bytes(), Object::Reference((*id, 0)));
+    }
+    d
+}
+
+fn gstate_dict(gstates: &[Dictionary]) -> Dictionary {
+    let mut d = Dictionary::new();
+    for (i, g) in gstates.iter().enumerate() {
+        d.set(format!("G{i}").into_bytes(), Object::Dictionary(g.clone()));
+    }
+    d
+}
+
+/// A single-page PDF of a drawn page: `content` (in PDF user space, points) over a
+/// `size_pt` page, with its `resources`.
+pub fn vector_part(size_pt: (f64, f64), content: &[u8], res: &Resources) -> Result<Vec<u8>, JobError> {
     let mut out = ObjWriter::new(Vec::new())?;
-    let (catalog, pages, page, im, contents) = (out.alloc(), out.alloc(), out.alloc(), out.alloc(), out.alloc());
+    let (catalog, pages, page, contents) = (out.alloc(), out.alloc(), out.alloc(), out.alloc());
     out.object(catalog, &catalog_dict(pages))?;
     out.object(pages, &pages_dict(&[page]))?;
-    let mut xobjects = Dictionary::new();
-    xobjects.set("Im0", Object::Reference((im, 0)));
+    let fonts: Vec<u32> = res.fonts.iter().map(|_| out.alloc()).collect();
+    let images: Vec<(u32, Option<u32>)> = res.images.iter().map(|i| (out.alloc(), i.smask.as_ref().map(|_| out.alloc()))).collect();
+    let forms: Vec<u32> = res.forms.iter().map(|_| out.alloc()).collect();
+
     let mut resources = Dictionary::new();
-    resources.set("XObject", xobjects);
+    if !fonts.is_empty() {
+        resources.set("Font", named("F", &fonts));
+    }
+    let mut xobjects = named("Im", &images.iter().map(|i| i.0).collect::<Vec<_>>());
+    for (k, v) in named("Fm", &forms).into_iter() {
+        xobjects.set(k, v);
+    }
+    if !xobjects.is_empty() {
+        resources.set("XObject", xobjects);
+    }
+    if !res.gstates.is_empty() {
+        resources.set("ExtGState", gstate_dict(&res.gstates));
+    }
     let mut p = Dictionary::new();
     p.set("Type", Object::Name(b"Page".to_vec()));
     p.set("Parent", Object::Reference((pages, 0)));
-    p.set("MediaBox", vec![Object::Integer(0), Object::Integer(0), w, h]);
+    p.set("MediaBox", vec![Object::Integer(0), Object::Integer(0), real(size_pt.0), real(size_pt.1)]);
     p.set("Resources", resources);
     p.set("Contents", Object::Reference((contents, 0)));
     out.object(page, &Object::Dictionary(p))?;
-    out.object(im, &Object::Stream(Stream::new(xobj, data)))?;
-    out.object(contents, &Object::Stream(Stream::new(Dictionary::new(), content.into_bytes())))?;
+    out.object(contents, &Object::Stream(flate_stream(Dictionary::new(), content)?))?;
+    for ((name, glyphs), id) in res.fonts.iter().zip(&fonts) {
+        out.object(*id, &Object::Dictionary(font::placeholder(name, glyphs)))?;
+    }
+    for (im, (id, smask_id)) in res.images.iter().zip(&images) {
+        let (mut dict, smask) = im.objects();
+        if let (Some(s), Some(sid)) = (smask, smask_id) {
+            dict.set("SMask", Object::Reference((*sid, 0)));
+            out.object(*sid, &Object::Stream(s))?;
+        }
+        out.object(*id, &Object::Stream(Stream::new(dict, im.data.clone())))?;
+    }
+    for (f, id) in res.forms.iter().zip(&forms) {
+        let mut d = Dictionary::new();
+        d.set("Type", Object::Name(b"XObject".to_vec()));
+        d.set("Subtype", Object::Name(b"Form".to_vec()));
+        d.set("BBox", f.bbox.iter().map(|v| real(*v)).collect::<Vec<_>>());
+        let mut g = Dictionary::new();
+        g.set("S", Object::Name(b"Transparency".to_vec()));
+        g.set("I", true);
+        g.set("CS", Object::Name(b"DeviceRGB".to_vec()));
+        d.set("Group", g);
+        let mut r = Dictionary::new();
+        if !f.gstates.is_empty() {
+            r.set("ExtGState", gstate_dict(&f.gstates));
+        }
+        d.set("Resources", r);
+        out.object(*id, &Object::Stream(flate_stream(d, &f.content)?))?;
+    }
     out.finish(catalog)
 }
-
 fn catalog_dict(pages: u32) -> Object {
     let mut d = Dictionary::new();
     d.set("Type", Object::Name(b"Catalog".to_vec()));
@@ -286,48 +386,3 @@ fn renumber_dict(d: &Dictionary, map: &BTreeMap<ObjectId, u32>) -> Dictionary {
     out
 }
 
-/// Writes the final document part by part.
-pub struct Assembler<W: Write> {
-    out: ObjWriter<W>,
-    catalog: u32,
-    pages: u32,
-    kids: Vec<u32>,
-}
-
-impl<W: Write> Assembler<W> {
-    pub fn new(out: W) -> Result<Self, JobError> {
-        let mut out = ObjWriter::new(out)?;
-        let (catalog, pages) = (out.alloc(), out.alloc());
-        Ok(Assembler { out, catalog, pages, kids: Vec::new() })
-    }
-
-    /// Appends the page of a part (as written by [`raster_part`] or [`extract_part`]).
-    pub fn add_part(&mut self, part: &[u8], what: &str) -> Result<(), JobError> {
-        let doc = Document::load_mem(part).map_err(|e| JobError::internal(format!("{what}: stored part does not parse: {e}")))?;
-        let page_id = *doc.get_pages().get(&1).ok_or_else(|| JobError::internal(format!("{what}: stored part has no page")))?;
-        let page = doc.get_dictionary(page_id).map_err(|e| JobError::internal(format!("{what}: {e}")))?;
-        let deps = reachable(&doc, &Object::Dictionary(page.clone()));
-        let new_page = self.out.alloc();
-        let mut map = BTreeMap::new();
-        for id in deps.iter().filter(|id| **id != page_id) {
-            map.insert(*id, self.out.alloc());
-        }
-        map.insert(page_id, new_page);
-        let mut page = page.clone();
-        page.set("Parent", Object::Reference((self.pages, 0)));
-        self.out.object(new_page, &renumber(&Object::Dictionary(page), &map))?;
-        for id in deps.iter().filter(|id| **id != page_id) {
-            let obj = doc.get_object(*id).map_err(|e| JobError::internal(format!("{what}: {e}")))?;
-            self.out.object(map[id], &renumber(obj, &map))?;
-        }
-        self.kids.push(new_page);
-        Ok(())
-    }
-
-    /// Writes the page tree, catalog, xref and trailer; returns the writer.
-    pub fn finish(mut self) -> Result<W, JobError> {
-        self.out.object(self.pages, &pages_dict(&self.kids))?;
-        self.out.object(self.catalog, &catalog_dict(self.pages))?;
-        self.out.finish(self.catalog)
-    }
-}
