@@ -14,18 +14,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-start() { # name, then env assignments and args; prints the base URL
-  local name="$1"; shift
-  env "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  PIDS+=("$!")
-  for _ in $(seq 1 300); do
-    if grep -q "listening on" "$WORK/$name.out" 2>/dev/null; then
-      sed -n 's/.*listening on //p' "$WORK/$name.out" | head -1; return 0
-    fi
-    sleep 0.05
-  done
-  echo "$name did not start" >&2; cat "$WORK/$name.err" >&2; exit 1
-}
+START_TRIES=300
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/scripts/start-listening.sh"
 
 export KILN_LOG=warn KILN_HTTP_ADDR=127.0.0.1:0
 ROUTER="$(start router KILN_ROUTE_SEED=1 "$BIN" route)"

@@ -29,18 +29,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-start() { # name, then env assignments and args; prints the base URL from the first line
-  local name="$1"; shift
-  env "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  PIDS+=("$!")
-  for _ in $(seq 1 600); do
-    if grep -q "listening on" "$WORK/$name.out" 2>/dev/null; then
-      sed -n 's/.*listening on //p' "$WORK/$name.out" | head -1; return 0
-    fi
-    sleep 0.05
-  done
-  echo "$name did not start" >&2; cat "$WORK/$name.err" >&2; exit 1
-}
+. "$ROOT/scripts/start-listening.sh"
 
 export KILN_LOG=warn KILN_HTTP_ADDR=127.0.0.1:0
 unset KILN_CONFIG KILN_MODE || true
