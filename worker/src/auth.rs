@@ -51,13 +51,7 @@ pub struct Tenant(pub String);
 impl Tokens {
     /// From `http.tokens` and `http.tokens_file`.
     pub fn from_config(http: &HttpConfig) -> Result<Tokens, ConfigError> {
-        let text = match &http.tokens_file {
-            Some(f) => Some(std::fs::read_to_string(f).map_err(|e| ConfigError::Invalid {
-                key: "http.tokens_file",
-                message: format!("cannot read {f}: {e}"),
-            })?),
-            None => None,
-        };
+        let text = crate::config::read_secrets_file("http.tokens_file", http.tokens_file.as_deref())?;
         let key = if text.is_some() { "http.tokens / http.tokens_file" } else { "http.tokens" };
         Tokens::parse(&http.tokens, text.as_deref()).map_err(|e| ConfigError::Invalid { key, message: e.to_string() })
     }

@@ -21,6 +21,13 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// Reads an optional secrets file named by config key `key` (`http.tokens_file`,
+/// `thumbnail.keys_file`): `None` when unset, an `Invalid` error naming the key when unreadable.
+pub fn read_secrets_file(key: &'static str, path: Option<&str>) -> Result<Option<String>, ConfigError> {
+    path.map(|f| std::fs::read_to_string(f).map_err(|e| ConfigError::Invalid { key, message: format!("cannot read {f}: {e}") }))
+        .transpose()
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, message: message.into() }
 }

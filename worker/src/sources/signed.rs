@@ -31,13 +31,7 @@ pub use crate::signing::PREFIX;
 
 /// The keys from `thumbnail.keys` and `thumbnail.keys_file`.
 pub fn keys_from_config(cfg: &ThumbnailConfig) -> Result<SigningKeys, ConfigError> {
-    let text = match &cfg.keys_file {
-        Some(f) => Some(std::fs::read_to_string(f).map_err(|e| ConfigError::Invalid {
-            key: "thumbnail.keys_file",
-            message: format!("cannot read {f}: {e}"),
-        })?),
-        None => None,
-    };
+    let text = crate::config::read_secrets_file("thumbnail.keys_file", cfg.keys_file.as_deref())?;
     SigningKeys::parse(&cfg.keys, text.as_deref())
         .map_err(|e| ConfigError::Invalid { key: "thumbnail.keys / thumbnail.keys_file", message: e.to_string() })
 }
