@@ -213,6 +213,23 @@ impl JobContext {
         }
     }
 
+    /// Like [`JobContext::wait_or_stop`], keeping the CPU slot: for reads from the local
+    /// filesystem, which are copies the job's own CPU makes (page cache) rather than waits
+    /// on another machine. Giving the slot back there would let more jobs hold their inputs
+    /// in memory at once without any more work getting done.
+    pub fn hold_or_stop<F: Future>(&self, f: F) -> Result<F::Output, JobError> {
+        let token = self.cancel.token().clone();
+        self.rt
+            .block_on(async {
+                tokio::select! {
+                    biased;
+                    out = f => Some(out),
+                    _ = token.cancelled() => None,
+                }
+            })
+            .ok_or_else(|| self.stopped())
+    }
+
     fn wait_inner<F: Future>(&self, f: F, abandon: bool) -> Result<Option<F::Output>, JobError> {
         let token = self.cancel.token().clone();
         let stop = async {
@@ -311,11 +328,15 @@ impl JobContext {
         &self.cancel
     }
 
-    /// Reads a whole input object named by a job spec, within `max_input_bytes`.
+    /// Reads a whole input object named by a job spec, within `max_input_bytes`. A remote
+    /// read (S3, HTTP) gives the CPU slot back while it waits; a local file keeps it
+    /// ([`JobContext::hold_or_stop`]).
     pub fn read_input(&self, uri: &str) -> Result<Bytes, JobError> {
         let url = parse_uri(uri)?;
         let limit = self.limits.max_input_bytes;
-        Ok(self.wait_or_stop(self.store.get(&url, limit))?.map_err(ReadingInput)?)
+        let read = self.store.get(&url, limit);
+        let data = if url.scheme() == "file" { self.hold_or_stop(read)? } else { self.wait_or_stop(read)? };
+        Ok(data.map_err(ReadingInput)?)
     }
 
     /// Stores one output under the job's output prefix, then announces it as an `output`

@@ -63,6 +63,15 @@ impl Server {
         }
     }
 
+    /// The `/metrics` samples whose name (with labels) starts with `prefix`, summed.
+    fn metric(&self, prefix: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().and_then(|r| r.text()).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Submits without waiting (202).
     fn submit(&self, job: &Value) {
         let r = self.http.post(format!("{}/v1/jobs", self.base)).header("prefer", "respond-async").body(job.to_string()).send().unwrap();
@@ -133,6 +142,12 @@ fn a_waiting_job_gives_its_cpu_slot_to_another_and_takes_one_back_after() {
         s.wait_released("a");
         let cap = s.debug_capacity();
         assert_eq!((cap["slots"].as_u64(), cap["queued"].as_u64()), (Some(1), Some(0)), "{wait}: {cap}");
+        // /metrics says the same: one job started, waiting, no slot held.
+        assert_eq!(
+            (s.metric("kiln_jobs_started"), s.metric("kiln_jobs_waiting"), s.metric("kiln_cpu_slots_busy")),
+            (1.0, 1.0, 0.0),
+            "{wait}"
+        );
         // One CPU slot, and a is still running: b computes on the slot a gave back.
         let (code, b) = s.run(&json!({"id": "b", "kind": "debug", "input": {}}));
         assert_eq!((code, b["status"].as_str()), (200, Some("succeeded")), "{wait}: {b}");
@@ -255,6 +270,9 @@ fn gpu_slots_and_memory_per_declared_device_in_the_capacity_report() {
     wait_for("g1 on a device", || free().contains(&(0, 400)));
     s.submit(&gpu_job("g2", 700));
     wait_for("g2 on the other device", || free() == vec![(0, 400), (0, 300)] || free() == vec![(0, 300), (0, 400)]);
+    let held = s.metric("kiln_gpu_memory_held_bytes{device=\"0\",holder=\"jobs\"}")
+        + s.metric("kiln_gpu_memory_held_bytes{device=\"1\",holder=\"jobs\"}");
+    assert_eq!((held, s.metric("kiln_gpu_slots_busy")), ((1300u64 << 20) as f64, 2.0));
     // No GPU slot left: g3 waits for one without its CPU slot (the CPU runs other work), and
     // a cancel or a deadline ends the wait.
     s.submit(&gpu_job("g3", 100));

@@ -19,6 +19,7 @@
 //! thread, the CPU slot if held, and any place in the returning queue, at once.
 
 pub mod gpu;
+pub mod metrics;
 
 use gpu::GpuPool;
 use kiln_jobs::resources::{GpuGrant, Wait};

@@ -142,6 +142,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
         st.rt.metrics.running.with_label_values(&[name]).set(running as i64);
     }
     let mut text = st.rt.metrics.render();
+    crate::scheduler::metrics::render(&snap, &mut text);
     for kind in st.rt.kinds().kinds() {
         kind.render_metrics(&mut text);
     }
