@@ -4,8 +4,9 @@
 //! (`72/dpi 0 0 −72/dpi 0 H cm`), so every layer is written in the same pixel coordinates the
 //! PNG path uses:
 //! - background: a filled rectangle (its alpha as `/ca`, over the white paper);
-//! - rect: `re f` / `re S` (miter joins, the stroke centred on the edge, as the rasteriser
-//!   draws it); colour alpha × layer opacity as `/ca` `/CA`, the blend as `/BM`. A rect with
+//! - rect: `re f`; the stroke (centred on the edge, miter joins, as the rasteriser draws it)
+//!   as the area it covers, filled even-odd (`stroke_outline`); colour alpha × layer
+//!   opacity as `/ca`, the blend as `/BM`. A rect with
 //!   both fill and stroke under an opacity below 1 or a non-normal blend is a transparency
 //!   group (form XObject) painted with that opacity and blend, because the rasteriser also
 //!   blends the stroked-over-fill tile as one;
@@ -13,7 +14,8 @@
 //!   written as `TJ` arrays of glyph ids with the shaped advances and offsets as adjustments
 //!   and text rise; the font is a placeholder the assembler embeds as a subset;
 //! - image: an image XObject ([`super::pdfimage`]) drawn into the same box, rotated about the
-//!   same centre as the rasteriser's, opacity `/ca`, blend `/BM`.
+//!   same centre as the rasteriser's (the box inset by `IMAGE_INSET`, so that Splash too
+//!   draws the samples on the rasteriser's pixels), opacity `/ca`, blend `/BM`.
 //!
 //! Normal, multiply and screen with any opacity are all plain PDF, so no layer needs a raster
 //! fallback.
@@ -56,6 +58,31 @@ fn n(v: f64) -> String {
     }
     let s = format!("{r:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A rotation matrix entry: 6 decimals (3 would move a 500 px image's corner by 0.25 px).
+fn rot(v: f64) -> String {
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".to_owned() } else { s.to_owned() }
+}
+
+/// How much smaller than its tile an image's box is drawn, in page pixels (see `part`).
+const IMAGE_INSET: f64 = 0.01;
+
+/// The area a rectangle's stroke covers, as two `re` for an even-odd fill: the stroke is
+/// centred on the edge with miter joins, so it is the outer rectangle less the inner one
+/// (all of the outer one when the stroke is wider than the rectangle), exactly what the
+/// rasteriser covers. Filled rather than stroked because renderers snap strokes to whole
+/// pixels (Splash's stroke adjustment draws a 3 px stroke on half-pixel edges as 3 full
+/// rows), while they anti-alias a fill's edges as the rasteriser does.
+fn stroke_outline((x, y, w, h): (f64, f64, f64, f64), sw: f64) -> String {
+    let half = sw.max(0.0) / 2.0;
+    let mut p = format!("{} {} {} {} re", n(x - half), n(y - half), n(w + 2.0 * half), n(h + 2.0 * half));
+    if w - 2.0 * half > 0.0 && h - 2.0 * half > 0.0 {
+        let _ = write!(p, " {} {} {} {} re", n(x + half), n(y + half), n(w - 2.0 * half), n(h - 2.0 * half));
+    }
+    p
 }
 
 fn rgb(c: [u8; 4]) -> String {
@@ -118,14 +145,14 @@ pub fn part(ctx: &JobContext, page: &DrawnPage, fonts: &mut Fonts, images: &mut 
             Layer::Rect { x, y, width, height, fill, stroke, opacity, blend } => {
                 let op = *opacity as f64 / 255.0;
                 let rect = format!("{} {} {} {} re", n(*x), n(*y), n(*width), n(*height));
-                let stroke_ops = |c: [u8; 4], sw: f64| format!("{} RG {} w 0 j 10 M {rect} S", rgb(c), n(sw));
+                let stroke_ops = |c: [u8; 4], sw: f64| format!("{} rg {} f*", rgb(c), stroke_outline((*x, *y, *width, *height), sw));
                 if let (Some(f), Some((sc, sw)), true) = (fill, stroke, *opacity < 255 || *blend != BlendMode::Normal) {
                     // One group, as the rasteriser blends the stroked-over-fill tile as one.
                     let mut inner = GStates::default();
                     let mut fc = String::new();
                     let gf = inner.set(f[3] as f64 / 255.0, 1.0, BlendMode::Normal);
                     let _ = writeln!(fc, "q {gf}{} rg {rect} f Q", rgb(*f));
-                    let gsk = inner.set(1.0, sc[3] as f64 / 255.0, BlendMode::Normal);
+                    let gsk = inner.set(sc[3] as f64 / 255.0, 1.0, BlendMode::Normal);
                     let _ = writeln!(fc, "q {gsk}{} Q", stroke_ops(*sc, *sw));
                     let half = sw / 2.0;
                     let bbox = [x - half - 1.0, y - half - 1.0, x + width + half + 1.0, y + height + half + 1.0];
@@ -139,7 +166,7 @@ pub fn part(ctx: &JobContext, page: &DrawnPage, fonts: &mut Fonts, images: &mut 
                     let _ = writeln!(c, "q {g}{} rg {rect} f Q", rgb(*f));
                 }
                 if let Some((sc, sw)) = stroke {
-                    let g = gs.set(1.0, sc[3] as f64 / 255.0 * op, *blend);
+                    let g = gs.set(sc[3] as f64 / 255.0 * op, 1.0, *blend);
                     let _ = writeln!(c, "q {g}{} Q", stroke_ops(*sc, *sw));
                 }
             }
@@ -236,19 +263,25 @@ pub fn part(ctx: &JobContext, page: &DrawnPage, fonts: &mut Fonts, images: &mut 
                 };
                 let g = gs.set(*opacity as f64 / 255.0, 1.0, *blend);
                 let (sn, cs) = theta.sin_cos();
+                // The box a hair smaller than the tile (IMAGE_INSET): Splash (pdftoppm) maps
+                // an image to the device pixels floor(x0)..floor(x1)+1, one row and column
+                // more than a box on whole pixels covers, and stretches the samples over
+                // them; inset, both Splash and Cairo draw the samples 1:1 on the rasteriser's
+                // pixels.
+                let (iw, ih) = (bw - IMAGE_INSET, bh - IMAGE_INSET);
                 let _ = writeln!(
                     c,
                     "q {g}{} {} {} {} {} {} cm {} 0 0 {} {} {} cm /Im{idx} Do Q",
-                    n(cs),
-                    n(sn),
-                    n(-sn),
-                    n(cs),
+                    rot(cs),
+                    rot(sn),
+                    rot(-sn),
+                    rot(cs),
                     n(cx),
                     n(cy),
-                    n(bw),
-                    n(-bh),
-                    n(-bw / 2.0),
-                    n(bh / 2.0)
+                    n(iw),
+                    n(-ih),
+                    n(-iw / 2.0),
+                    n(ih / 2.0)
                 );
             }
         }
@@ -269,5 +302,14 @@ mod tests {
         assert_eq!(n(-2.0), "-2");
         assert_eq!(n(0.48), "0.48");
         assert_eq!(n(12.34567), "12.346");
+    }
+
+    #[test]
+    fn a_stroke_is_the_outer_rectangle_less_the_inner_one() {
+        assert_eq!(super::stroke_outline((30.0, 640.0, 560.0, 200.0), 3.0), "28.5 638.5 563 203 re 31.5 641.5 557 197 re");
+        // Wider than the rectangle: all of the outer one.
+        assert_eq!(super::stroke_outline((10.0, 10.0, 4.0, 40.0), 6.0), "7 7 10 46 re");
+        assert_eq!(super::rot(-0.0000001), "0");
+        assert_eq!(super::rot(0.2079116908), "0.207912");
     }
 }

@@ -98,6 +98,18 @@ fn tag(name: &str, glyphs: &BTreeMap<u16, String>) -> String {
     h.finalize().iter().take(6).map(|b| (b'A' + b % 26) as char).collect()
 }
 
+/// The font program to embed and whether it is a subset: the subsetter's output, or the
+/// whole font (glyph ids unchanged) when the subsetter cannot handle it.
+fn subset_or_whole(name: &str, data: &[u8], remap: &subsetter::GlyphRemapper) -> (Vec<u8>, bool) {
+    match subsetter::subset(data, 0, remap) {
+        Ok(p) => (p, true),
+        Err(e) => {
+            tracing::warn!(font = %name, error = ?e, "font subsetting failed; embedding the whole font");
+            (data.to_vec(), false)
+        }
+    }
+}
+
 /// Writes the embedded font for `font` under its object number (and five more objects).
 pub(super) fn write<W: Write>(out: &mut ObjWriter<W>, font: &DocFont) -> Result<(), JobError> {
     let data = text::load_font(&font.name).map_err(|e| pdf_err("font", e))?;
@@ -109,14 +121,7 @@ pub(super) fn write<W: Write>(out: &mut ObjWriter<W>, font: &DocFont) -> Result<
     for g in font.glyphs.keys() {
         remap.remap(*g);
     }
-    // A font the subsetter cannot handle is embedded whole (glyph ids unchanged).
-    let (program, subset) = match subsetter::subset(&data, 0, &remap) {
-        Ok(p) => (p, true),
-        Err(e) => {
-            tracing::warn!(font = %font.name, error = ?e, "font subsetting failed; embedding the whole font");
-            (data.to_vec(), false)
-        }
-    };
+    let (program, subset) = subset_or_whole(&font.name, &data, &remap);
     let base = if subset { format!("{}+{}", tag(&font.name, &font.glyphs), info.postscript_name) } else { info.postscript_name.clone() };
     let (cid, desc, file, map, tounicode) = (out.alloc(), out.alloc(), out.alloc(), out.alloc(), out.alloc());
 
@@ -252,6 +257,20 @@ mod tests {
                 Object::Array(vec![real(48.828)]),
             ]
         );
+    }
+
+    #[test]
+    fn a_font_the_subsetter_refuses_is_embedded_whole() {
+        let data = text::load_font("sans").unwrap();
+        let mut remap = subsetter::GlyphRemapper::new();
+        for g in [0u16, 3, 40] {
+            remap.remap(g);
+        }
+        let (program, subset) = subset_or_whole("sans", &data, &remap);
+        assert!(subset && program.len() < data.len() / 10, "{} of {} bytes", program.len(), data.len());
+        // Its table directory cut short: the subsetter fails, the bytes go in as they are.
+        let cut = &data[..200];
+        assert_eq!(subset_or_whole("cut", cut, &remap), (cut.to_vec(), false));
     }
 
     #[test]
