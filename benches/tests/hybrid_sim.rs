@@ -10,8 +10,10 @@ use kiln_benches::sim::{profile_for, run_all, Config, Options};
 use kiln_router_client::{place, reason_label, Router, Tier};
 
 /// Every label `Decision::rule()` can return (router-client's `reason_label`).
-const ROUTER_RULES: [&str; 16] = [
+const ROUTER_RULES: [&str; 18] = [
     "pool queue",
+    "cost",
+    "exercise skipped",
     "overflow held",
     "overflow",
     "overflow not drawn",
@@ -81,7 +83,9 @@ fn the_hybrid_strategy_calls_the_real_router() {
     let exercised = run.policy.reasons.get("exercise").copied().unwrap_or(0);
     assert!(exercised > 0 && exercised == run.exercised, "{exercised} vs {}", run.exercised);
     let n = reqs.len() as f64;
-    assert!((run.exercised as f64 / n - 0.02).abs() < 0.01, "exercised {}", run.exercised);
+    // Drawn for the exercise share: 2 %; some of it skipped because the fallback was loaded.
+    let skipped = run.policy.reasons.get("exercise skipped").copied().unwrap_or(0);
+    assert!(((run.exercised + skipped) as f64 / n - 0.02).abs() < 0.01, "exercised {} skipped {skipped}", run.exercised);
     assert!(run.shadows > 0 && (run.shadows as f64 / n) < 0.02, "dual copies {}", run.shadows);
     // GPU work never lands on serverless.
     for (r, o) in reqs.iter().zip(&run.outcomes) {
@@ -158,7 +162,43 @@ fn same_seed_same_json_and_another_seed_differs() {
     // The closed loop: the adaptive Router, the static one and the old place behave apart.
     let lines = v["closed_loop"]["lines"].as_array().expect("closed-loop lines");
     let names: Vec<&str> = lines.iter().filter_map(|l| l["name"].as_str()).collect();
-    assert_eq!(names, ["adaptive", "static", "static_place"]);
+    assert_eq!(names, ["adaptive", "static", "static_config", "static_place"]);
     assert_ne!(lines[0]["windows"], lines[1]["windows"], "observe() changes the adaptive run");
     assert!(v["variants"].get("hybrid_static_place").is_some());
+    assert!(v["variants"].get("hybrid_no_cost").is_some());
+    assert_eq!(v["policy_config"]["cost"]["enabled"], true);
+}
+
+#[test]
+fn the_router_counts_its_own_placements_and_prices_the_crossing() {
+    let cfg = Config::default();
+    let mut router = SimRouter::new(&cfg, 1).expect("router");
+    // The simulated pod's report (2 slots, idle) then three placements before the next one:
+    // the view shows them queued, as kiln route's does.
+    let report = kiln_router_client::CapacityReport {
+        worker_id: "cpu-0".into(),
+        tier: Tier::Container,
+        region: "sim".into(),
+        state: kiln_router_client::WorkerState::Ready,
+        seq: 1,
+        ts_ms: 1_000,
+        ttl_ms: 5_000,
+        kinds: [("thumbnail".to_owned(), kiln_router_client::KindCapacity { slots: 2, busy: 0, queued: 0, p50_ms: 20.0, p95_ms: 40.0 })]
+            .into_iter()
+            .collect(),
+        gpus: vec![],
+        warm: Default::default(),
+    };
+    router.report(report, 1_000);
+    for t in [1_100, 1_200, 1_300] {
+        router.placed("cpu-0", t);
+    }
+    let c = router.view.candidates("thumbnail", 1_400);
+    assert_eq!((c[0].busy, c[0].queued), (0, 3));
+    // The cost rule runs with the simulator's prices: the crossing for a 25 ms thumbnail is
+    // the CPU pod's price per second over one invocation's.
+    let pc = policy_config(&cfg);
+    assert!(pc.cost.enabled);
+    let want = cfg.prices.cpu_pod_per_h / 3600.0 / cfg.prices.invocation(25.0, false);
+    assert!((pc.cost.crossing_rps(25.0) - want).abs() < 1e-9, "{} vs {want}", pc.cost.crossing_rps(25.0));
 }

@@ -20,6 +20,7 @@
 //! priority = "batch"
 //! ```
 
+use crate::cost::CostRule;
 use crate::features::{DurationModel, Priority};
 use crate::report::Tier;
 use serde::{Deserialize, Serialize};
@@ -182,6 +183,9 @@ pub struct PolicyConfig {
     /// they run go to the pool's queue (`Target::container_queue`) instead of queueing
     /// behind one worker's jobs (head-of-line blocking behind a long transcode).
     pub pool_queue: bool,
+    /// Sustained serverless traffic above the price crossing moves to containers with warm
+    /// room (see [`crate::cost`]); off by default.
+    pub cost: CostRule,
     pub durations: DurationModel,
     pub closed_loop: LoopConfig,
 }
@@ -220,6 +224,7 @@ impl Default for PolicyConfig {
             dual_share: 0.01,
             cold_start_override: ColdStartOverride::default(),
             pool_queue: true,
+            cost: CostRule::default(),
             durations: DurationModel::default(),
             closed_loop: LoopConfig::default(),
         }
@@ -275,6 +280,7 @@ impl PolicyConfig {
                 return Err(ConfigError::Invalid("durations: costs must be finite, >= 0".into()));
             }
         }
+        self.cost.validate().map_err(ConfigError::Invalid)?;
         let l = &self.closed_loop;
         if l.window == 0 || !(l.ratio_alpha > 0.0 && l.ratio_alpha <= 1.0) {
             return Err(ConfigError::Invalid("closed_loop: window >= 1 and ratio_alpha in (0, 1]".into()));

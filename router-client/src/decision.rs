@@ -120,8 +120,10 @@ impl Decision {
 
 /// The stable label of one reason string (the reasons themselves carry numbers).
 pub fn reason_label(reason: &str) -> &'static str {
-    const PREFIXES: [(&str, &str); 15] = [
+    const PREFIXES: [(&str, &str); 17] = [
         ("pool queue", "pool queue"),
+        ("cost:", "cost"),
+        ("exercise skipped", "exercise skipped"),
         ("overflow held", "overflow held"),
         ("overflow:", "overflow"),
         ("share ", "overflow"),
@@ -221,6 +223,10 @@ pub struct Snapshot {
     pub p95_ms: TierPair<Option<f64>>,
     /// The closed loop's observed/predicted duration ratio per tier for this kind.
     pub ratio: TierPair<f64>,
+    /// The kind's sustained request rate (req/s over the cost rule's window) when the cost
+    /// rule is on; None: the rule does not fire (and older logs replay unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind_rps: Option<f64>,
 }
 
 /// One decision-log line: the decision, and what it was decided from.

@@ -16,6 +16,7 @@
 //! - [`config`]: [`PolicyConfig`], every parameter, serde-loadable (JSON, TOML), reloadable.
 //! - [`router`]: [`Router`] (config + version + closed loop + seeded draws) and [`decide`],
 //!   the pure rule chain; its module docs list every rule and its reason strings.
+//! - [`cost`](mod@cost): the cost rule's prices, crossing rate and per-kind [`RateMeter`].
 //! - [`closed_loop`]: rolling p95 and observed/predicted ratios per tier and kind.
 //! - [`decision`]: [`Decision`] (the DESIGN.md JSON) and the [`LogRecord`] JSONL line.
 //! - [`replay`](mod@replay): re-decide a decision log with another policy and count the differences.
@@ -38,6 +39,7 @@
 
 pub mod closed_loop;
 pub mod config;
+pub mod cost;
 pub mod decision;
 pub mod features;
 pub mod hints;
@@ -49,6 +51,7 @@ pub mod router;
 pub mod view;
 
 pub use closed_loop::ClosedLoop;
+pub use cost::{CostRule, RateMeter};
 pub use config::{ColdStartOverride, ConfigError, KindRule, LoopConfig, Overflow, PolicyConfig, ServerlessLimits, TenantPin};
 pub use decision::{reason_label, Candidate, Decision, Draws, LogRecord, PoolStats, Snapshot, Target, TierPair};
 pub use features::{DurationModel, FeatureError, KindCost, Priority, RequestFeatures};

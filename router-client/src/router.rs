@@ -23,7 +23,16 @@
 //!    fallback is no better: `overflow held: {fallback} p95 {ms} ms >= {primary} p95 {ms} ms`,
 //!    or has no ready worker: `overflow held: no ready container`.
 //! 6. Deadline: `deadline: {tier} predicted {ms} ms > {budget} ms; {fallback} {ms} ms`.
-//! 7. Exercised fallback: `exercise: fallback {tier} (share {share})`.
+//! 7. Cost (`cost.enabled`, see [`crate::cost`]): a request bound for the serverless tier
+//!    while its kind's sustained rate is above the price crossing goes to a container
+//!    worker with a free slot and no latency pressure: `cost: {kind} {rps} req/s > crossing
+//!    {x} req/s; container {worker} has a free slot`.
+//! 7b. Exercised fallback: `exercise: fallback {tier} (share {share})`, only when the
+//!    fallback is in a state to take it: not when it is loaded (a container fallback with no
+//!    free slot on its best worker, a serverless fallback past its overflow queue depth):
+//!    `exercise skipped: fallback {tier} loaded ({why})`; and a degraded fallback (its p95
+//!    over the kind's overflow threshold or the deadline) gets a tenth of the share, enough
+//!    samples to see it recover: `exercise skipped: fallback {tier} degraded ({why})`.
 //! 8. Cold-start override: `cold-start override: {function} has no idle warm instance (warm
 //!    {n}, in flight {m}); container {worker} {ms} ms < {cold} ms`.
 //! 9. Dual routing: `dual: also {tier} (share {share})`.
@@ -37,6 +46,7 @@
 
 use crate::closed_loop::ClosedLoop;
 use crate::config::{ConfigError, PolicyConfig};
+use crate::cost::RateMeter;
 use crate::decision::{other, Candidate, Decision, Draws, LogRecord, Snapshot, Target};
 use crate::features::{FeatureError, Priority, RequestFeatures};
 use crate::report::Tier;
@@ -187,16 +197,57 @@ fn pressure(
             return Some(format!("overflow: {} queue {queue} > {max}", tier_name(primary)));
         }
     }
-    let limit = match (o.p95_ms, f.deadline_ms) {
+    match (p95, latency_limit(config, f)) {
+        (Some(p), Some(l)) if p > l => Some(format!("overflow: {} p95 {p:.0} ms > {l:.0} ms", tier_name(primary))),
+        _ => None,
+    }
+}
+
+/// The lower of the kind's overflow p95 threshold and the request's deadline.
+fn latency_limit(config: &PolicyConfig, f: &RequestFeatures) -> Option<f64> {
+    match (config.rule(&f.kind).overflow.p95_ms, f.deadline_ms) {
         (Some(p), Some(d)) => Some(p.min(d as f64)),
         (Some(p), None) => Some(p),
         (None, Some(d)) => Some(d as f64),
         (None, None) => None,
-    };
-    match (p95, limit) {
-        (Some(p), Some(l)) if p > l => Some(format!("overflow: {} p95 {p:.0} ms > {l:.0} ms", tier_name(primary))),
-        _ => None,
     }
+}
+
+/// Why the fallback `fb` should not be exercised now: `Err(loaded)` (skip) or
+/// `Ok(Some(degraded))` (a tenth of the share), `Ok(None)` when it is fine.
+fn fallback_state(
+    config: &PolicyConfig,
+    f: &RequestFeatures,
+    snap: &Snapshot,
+    t: &Tiers<'_>,
+    fb: Tier,
+) -> Result<Option<String>, String> {
+    let p95 = match fb {
+        Tier::Container => {
+            if let Some((c, _)) = t.container {
+                if c.busy + c.queued >= c.slots {
+                    return Err(format!("{} has no free slot", c.worker_id));
+                }
+                snap.p95_ms.container.or((c.p95_ms > 0.0).then_some(c.p95_ms))
+            } else {
+                None
+            }
+        }
+        Tier::Serverless => {
+            let pool = &snap.serverless;
+            let waiting = pool.in_flight.saturating_sub(pool.warm);
+            if let Some(max) = config.rule(&f.kind).overflow.queue_depth {
+                if waiting > max {
+                    return Err(format!("{waiting} invocations waiting > {max}"));
+                }
+            }
+            snap.p95_ms.serverless
+        }
+    };
+    Ok(match (p95, latency_limit(config, f)) {
+        (Some(p), Some(l)) if p > l => Some(format!("p95 {p:.0} ms > {l:.0} ms")),
+        _ => None,
+    })
 }
 
 /// Places one request: the pure rule chain (module docs), given the policy, the request,
@@ -308,12 +359,38 @@ pub fn decide(config: &PolicyConfig, version: u64, f: &RequestFeatures, snap: &S
         }
     }
 
-    // 7. Exercised fallback.
+    // 7. Cost.
+    let cost = &config.cost;
+    if !pinned && !moved && tier == Tier::Serverless && cost.enabled {
+        if let (Some(rps), Some((c, lat))) = (snap.kind_rps, t.container) {
+            let crossing = cost.crossing_rps(t.container_run);
+            let room = c.busy + c.queued < c.slots;
+            let fits = f.deadline_ms.is_none_or(|d| lat <= d as f64);
+            if rps > crossing && room && fits && pressure(config, f, snap, Tier::Container, needs_gpu).is_none() {
+                tier = Tier::Container;
+                moved = true;
+                reasons.push(format!(
+                    "cost: {} {rps:.1} req/s > crossing {crossing:.1} req/s; container {} has a free slot",
+                    f.kind, c.worker_id
+                ));
+            }
+        }
+    }
+
+    // 7b. Exercised fallback, when the fallback can take it.
     if !pinned && !moved && draws.exercise < config.exercise_share {
         if let Some(fb) = usable(fallback) {
-            tier = fb;
-            exercise = true;
-            reasons.push(format!("exercise: fallback {} (share {})", tier_name(fb), config.exercise_share));
+            match fallback_state(config, f, snap, &t, fb) {
+                Err(why) => reasons.push(format!("exercise skipped: fallback {} loaded ({why})", tier_name(fb))),
+                Ok(Some(why)) if draws.exercise >= config.exercise_share / 10.0 => {
+                    reasons.push(format!("exercise skipped: fallback {} degraded ({why})", tier_name(fb)))
+                }
+                Ok(_) => {
+                    tier = fb;
+                    exercise = true;
+                    reasons.push(format!("exercise: fallback {} (share {})", tier_name(fb), config.exercise_share));
+                }
+            }
         }
     }
 
@@ -392,6 +469,7 @@ pub struct Router {
     version: u64,
     closed_loop: ClosedLoop,
     rng: Rng,
+    rates: RateMeter,
 }
 
 impl Router {
@@ -404,6 +482,7 @@ impl Router {
             closed_loop: ClosedLoop::new(config.closed_loop),
             config,
             rng: Rng::new(seed),
+            rates: RateMeter::default(),
         })
     }
 
@@ -451,7 +530,17 @@ impl Router {
 
     /// What a decision for these features sees in the view now.
     pub fn snapshot(&self, f: &RequestFeatures, view: &CapacityView, now_ms: u64) -> Snapshot {
-        view.snapshot(&f.kind, self.config.function(&f.kind), &self.closed_loop, now_ms)
+        let mut s = view.snapshot(&f.kind, self.config.function(&f.kind), &self.closed_loop, now_ms);
+        let cost = &self.config.cost;
+        if cost.enabled {
+            s.kind_rps = Some(self.rates.rate(&f.kind, now_ms, cost.window_ms));
+        }
+        s
+    }
+
+    /// The kind's sustained request rate the cost rule sees (req/s over its window).
+    pub fn kind_rps(&self, kind: &str, now_ms: u64) -> f64 {
+        self.rates.rate(kind, now_ms, self.config.cost.window_ms)
     }
 
     /// Places one request, and returns the log line that can re-decide it.
@@ -459,6 +548,7 @@ impl Router {
         let snapshot = self.snapshot(f, view, now_ms);
         let draws = self.rng.draws();
         let decision = decide(&self.config, self.version, f, &snapshot, draws);
+        self.rates.record(&f.kind, now_ms, self.config.cost.window_ms);
         tracing::debug!(job_id = %decision.job_id, kind = %decision.kind, tier = decision.target.tier.as_str(),
             reasons = ?decision.reasons, "placed");
         LogRecord { decision, features: f.clone(), snapshot, draws }

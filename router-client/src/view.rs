@@ -256,6 +256,7 @@ impl CapacityView {
             serverless: self.pool(function, now_ms),
             p95_ms: closed_loop.p95_pair(kind),
             ratio: closed_loop.ratio_pair(kind),
+            kind_rps: None,
         }
     }
 }

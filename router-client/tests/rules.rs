@@ -326,3 +326,88 @@ fn same_seed_same_decisions() {
     assert_eq!(run(4), run(4));
     assert_ne!(run(4), run(5));
 }
+
+#[test]
+fn sustained_serverless_traffic_above_the_crossing_moves_to_containers_with_room() {
+    let mut c = quiet();
+    c.cost.enabled = true;
+    let crossing = c.cost.crossing_rps(25.0);
+    assert!(crossing > 20.0 && crossing < 30.0, "{crossing}");
+    let mut v = view(vec![worker("w1", "thumbnail", 2, 0, 0, 25.0)]);
+    warm(&mut v, "kiln", 4);
+    let f = feats("j", "thumbnail", 25.0);
+    // Through the Router: its own placements are the rate (all at NOW, so n / 60 s).
+    let mut r = Router::new(c.clone(), 1).unwrap();
+    let below = (crossing * 60.0).floor() as usize;
+    for i in 0..=below {
+        let rec = r.place_logged(&f, &v, NOW);
+        assert_eq!(rec.decision.target, Target::function("kiln"), "placement {i}");
+        assert!(rec.snapshot.kind_rps.is_some_and(|x| x <= crossing));
+    }
+    let rec = r.place_logged(&f, &v, NOW);
+    assert_eq!(rec.decision.target, Target::worker("w1"));
+    assert_eq!(rec.decision.rule(), "cost");
+    assert!(rec.decision.reasons[0].starts_with("cost: thumbnail "), "{:?}", rec.decision.reasons);
+    assert!(rec.decision.reasons[0].ends_with("container w1 has a free slot"));
+    // The log line re-decides the same way.
+    let line = rec.to_json_line();
+    assert_eq!(replay(std::iter::once(line.as_str()), r.config(), r.version()).differences(), 0);
+    // The same rate, but the container has no free slot, or is slow: stays serverless.
+    let mut s = snap(&v, "thumbnail", &c);
+    s.kind_rps = Some(crossing * 2.0);
+    assert_eq!(decide(&c, 1, &f, &s, no_draw()).target, Target::worker("w1"));
+    let mut full = view(vec![worker("w1", "thumbnail", 2, 2, 0, 25.0)]);
+    warm(&mut full, "kiln", 4);
+    let mut s = snap(&full, "thumbnail", &c);
+    s.kind_rps = Some(crossing * 2.0);
+    assert_eq!(decide(&c, 1, &f, &s, no_draw()).target, Target::function("kiln"));
+    let mut slow = view(vec![worker("w1", "thumbnail", 2, 0, 0, 100.0)]); // reported p95 200 > 150
+    warm(&mut slow, "kiln", 4);
+    let mut s = snap(&slow, "thumbnail", &c);
+    s.kind_rps = Some(crossing * 2.0);
+    assert_eq!(decide(&c, 1, &f, &s, no_draw()).target, Target::function("kiln"));
+    // Off (the default): never.
+    let mut off = Router::new(quiet(), 1).unwrap();
+    for _ in 0..3000 {
+        assert_eq!(off.place(&f, &v, NOW).target, Target::function("kiln"));
+    }
+}
+
+#[test]
+fn the_exercised_share_respects_the_fallbacks_state() {
+    let c = PolicyConfig { exercise_share: 1.0, dual_share: 0.0, ..PolicyConfig::default() };
+    let f = feats("j", "thumbnail", 25.0);
+    let at = |exercise: f64| Draws { overflow: 0.999, exercise, dual: 0.999 };
+    let with = |reports: Vec<CapacityReport>| {
+        let mut v = view(reports);
+        warm(&mut v, "kiln", 4);
+        v
+    };
+    // A free, healthy container fallback is exercised.
+    let d = decide_now(&c, &f, &with(vec![worker("w1", "thumbnail", 2, 1, 0, 25.0)]), at(0.5));
+    assert!(d.exercise);
+    assert_eq!(d.target, Target::worker("w1"));
+    // Loaded: no free slot on its best worker.
+    let d = decide_now(&c, &f, &with(vec![worker("w1", "thumbnail", 2, 2, 0, 25.0)]), at(0.5));
+    assert!(!d.exercise);
+    assert_eq!(d.target, Target::function("kiln"));
+    assert_eq!(d.reasons, vec!["exercise skipped: fallback container loaded (w1 has no free slot)"]);
+    assert_eq!(d.rule(), "exercise skipped");
+    // Degraded (reported p95 200 ms > the 150 ms threshold): a tenth of the share.
+    let slow = with(vec![worker("w1", "thumbnail", 2, 0, 0, 100.0)]);
+    let d = decide_now(&c, &f, &slow, at(0.5));
+    assert!(!d.exercise);
+    assert_eq!(d.reasons, vec!["exercise skipped: fallback container degraded (p95 200 ms > 150 ms)"]);
+    assert!(decide_now(&c, &f, &slow, at(0.05)).exercise);
+    // A serverless fallback with invocations piling up on cold starts is not exercised.
+    let mut v = view(vec![worker("w1", "render", 4, 0, 0, 65.0)]);
+    for _ in 0..10 {
+        v.invocation_started("kiln");
+    }
+    let d = decide_now(&c, &feats("r", "render", 65.0), &v, at(0.5));
+    assert_eq!(d.target, Target::worker("w1"));
+    assert_eq!(d.reasons, vec!["exercise skipped: fallback serverless loaded (10 invocations waiting > 8)"]);
+    let mut idle = view(vec![worker("w1", "render", 4, 0, 0, 65.0)]);
+    warm(&mut idle, "kiln", 1);
+    assert!(decide_now(&c, &feats("r", "render", 65.0), &idle, at(0.5)).exercise);
+}

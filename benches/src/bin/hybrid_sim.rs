@@ -6,10 +6,14 @@
 //! ```text
 //! cargo run --release -p kiln-benches --bin hybrid-sim -- --seed 1 [--json] [--plots DIR]
 //!     [--sweep sensitivity] [--quick]
+//! cargo run --release -p kiln-benches --bin hybrid-sim -- --seeds 5 [--json]
 //! ```
+//!
+//! `--seeds K` runs the burst scenario (serverless, container, hybrid, hybrid without the cost
+//! rule) and the closed loop for seeds 1..=K and prints every metric as mean ± 95 % CI.
 
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_benches::sim::{self, experiments, report, Options};
+use kiln_benches::sim::{self, constants, experiments, report, seeds, workload, Options};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,6 +22,7 @@ fn main() -> Result<()> {
     let mut json = false;
     let mut plots: Option<PathBuf> = None;
     let mut opts = Options::default();
+    let mut n_seeds: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -29,14 +34,33 @@ fn main() -> Result<()> {
                 other => bail!("--sweep: unknown sweep {other:?} (known: sensitivity)"),
             },
             "--quick" => opts.quick = true,
+            "--seeds" => {
+                let k: u64 = args.next().context("--seeds needs a count")?.parse().context("--seeds: not a number")?;
+                if k == 0 {
+                    bail!("--seeds: at least 1");
+                }
+                n_seeds = Some(k);
+            }
             "-h" | "--help" => {
-                println!("hybrid-sim [--seed N] [--json] [--plots DIR] [--sweep sensitivity] [--quick]");
+                println!("hybrid-sim [--seed N] [--json] [--plots DIR] [--sweep sensitivity] [--quick] | --seeds K [--json]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?}"),
         }
     }
     let t0 = Instant::now();
+    if let Some(k) = n_seeds {
+        let model = workload::ServiceModel::load().map_err(|e| anyhow!(e))?;
+        let list: Vec<u64> = (1..=k).collect();
+        let s = seeds::run(&model, &list, constants::CLOSED_LOOP_S, constants::CLOSED_LOOP_SLOWDOWN_AT_S).map_err(|e| anyhow!(e))?;
+        eprintln!("hybrid-sim: seeds 1..={k}, {:.1} s wall", t0.elapsed().as_secs_f64());
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            println!("{}", seeds::tables(&s));
+        }
+        return Ok(());
+    }
     let out = sim::run_all(seed, &opts).map_err(|e| anyhow!(e))?;
     eprintln!("hybrid-sim: seed {seed}, {} requests in the burst scenario, {:.1} s wall", out.main.reqs.len(), t0.elapsed().as_secs_f64());
     if let Some(dir) = &plots {
@@ -72,13 +96,23 @@ fn main() -> Result<()> {
     println!("\ncrossing (container cheaper above): {:?} req/s\n", out.sweep.crossing_rps);
     let cl = &out.closed_loop;
     println!("## Closed loop (container service x{} at {} s, no bursts; short requests)\n", cl.factor, cl.slowdown_at_s);
-    println!("| policy | p95 before / after (ms) | on serverless before / after | on containers 60 s before / 60 s after |\n|---|---|---|---|");
+    println!("| policy | p95 before / after (ms) | on serverless before / after | on containers 60 s before / 60 s after | moved within |\n|---|---|---|---|---|");
     for l in &cl.lines {
         println!(
-            "| {} | {:?} / {:?} | {:.1} % / {:.1} % | {:.1} % / {:.1} % |",
+            "| {} | {:?} / {:?} | {:.1} % / {:.1} % | {:.1} % / {:.1} % | {:?} s |",
             l.name, l.before_p95_ms, l.after_p95_ms, l.before_serverless_share * 100.0, l.after_serverless_share * 100.0,
-            l.container_share_60s_before * 100.0, l.container_share_60s_after * 100.0
+            l.container_share_60s_before * 100.0, l.container_share_60s_after * 100.0, l.moved_within_s
         );
+    }
+    println!("\nPer 10 s window around the slowdown (p95 ms / on Lambda):\n");
+    for l in &cl.lines {
+        let around: Vec<String> = l
+            .windows
+            .iter()
+            .filter(|w| w.t_s >= cl.slowdown_at_s - 30.0 && w.t_s <= cl.slowdown_at_s + 100.0)
+            .map(|w| format!("{:.0}s {} / {:.0} %", w.t_s, w.short_p95_ms.map_or("-".into(), |p| format!("{p:.0}")), w.serverless_share * 100.0))
+            .collect();
+        println!("- {}: {}", l.name, around.join(", "));
     }
     println!();
     if !out.sensitivity.is_empty() {

@@ -91,6 +91,10 @@ pub const GPU_MAX_PODS: u32 = 16;
 /// (worker/src/capacity.rs: interval * 5 / 2).
 pub const REPORT_INTERVAL_MS: u64 = 2000;
 pub const REPORT_TTL_MS: u64 = REPORT_INTERVAL_MS * 5 / 2;
+/// A kiln serve worker also publishes at once when its slots fill or free
+/// (worker/src/slot_watch.rs polls the scheduler's counts every 50 ms): a pod's report
+/// follows a slot change by this much, coalesced.
+pub const SLOT_REPORT_DELAY_MS: u64 = 50;
 /// Per-kind latency window behind a report's p50 (service times kept per pod). Assumption.
 pub const REPORT_WINDOW: usize = 64;
 
@@ -174,6 +178,11 @@ pub const DUAL_SHARE: f64 = 0.01;
 /// Longest predicted run the policy accepts on serverless: the chunked ceiling (kiln splits
 /// longer jobs into checkpointed invocations, but the policy refuses what one cannot finish).
 pub const POLICY_SERVERLESS_MAX_RUN_MS: f64 = LAMBDA_MAX_RUN_MS * LAMBDA_CHUNK_MARGIN;
+/// The cost rule's window (router-client's `CostRule::default().window_ms`, 60 s): a kind's
+/// rate is "sustained" over a minute; the seed gives no value. Its prices are the Lambda and
+/// CPU pod prices above (the crossing for a 25 ms thumbnail: about 24 req/s, the rate whose
+/// Lambda bill pays for one more pod). Assumption.
+pub const COST_WINDOW_MS: u64 = 60_000;
 /// The closed loop's memory: router-client's `LoopConfig::default()` (200 samples per tier
 /// and kind, p95 after 5, ratio EWMA 0.1).
 pub const LOOP_WINDOW: usize = 200;

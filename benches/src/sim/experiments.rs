@@ -25,20 +25,24 @@ pub struct Variant {
     pub deadlines: bool,
     /// Queued work goes to the pool's pull queue (Config::pull_when_full).
     pub pull: bool,
+    /// The Router's cost rule (PolicyKnobs::cost_rule).
+    pub cost_rule: bool,
 }
 
 const fn v(name: &'static str, strategy: Strategy, provisioned: bool, deadlines: bool, pull: bool) -> Variant {
-    Variant { name, strategy, provisioned, deadlines, pull }
+    Variant { name, strategy, provisioned, deadlines, pull, cost_rule: true }
 }
 
 /// The configurations of the burst scenario: the three strategies of Table 3 (the hybrid
 /// placed by router-client's Router), the hybrid placed by the old stateless `place`
 /// (as before the Router landed, with its no-deadline and pull-queue variants, which showed
-/// what that policy lacked), and serverless and the Router hybrid with provisioned concurrency.
-pub const VARIANTS: [Variant; 8] = [
+/// what that policy lacked), serverless and the Router hybrid with provisioned concurrency,
+/// and the Router hybrid without its cost rule.
+pub const VARIANTS: [Variant; 9] = [
     v("serverless", Strategy::Serverless, false, true, false),
     v("container", Strategy::Container, false, true, false),
     v("hybrid", Strategy::Hybrid, false, true, false),
+    Variant { cost_rule: false, ..v("hybrid_no_cost", Strategy::Hybrid, false, true, false) },
     v("hybrid_static_place", Strategy::HybridStaticPlace, false, true, false),
     v("hybrid_static_place_nodeadline", Strategy::HybridStaticPlace, false, false, false),
     v("hybrid_static_place_pull", Strategy::HybridStaticPlace, false, true, true),
@@ -72,6 +76,7 @@ pub fn burst_scenario(model: &ServiceModel, profile: &Profile, cfg: &Config, see
         let mut cfg = cfg.clone();
         cfg.deadlines = cfg.deadlines && v.deadlines;
         cfg.pull_when_full = cfg.pull_when_full || v.pull;
+        cfg.policy.cost_rule = cfg.policy.cost_rule && v.cost_rule;
         cfg.provisioned = if v.provisioned { cfg.provisioned.max(c::DEFAULT_PROVISIONED) } else { cfg.provisioned };
         simulate(&reqs, profile.horizon_s, v.strategy, &cfg, seed)
     });
@@ -177,6 +182,10 @@ pub struct LoopLine {
     /// 60 s before it.
     pub container_share_60s_before: f64,
     pub container_share_60s_after: f64,
+    /// Seconds from the slowdown to the end of the first 10 s window whose serverless share
+    /// is at least half-way from the minute before the slowdown to the mean after it; None
+    /// when the share after rose by less than 5 points (nothing moved).
+    pub moved_within_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,7 +193,7 @@ pub struct ClosedLoop {
     pub slowdown_at_s: f64,
     pub factor: f64,
     /// "adaptive" (Router, closed loop fed), "static" (the same Router config, no observe),
-    /// "static_place" (the old stateless place).
+    /// "static_config" (no latency-driven rule), "static_place" (the old stateless place).
     pub lines: Vec<LoopLine>,
     pub note: &'static str,
 }
@@ -208,7 +217,7 @@ fn loop_line(name: &'static str, reqs: &[Request], run: &RunResult, horizon_s: f
     };
     let window_s = c::CLOSED_LOOP_WINDOW_S;
     let n = (horizon_s / window_s) as usize;
-    let windows = (0..n)
+    let windows: Vec<Window> = (0..n)
         .map(|w| {
             let (a, b) = (w as f64 * window_s, (w + 1) as f64 * window_s);
             let (p95, share) = span(a, b);
@@ -219,6 +228,13 @@ fn loop_line(name: &'static str, reqs: &[Request], run: &RunResult, horizon_s: f
     let (before_p95, before_share) = span(120.0, at_s);
     let (after_p95, after_share) = span(at_s + 120.0, horizon_s);
     let r4 = |x: f64| (x * 1e4).round() / 1e4;
+    let share_60s_before = span(at_s - 60.0, at_s).1;
+    let half = share_60s_before + 0.5 * (after_share - share_60s_before);
+    let moved_within_s = (after_share - share_60s_before > 0.05)
+        .then(|| {
+            windows.iter().find(|w: &&Window| w.t_s > at_s && w.serverless_share >= half).map(|w| w.t_s - at_s)
+        })
+        .flatten();
     LoopLine {
         name,
         windows,
@@ -226,14 +242,16 @@ fn loop_line(name: &'static str, reqs: &[Request], run: &RunResult, horizon_s: f
         after_p95_ms: after_p95,
         before_serverless_share: before_share,
         after_serverless_share: after_share,
-        container_share_60s_before: r4(1.0 - span(at_s - 60.0, at_s).1),
+        container_share_60s_before: r4(1.0 - share_60s_before),
         container_share_60s_after: r4(1.0 - span(at_s, at_s + 60.0).1),
+        moved_within_s,
     }
 }
 
 /// Mid-run, container service times double (no bursts; the short kinds primary on
 /// containers, constants::CLOSED_LOOP_SHORT_PRIMARY). Three policies see the same requests: the Router with its closed loop fed ("adaptive"), the same Router config with
-/// `observe` never called ("static"; it still reads the pods' reports), and the old `place`.
+/// `observe` never called ("static"; it still reads the pods' reports), the same Router
+/// with no latency-driven rule at all ("static_config": a fixed placement), and the old `place`.
 pub fn closed_loop(model: &ServiceModel, cfg: &Config, seed: u64, horizon_s: f64, slowdown_at_s: f64) -> Result<ClosedLoop, String> {
     let mut profile = super::default_profile();
     profile.horizon_s = horizon_s;
@@ -243,10 +261,18 @@ pub fn closed_loop(model: &ServiceModel, cfg: &Config, seed: u64, horizon_s: f64
     cfg.slowdown = Some((slowdown_at_s, c::CLOSED_LOOP_SLOWDOWN));
     cfg.policy.short_primary = c::CLOSED_LOOP_SHORT_PRIMARY;
     let reqs = profile.generate(model, seed);
-    let policies = [("adaptive", Strategy::Hybrid, true), ("static", Strategy::Hybrid, false), ("static_place", Strategy::HybridStaticPlace, true)];
-    let runs = parallel(&policies, |&(name, strategy, observe)| -> Result<LoopLine, String> {
+    // (name, strategy, observe, latency-driven rules)
+    let policies = [
+        ("adaptive", Strategy::Hybrid, true, true),
+        ("static", Strategy::Hybrid, false, true),
+        ("static_config", Strategy::Hybrid, false, false),
+        ("static_place", Strategy::HybridStaticPlace, true, true),
+    ];
+    let runs = parallel(&policies, |&(name, strategy, observe, latency)| -> Result<LoopLine, String> {
         let mut cfg = cfg.clone();
         cfg.policy.observe = observe;
+        cfg.policy.latency_overflow = latency;
+        cfg.deadlines = latency;
         let run = simulate(&reqs, profile.horizon_s, strategy, &cfg, seed)?;
         Ok(loop_line(name, &reqs, &run, profile.horizon_s, slowdown_at_s))
     });
@@ -255,7 +281,7 @@ pub fn closed_loop(model: &ServiceModel, cfg: &Config, seed: u64, horizon_s: f64
         slowdown_at_s,
         factor: c::CLOSED_LOOP_SLOWDOWN,
         lines,
-        note: "short kinds primary container, fallback serverless; adaptive = Router with observe(); static = same PolicyConfig, observe() never called (the pods' reports still reach the view); static_place = old place()",
+        note: "short kinds primary container, fallback serverless; adaptive = Router with observe(); static = same PolicyConfig, observe() never called (the pods' reports, with their p95, still reach the view); static_config = same Router, observe() never called, no p95/queue overflow and no deadlines (a fixed placement: primaries, exercise, cold-start override, cost); static_place = old place()",
     })
 }
 
@@ -305,6 +331,10 @@ pub fn sensitivity(model: &ServiceModel, seed: u64) -> Result<Vec<SensitivityRow
     for f in [0.1, 0.6] {
         let cfg = Config { policy: PolicyKnobs { short_overflow_fraction: f, ..PolicyKnobs::default() }, ..Config::default() };
         rows.push(row_of("short overflow fraction (hybrid)", format!("{f} (default {})", c::SHORT_OVERFLOW_FRACTION), &burst_scenario(model, &base, &cfg, seed, &three)?));
+    }
+    {
+        let cfg = Config { policy: PolicyKnobs { cost_rule: false, ..PolicyKnobs::default() }, ..Config::default() };
+        rows.push(row_of("cost rule (hybrid)", "off (default on)".into(), &burst_scenario(model, &base, &cfg, seed, &three)?));
     }
     for e in [0.0, 0.1] {
         let cfg = Config { policy: PolicyKnobs { exercise_share: e, ..PolicyKnobs::default() }, ..Config::default() };

@@ -9,7 +9,8 @@
 //! (Lambda, pods, HPA, reports), `strategy` (the strategies), `policy` (the Router, its
 //! PolicyConfig and view, fed by the simulation), `run` (the
 //! event loop), `cost`, `report` (Table 3, Fig 4), `plot` (Figs 5-7, closed loop, SVG),
-//! `experiments` (the default scenario, the cost sweep, the closed loop, the sensitivity sweep).
+//! `experiments` (the default scenario, the cost sweep, the closed loop, the sensitivity sweep),
+//! `seeds` (Table 3 and the closed loop over several seeds, with confidence intervals).
 
 pub mod arrivals;
 pub mod constants;
@@ -20,6 +21,7 @@ pub mod plot;
 pub mod policy;
 pub mod report;
 pub mod run;
+pub mod seeds;
 pub mod strategy;
 pub mod tiers;
 pub mod workload;
@@ -39,7 +41,7 @@ pub struct Config {
     pub slowdown: Option<(f64, f64)>,
     /// Old `place` only (hybrid_static_place): the router adds its own placements to the last
     /// report of a pod until the next one (false: it sees the reports only, up to 2 s old).
-    /// The Router's CapacityView always sees the reports only.
+    /// The Router's CapacityView counts its own placements itself (`CapacityView::placed`).
     pub track_placements: bool,
     /// Interactive requests carry their Table 1 budget as a deadline (false: no deadlines,
     /// which switches off the old `place`'s cold-start override).
@@ -156,7 +158,7 @@ pub fn run_all(seed: u64, opts: &Options) -> Result<Output, String> {
         "seed": seed,
         "quick": opts.quick,
         "strategies": pick(&["serverless", "container", "hybrid"]),
-        "variants": pick(&["hybrid_static_place", "hybrid_static_place_nodeadline", "hybrid_static_place_pull", "serverless_pc", "hybrid_pc"]),
+        "variants": pick(&["hybrid_no_cost", "hybrid_static_place", "hybrid_static_place_nodeadline", "hybrid_static_place_pull", "serverless_pc", "hybrid_pc"]),
         "policy_config": serde_json::to_value(policy::policy_config(&cfg)).unwrap_or(serde_json::Value::Null),
         "seed_table3": {
             "serverless": {"p95_ms": 476, "p999_ms": 2150, "cost": 1.00, "time_to_scale_s": "<1"},

@@ -5,16 +5,18 @@
 //! (pods' CapacityReports as published, Lambda invocations as started and answered) and into
 //! the closed loop (`Router::observe` with each finished request's latency).
 //!
-//! What the view sees is what a real router sees: reports every `REPORT_INTERVAL_MS` and on
-//! state changes (so up to 2 s old; router-client keeps no count of its own placements since
-//! the last report), and the function's warm pool only from invocation results.
+//! What the view sees is what a real router sees: reports every `REPORT_INTERVAL_MS`, on
+//! state changes and `SLOT_REPORT_DELAY_MS` after a slot change (kiln's slot watch), the
+//! router's own placements on each worker since that
+//! worker's last report (`CapacityView::placed`, as `kiln route` calls it), and the
+//! function's warm pool only from invocation results.
 
 use super::constants as c;
 use super::workload::{Kind, Request};
 use super::Config;
 use kiln_router_client::{
-    CapacityReport, CapacityView, ColdStartOverride, Decision, InvocationObservation, KindRule, LoopConfig, Overflow,
-    PolicyConfig, Priority, RequestFeatures, Router, ServerlessLimits, Tier,
+    CapacityReport, CapacityView, ColdStartOverride, CostRule, Decision, InvocationObservation, KindRule, LoopConfig,
+    Overflow, PolicyConfig, Priority, RequestFeatures, Router, ServerlessLimits, Tier,
 };
 use std::collections::BTreeMap;
 
@@ -33,6 +35,11 @@ pub struct PolicyKnobs {
     pub short_primary: Tier,
     /// Feed the closed loop (false: the same policy, static; the view still gets reports).
     pub observe: bool,
+    /// router-client's cost rule (prices from `Config::prices`, the CPU pod's price and slots).
+    pub cost_rule: bool,
+    /// Overflow on the rolling p95 and on queue depth (false: a static configuration, the
+    /// kinds' primaries and the exercised share only).
+    pub latency_overflow: bool,
 }
 
 impl Default for PolicyKnobs {
@@ -43,6 +50,8 @@ impl Default for PolicyKnobs {
             dual_share: c::DUAL_SHARE,
             short_primary: Tier::Serverless,
             observe: true,
+            cost_rule: true,
+            latency_overflow: true,
         }
     }
 }
@@ -71,10 +80,14 @@ pub fn policy_config(cfg: &Config) -> PolicyConfig {
                 }),
                 function: None,
                 needs_gpu: false,
-                overflow: Overflow {
-                    fraction: k.short_overflow_fraction,
-                    queue_depth: Some(c::SHORT_OVERFLOW_QUEUE_DEPTH),
-                    p95_ms: spec.budget_ms,
+                overflow: if k.latency_overflow {
+                    Overflow {
+                        fraction: k.short_overflow_fraction,
+                        queue_depth: Some(c::SHORT_OVERFLOW_QUEUE_DEPTH),
+                        p95_ms: spec.budget_ms,
+                    }
+                } else {
+                    Overflow { fraction: 0.0, queue_depth: None, p95_ms: None }
                 },
             }
         } else {
@@ -106,6 +119,15 @@ pub fn policy_config(cfg: &Config) -> PolicyConfig {
         exercise_share: k.exercise_share,
         dual_share: k.dual_share,
         cold_start_override: ColdStartOverride { enabled: true, batch: false },
+        cost: CostRule {
+            enabled: k.cost_rule,
+            window_ms: c::COST_WINDOW_MS,
+            serverless_usd_per_request: cfg.prices.lambda_per_request,
+            serverless_usd_per_gb_s: cfg.prices.lambda_per_gb_s,
+            serverless_memory_gb: cfg.prices.lambda_memory_gb,
+            container_usd_per_hour: cfg.prices.cpu_pod_per_h,
+            container_slots: c::CPU_POD_SLOTS,
+        },
         closed_loop: LoopConfig { window: c::LOOP_WINDOW, min_samples: c::LOOP_MIN_SAMPLES, ratio_alpha: c::LOOP_RATIO_ALPHA },
         ..PolicyConfig::default()
     }
@@ -168,6 +190,12 @@ impl SimRouter {
         self.exercised += u64::from(d.exercise);
         self.dual += u64::from(d.dual);
         d
+    }
+
+    /// The router sent a request to this worker (it counts as queued there until the
+    /// worker's next report).
+    pub fn placed(&mut self, worker_id: &str, now_ms: u64) {
+        self.view.placed(worker_id, now_ms);
     }
 
     pub fn report(&mut self, report: CapacityReport, now_ms: u64) {

@@ -73,6 +73,8 @@ enum Ev {
     SlotDone { pool: usize, pod: usize, group: usize, req: u32, run_ms: f64 },
     Scale(usize),
     Report,
+    /// A pod's report after a slot change (kiln's slot watch).
+    SlotReport { pool: usize, pod: usize },
     Sample,
 }
 
@@ -234,6 +236,12 @@ impl<'a> Sim<'a> {
                     self.eng.after(c::REPORT_INTERVAL_MS * 1000, Ev::Report);
                 }
             }
+            Ev::SlotReport { pool, pod } => {
+                self.pools[pool].pods[pod].report_pending = false;
+                if self.pools[pool].pods[pod].state != PodState::Gone {
+                    self.publish(pool, pod, now);
+                }
+            }
             Ev::Sample => {
                 let mut pods = [0u32; 3];
                 let mut ready = [0u32; 3];
@@ -326,6 +334,10 @@ impl<'a> Sim<'a> {
         let pod = if self.cfg.pull_when_full && !room { None } else { target.map(|(_, pod)| pod) };
         if let (Some(id), Some(_)) = (worker, pod) {
             self.track(id, kind.name());
+            // The Router's view counts its own placement until the pod's next report.
+            if let Some(router) = self.router.as_mut() {
+                router.placed(id, now / 1000);
+            }
         }
         self.enqueue_container(now, r, pod);
     }
@@ -392,6 +404,7 @@ impl<'a> Sim<'a> {
         match pod {
             Some(pod) if self.pools[p].pods.get(pod).is_some_and(|x| x.state == PodState::Ready) => {
                 self.pools[p].pods[pod].queue[g].push_back(r);
+                self.slot_changed(p, pod);
                 self.fill(now, p, pod, g);
             }
             _ => {
@@ -424,6 +437,7 @@ impl<'a> Sim<'a> {
             _ => 1.0,
         };
         self.pools[p].pods[pod].busy[g] += 1;
+        self.slot_changed(p, pod);
         let run_ms = req.service_ms * factor;
         let o = &mut self.out[r as usize];
         o.first_byte_ms = (now + us_ms(req.first_unit_ms * factor) - us(req.arrival_s)) as f64 / 1000.0;
@@ -439,6 +453,7 @@ impl<'a> Sim<'a> {
             pd.busy[g] = pd.busy[g].saturating_sub(1);
             pd.busy_after_horizon_s += after_horizon;
         }
+        self.slot_changed(p, pod);
         self.pools[p].record_run(pod, kind, run_ms);
         self.finish_req(now, r, Served::Container);
         if self.pools[p].pods[pod].state == PodState::Draining {
@@ -479,6 +494,19 @@ impl<'a> Sim<'a> {
                 }
                 PodState::Draining | PodState::Gone => {}
             }
+        }
+    }
+
+    /// A pod's slots or queue changed: its report follows (hybrids only: only a router
+    /// reads reports), at most one pending per pod.
+    fn slot_changed(&mut self, p: usize, pod: usize) {
+        if !self.strategy.is_hybrid() {
+            return;
+        }
+        let pd = &mut self.pools[p].pods[pod];
+        if !pd.report_pending {
+            pd.report_pending = true;
+            self.eng.after(c::SLOT_REPORT_DELAY_MS * 1000, Ev::SlotReport { pool: p, pod });
         }
     }
 

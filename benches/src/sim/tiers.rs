@@ -195,6 +195,8 @@ pub struct Pod {
     pub seq: u64,
     /// Slot-seconds run after the horizon (billed pro rata, see `Pool::bill_seconds`).
     pub busy_after_horizon_s: f64,
+    /// A report on a slot change is due (`constants::SLOT_REPORT_DELAY_MS`).
+    pub report_pending: bool,
 }
 
 #[derive(Debug)]
@@ -229,6 +231,7 @@ impl Pool {
             recent: BTreeMap::new(),
             seq: 0,
             busy_after_horizon_s: 0.0,
+            report_pending: false,
         });
         self.pods.len() - 1
     }
