@@ -166,8 +166,8 @@ impl Gpu {
             return Err(CudaError::Input(format!("{}x{} 4:2:0 frame with {} + {} bytes", f.width, f.height, f.y.len(), f.c.len())));
         }
         let st = self.stream();
-        let y = guarded("memcpy HtoD", || st.memcpy_stod(&f.y))?;
-        let c: CudaSlice<u8> = guarded("memcpy HtoD", || st.memcpy_stod(&f.c))?;
+        let y = guarded("memcpy HtoD", || st.clone_htod(&f.y))?;
+        let c: CudaSlice<u8> = guarded("memcpy HtoD", || st.clone_htod(&f.c))?;
         let (uo, vo, cstride, step) = f.chroma();
         let mut out = self.u8s.take(self, &st, f.width as usize * f.height as usize * 3)?;
         let (w, h) = (f.width as i32, f.height as i32);
@@ -214,8 +214,8 @@ impl Gpu {
             // chroma planes (offsets and strides from the same layout).
             unsafe { b.launch(Gpu::grid(img.width.div_ceil(2), img.height.div_ceil(2))) }.map(|_| ())
         })?;
-        f.y = guarded("memcpy DtoH", || st.memcpy_dtov(&y.slice(..f.y.len())))?;
-        f.c = guarded("memcpy DtoH", || st.memcpy_dtov(&c))?;
+        f.y = guarded("memcpy DtoH", || st.clone_dtoh(&y.slice(..f.y.len())))?;
+        f.c = guarded("memcpy DtoH", || st.clone_dtoh(&c))?;
         self.u8s.give(self, y);
         Ok(f)
     }

@@ -209,7 +209,7 @@ impl Gpu {
             4 => crate::image::PixelKind::Rgba8,
             c => return Err(CudaError::Input(format!("{c}-channel image has no host form"))),
         };
-        let data = guarded("memcpy DtoH", || d.stream.memcpy_dtov(&d.buf.slice(..d.len())))?;
+        let data = guarded("memcpy DtoH", || d.stream.clone_dtoh(&d.buf.slice(..d.len())))?;
         crate::image::Image::new(d.width, d.height, kind, data).map_err(|e| CudaError::Input(e.to_string()))
     }
 

@@ -136,7 +136,7 @@ impl Gpu {
         let refs: Vec<&DeviceImage> = resized.iter().collect();
         let t = self.letterbox_batch(&refs, params)?;
         let st = refs.first().map(|d| d.stream.clone()).ok_or_else(|| CudaError::Input("empty batch".into()))?;
-        let host = guarded("memcpy DtoH", || st.memcpy_dtov(&t))?;
+        let host = guarded("memcpy DtoH", || st.clone_dtoh(&t))?;
         for d in resized {
             self.recycle(d);
         }

@@ -13,6 +13,8 @@
 //! every entry checks for the library first ([`libs`]) and runs cudarc calls that could still
 //! panic under `catch_unwind`; absence is [`CudaError::Unavailable`] and callers use the CPU.
 
+#[cfg(test)]
+mod bench;
 pub mod cache;
 pub mod color;
 pub mod composite;

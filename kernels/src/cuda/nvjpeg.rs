@@ -7,7 +7,7 @@
 
 use super::context::{DeviceImage, Gpu};
 use super::CudaError;
-use cudarc::driver::{DevicePtrMut, DeviceSlice};
+use cudarc::driver::DevicePtrMut;
 use std::ffi::c_void;
 use std::os::raw::{c_int, c_uint, c_uchar};
 

@@ -274,8 +274,8 @@ impl Gpu {
         let st = src.stream.clone();
         let ch = src.channels;
         let (dw, dh) = s.dst;
-        let up = |v: &[i32]| guarded("memcpy HtoD", || st.memcpy_stod(v));
-        let upf = |v: &[f32]| guarded("memcpy HtoD", || st.memcpy_stod(v));
+        let up = |v: &[i32]| guarded("memcpy HtoD", || st.clone_htod(v));
+        let upf = |v: &[f32]| guarded("memcpy HtoD", || st.clone_htod(v));
         let (xs, xl, xw) = (up(&t.x.starts)?, up(&t.x.lens)?, upf(&t.x.weights)?);
         let (ys, yl, yw) = (up(&t.y.starts)?, up(&t.y.lens)?, upf(&t.y.weights)?);
         let mut tmp = self.f32s.take(self, &st, t.rows as usize * dw as usize * ch)?;
@@ -293,7 +293,8 @@ impl Gpu {
         })?;
         guarded("resize_v", || {
             let mut b = st.launch_builder(fv);
-            b.arg(&tmp).arg(&dwi).arg(&chi).arg(&unpremul).arg(&t.row0).arg(&mut out).arg(&dhi).arg(&(dwi * chi));
+            let dst_stride = dwi * chi;
+            b.arg(&tmp).arg(&dwi).arg(&chi).arg(&unpremul).arg(&t.row0).arg(&mut out).arg(&dhi).arg(&dst_stride);
             b.arg(&ys).arg(&yl).arg(&yw).arg(&ywin);
             // SAFETY: as above, for resize_v; out holds dw × dh × ch.
             unsafe { b.launch(Gpu::grid(dw, dh)) }.map(|_| ())

@@ -24,7 +24,9 @@ fn find_nvrtc() -> bool {
 /// A GPU, or the printed reason there is none.
 fn gpu() -> Option<Gpu> {
     find_nvrtc();
-    let dir = std::env::temp_dir().join(format!("kiln-ptx-test-{}", std::process::id()));
+    let dir = std::env::var_os("KILN_CUDA_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("kiln-ptx-test-{}", std::process::id())));
     match Gpu::open(&GpuOptions { cache_dir: Some(dir), ..Default::default() }) {
         Ok(g) => Some(g),
         Err(e) => {
