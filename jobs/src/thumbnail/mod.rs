@@ -74,7 +74,7 @@ impl PreparedJob for Prepared {
                 Err(JobError::unsupported(format!("thumbnail accel gpu: {why}")))
             }
             Err(gpu::Fallback::NoGpu(why)) => {
-                tracing::debug!(job = %ctx.job_id, why, "thumbnail on the CPU");
+                tracing::debug!(job = %ctx.job_id, why = %why, "thumbnail on the CPU");
                 run::run(job, ctx)
             }
         }
