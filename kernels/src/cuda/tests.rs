@@ -50,6 +50,26 @@ fn noise(w: u32, h: u32, kind: PixelKind, seed: u64) -> Image {
     Image::new(w, h, kind, data).unwrap()
 }
 
+/// Noise in 64..=191: Lanczos ringing then stays inside 0..255, so neither resizer clamps an
+/// intermediate and only their rounding differs.
+fn mid_noise(w: u32, h: u32, kind: PixelKind, seed: u64) -> Image {
+    let mut n = noise(w, h, kind, seed);
+    n.data.iter_mut().for_each(|v| *v = 64 + (*v & 127));
+    n
+}
+
+/// A smooth picture with smooth alpha (no edges).
+fn smooth(w: u32, h: u32, kind: PixelKind) -> Image {
+    let mut data = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let px = [(40 + x * 170 / w.max(1)) as u8, (40 + y * 170 / h.max(1)) as u8, 128, (128 + (x + y) * 100 / (w + h)) as u8];
+            data.extend_from_slice(&px[..kind.channels()]);
+        }
+    }
+    Image::new(w, h, kind, data).unwrap()
+}
+
 fn whole(i: &Image) -> CropRect {
     CropRect { left: 0.0, top: 0.0, width: i.width as f64, height: i.height as f64 }
 }
@@ -143,29 +163,30 @@ fn weight_tables_are_normalised_and_stay_inside_the_source() {
 
 /// The thumbnailer's resize (fast_image_resize: fixed-point u8, vertical pass first into a
 /// clamped u8 intermediate) and the kernel's reference (same weight tables, horizontal pass
-/// first into an unclamped f32 intermediate) agree within 2 levels everywhere on smooth
-/// images. On white noise, Lanczos ringing overshoots 0..255 and the two clamp different
-/// intermediates, so a few pixels differ more: there the bound is on the mean and the 99.9th
-/// percentile (the max is printed).
+/// first into an unclamped f32 intermediate) agree within 2 levels where nothing clamps
+/// (mid-range noise, smooth images). On full-range white noise Lanczos ringing overshoots
+/// 0..255 and the two clamp different intermediates: there only the mean is bounded, and the
+/// max and 99.9th percentile are printed.
 #[test]
 fn reference_resize_matches_the_thumbnailer_on_random_odd_and_tiny_images() {
     let sizes = [((1, 1), (1, 1)), ((1, 1), (5, 3)), ((7, 1), (1, 1)), ((1, 9), (1, 2)), ((33, 17), (7, 5)), ((64, 48), (97, 71)), ((301, 199), (37, 23)), ((640, 480), (100, 75))];
     for (i, ((sw, sh), dst)) in sizes.into_iter().enumerate() {
         for kind in [PixelKind::Rgb8, PixelKind::Rgba8] {
-            let src = noise(sw, sh, kind, 7 + i as u64);
-            let d = diff(&img::resize(&src, whole(&src), dst).unwrap(), &resize::reference(&src, whole(&src), dst, Filter::Lanczos3).unwrap());
-            eprintln!("noise {kind:?} {sw}x{sh}->{dst:?}: {d:?}");
-            assert!(d.mean <= 1.0 && d.p999 <= 12, "noise {kind:?} {sw}x{sh}->{dst:?}: {d:?}");
-            let src = crate::image::testutil::gradient(sw, sh, kind);
-            let d = diff(&img::resize(&src, whole(&src), dst).unwrap(), &resize::reference(&src, whole(&src), dst, Filter::Lanczos3).unwrap());
-            assert!(d.max <= 2 && d.mean <= 0.2, "gradient {kind:?} {sw}x{sh}->{dst:?}: {d:?}");
+            let both = |src: &Image| diff(&img::resize(src, whole(src), dst).unwrap(), &resize::reference(src, whole(src), dst, Filter::Lanczos3).unwrap());
+            for (name, src) in [("mid-range noise", mid_noise(sw, sh, kind, 7 + i as u64)), ("smooth", smooth(sw, sh, kind))] {
+                let d = both(&src);
+                assert!(d.max <= 2 && d.mean <= 0.3, "{name} {kind:?} {sw}x{sh}->{dst:?}: {d:?}");
+            }
+            let d = both(&noise(sw, sh, kind, 7 + i as u64));
+            eprintln!("full-range noise {kind:?} {sw}x{sh}->{dst:?}: {d:?}");
+            assert!(d.mean <= 4.0, "full-range noise {kind:?} {sw}x{sh}->{dst:?}: {d:?}");
         }
     }
     // A crop too.
-    let src = noise(300, 200, PixelKind::Rgb8, 3);
+    let src = mid_noise(300, 200, PixelKind::Rgb8, 3);
     let c = CropRect { left: 50.5, top: 20.0, width: 180.0, height: 150.25 };
     let d = diff(&img::resize(&src, c, (41, 33)).unwrap(), &resize::reference(&src, c, (41, 33), Filter::Lanczos3).unwrap());
-    assert!(d.mean <= 1.0 && d.p999 <= 12, "crop: {d:?}");
+    assert!(d.max <= 2 && d.mean <= 0.3, "crop: {d:?}");
 }
 
 fn photos() -> Vec<PathBuf> {
