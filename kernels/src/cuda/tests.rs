@@ -334,8 +334,8 @@ fn gpu_kernels_agree_with_their_references() {
                 let d = g.upload(src).unwrap();
                 let out = g.resize(&d, whole(src), dst, f).unwrap();
                 let got = g.download(&out).unwrap();
-                let d = diff(&r, &got);
-                assert!(d.max <= 1 && d.mean <= 0.01, "{f:?} {}x{}->{dst:?}: {d:?}", src.width, src.height);
+                let dd = diff(&r, &got);
+                assert!(dd.max <= 1 && dd.mean <= 0.01, "{f:?} {}x{}->{dst:?}: {dd:?}", src.width, src.height);
                 g.recycle(d);
                 g.recycle(out);
             }
