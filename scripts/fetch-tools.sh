@@ -79,6 +79,29 @@ PY
   ln -sf "$(cd "$ORT_DIR" && ls libonnxruntime.so.1.* | head -n1)" "$ORT_DIR"/libonnxruntime.so
 fi
 
+# NVRTC, the compiler of kiln's CUDA kernels (kernels/src/cuda): needs no GPU, so CI compiles
+# every kernel source with it (kernels' cuda::tests::nvrtc_compiles_every_source). The PyPI
+# nvidia-cuda-nvrtc wheel (CUDA 13.0, as cudarc's cuda-13000 binds and the lent GPUs' driver
+# 580 runs): libnvrtc.so.13 and its builtins, unpacked to .tools/cuda/lib (~115 MB).
+NVRTC_VERSION=13.0.88
+if ! ls .tools/cuda/lib/libnvrtc.so.13 >/dev/null 2>&1; then
+  echo "fetch-tools: nvidia-cuda-nvrtc $NVRTC_VERSION (libnvrtc.so.13)"
+  mkdir -p .tools/cuda/lib
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux2010_x86_64 \
+    --platform manylinux_2_12_x86_64 -d .tools/wheels "nvidia-cuda-nvrtc==$NVRTC_VERSION"
+  python3 - .tools/wheels/nvidia_cuda_nvrtc-"$NVRTC_VERSION"-*.whl .tools/cuda/lib <<'PY'
+import sys, zipfile, os
+whl, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        base = os.path.basename(n)
+        if n.startswith("nvidia/cu13/lib/") and base.startswith("libnvrtc") and ".alt." not in base:
+            with open(os.path.join(dest, base) + ".tmp", "wb") as out:
+                out.write(z.read(n))
+            os.replace(os.path.join(dest, base) + ".tmp", os.path.join(dest, base))
+PY
+fi
+
 # The infer tests and benchmark: Python onnxruntime (the baseline and the reference outputs),
 # numpy, onnx (generated test models), and the nudenet wheel for its YOLOv8 detector
 # (.tools/models/320n.onnx; the wheel's Python code is not used).

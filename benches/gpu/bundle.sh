@@ -10,7 +10,8 @@
 # Output: .gpu/c1/part.00, .gpu/c2/part.01, … (git-ignored): two xz tarballs (onnxruntime-gpu,
 # then the rest) back to back, cut into chunks each small enough to travel with one device call
 # (the device tool carries 64 MiB a call); .gpu/c1/ort-bytes says where the first one ends.
-# Needs `make fixtures` and `cargo build --release -p kiln-worker` first.
+# Needs `make fixtures`, `cargo build --release -p kiln-worker` and the kernels' test binary
+# (`cargo test --release --workspace --features kiln-worker/debug-kind --lib --no-run`) first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CHUNK=${1:-60}
@@ -45,12 +46,23 @@ strip -o "$STAGE/.gpu/bin/kiln" target/release/kiln
 ldd target/release/kiln | awk '/=>/ {print $3}' |
   grep -vE '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so' |
   while read -r lib; do cp -L "$lib" "$STAGE/.gpu/lib/"; done
+# The kernels crate's test binary: the CUDA agreement tests and cuda::bench (run.sh "kernels").
+kt=$(cargo test --release --workspace --features kiln-worker/debug-kind --lib --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import sys, json
+for l in sys.stdin:
+    try: m = json.loads(l)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "kiln_kernels" and m.get("executable"): print(m["executable"])' | tail -n1)
+if [ -n "$kt" ]; then strip -o "$STAGE/.gpu/bin/kernels-tests" "$kt"; else echo "bundle: no kernels test binary"; fi
 cp .tools/models/320n.onnx "$STAGE/.tools/models/"
 find data/mate-backgrounds -name '*.jpg' -size -3000k -print0 | xargs -0 cp --parents -t "$STAGE"
 # 20 s of 1080p30 moving test pattern + a tone, H.264/AAC.
 ffmpeg -v error -y -f lavfi -i "testsrc2=size=1920x1080:rate=30:duration=20" \
   -f lavfi -i "sine=frequency=440:sample_rate=48000:duration=20" \
   -c:v libx264 -preset veryfast -b:v 4000k -pix_fmt yuv420p -c:a aac -b:a 128k -shortest "$STAGE/data/src-1080p30.mp4"
+# 10 s of 4K30 HEVC for run.sh's transcode-4k (the GPU host has no FFmpeg to make it).
+ffmpeg -v error -y -f lavfi -i "testsrc2=size=3840x2160:rate=30:duration=10" \
+  -c:v libx265 -preset ultrafast -b:v 12000k -pix_fmt yuv420p -tag:v hvc1 -x265-params log-level=error "$STAGE/data/src-2160p30-hevc.mp4"
 du -sh "$STAGE"
 tar -C "$STAGE" -cf - . | xz -T2 -6 -c > .gpu/kiln.tar.xz
 rm -rf "$STAGE"

@@ -7,11 +7,14 @@
 //!   text) and blending, with a CPU reference and a wgpu compute backend.
 //! - [`video`]: FFmpeg (ffmpeg-next) demux, decode, scale, encode and mux for transcode
 //!   ladders, and the NVENC/NVDEC probe.
+//! - [`cuda`]: kiln's CUDA kernels (cudarc + NVRTC, PTX cached on disk), their CPU references,
+//!   and nvJPEG decode; a clean error without CUDA.
 //! - [`probe`]: what this host offers (CPU features, NVIDIA GPUs and their codec engines).
 //!
 //! This crate knows nothing of jobs.
 
 pub mod accel;
+pub mod cuda;
 pub mod image;
 pub mod probe;
 pub mod render;

@@ -30,6 +30,8 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod spec;
 #[cfg(test)]
+mod gpu_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::{InferConfig, ModelConfig, Task};

@@ -33,7 +33,20 @@ pub struct Prepared {
     pub geometry: Geometry,
 }
 
-pub fn image(data: &[u8], m: &ModelConfig, max_pixels: u64) -> Result<Prepared, JobError> {
+/// A decoded, oriented, sRGB, RGB8 source and where it goes on the model's canvas: the part of
+/// preprocessing before the resize, shared by the CPU path and the GPU one (which resizes,
+/// letterboxes and normalises on the device: `kiln_kernels::cuda::letterbox`).
+#[derive(Debug)]
+pub struct Source {
+    pub rgb: Image,
+    /// The resized image's size.
+    pub resized: (u32, u32),
+    /// Its top-left on the canvas.
+    pub pad: (u32, u32),
+    pub geometry: Geometry,
+}
+
+pub fn source(data: &[u8], m: &ModelConfig, max_pixels: u64) -> Result<Source, JobError> {
     let [tw, th] = m.input_size.ok_or_else(|| JobError::invalid_spec(format!("model {:?} takes tensors, not images", m.name)))?;
     let info = img::probe(data, max_pixels).context("image")?;
     let (sw, sh) = info.oriented_dims();
@@ -48,13 +61,24 @@ pub fn image(data: &[u8], m: &ModelConfig, max_pixels: u64) -> Result<Prepared, 
     if let Some(t) = decoded.icc.as_deref().and_then(SrgbTransform::from_icc) {
         t.apply(&mut im);
     }
-    let im = to_rgb(im)?;
-    let whole = CropRect { left: 0.0, top: 0.0, width: im.width as f64, height: im.height as f64 };
-    let resized = img::resize(&im, whole, (rw, rh)).context("image")?;
+    let rgb = to_rgb(im)?;
     let (px, py) = match m.pad_align {
         PadAlign::Center => ((tw - rw) / 2, (th - rh) / 2),
         PadAlign::TopLeft => (0, 0),
     };
+    let geometry = Geometry {
+        source: (sw, sh),
+        scale: (rw as f32 / sw as f32, rh as f32 / sh as f32),
+        pad: (px as f32, py as f32),
+    };
+    Ok(Source { rgb, resized: (rw, rh), pad: (px, py), geometry })
+}
+
+pub fn image(data: &[u8], m: &ModelConfig, max_pixels: u64) -> Result<Prepared, JobError> {
+    let [tw, th] = m.input_size.ok_or_else(|| JobError::invalid_spec(format!("model {:?} takes tensors, not images", m.name)))?;
+    let Source { rgb: im, resized: (rw, rh), pad: (px, py), geometry } = source(data, m, max_pixels)?;
+    let whole = CropRect { left: 0.0, top: 0.0, width: im.width as f64, height: im.height as f64 };
+    let resized = img::resize(&im, whole, (rw, rh)).context("image")?;
     let canvas = if (rw, rh) == (tw, th) {
         resized
     } else {
@@ -63,12 +87,25 @@ pub fn image(data: &[u8], m: &ModelConfig, max_pixels: u64) -> Result<Prepared, 
         to_rgb(padded)?
     };
     let item = tensor(&canvas, m);
-    let geometry = Geometry {
-        source: (sw, sh),
-        scale: (rw as f32 / sw as f32, rh as f32 / sh as f32),
-        pad: (px as f32, py as f32),
-    };
     Ok(Prepared { item, geometry })
+}
+
+/// The GPU kernel's parameters for this model: the same canvas, channel order and
+/// `p × a + b` as [`tensor`].
+pub fn device_params(m: &ModelConfig, target: (u32, u32), pad: (u32, u32)) -> kiln_kernels::cuda::letterbox::Params {
+    let order: [usize; 3] = match m.channel_order {
+        ChannelOrder::Rgb => [0, 1, 2],
+        ChannelOrder::Bgr => [2, 1, 0],
+    };
+    kiln_kernels::cuda::letterbox::Params {
+        target,
+        pad,
+        pad_color: [m.pad_color[0], m.pad_color[1], m.pad_color[2]],
+        order,
+        a: std::array::from_fn(|c| 1.0 / (m.scale * m.std[c])),
+        b: std::array::from_fn(|c| -m.mean[c] / m.std[c]),
+        nhwc: m.layout == Layout::Nhwc,
+    }
 }
 
 fn to_rgb(im: Image) -> Result<Image, JobError> {

@@ -14,10 +14,14 @@
 //!   Alpha going to JPEG is flattened onto `background` or white.
 //! - Outputs are sRGB with no metadata: EXIF orientation and ICC profiles are applied, then
 //!   dropped.
+//! - `accel` (default `auto`): `gpu` decodes with nvJPEG where it can and resizes with kiln's
+//!   CUDA Lanczos3 (gpu.rs), failing `unsupported` without a GPU; `auto` does so when the
+//!   worker resolved the job to the GPU and falls back to the CPU path when none is granted.
 //! - Errors: undecodable, truncated or empty input → `corrupt_input`; formats we do not read
 //!   (HEIC, AVIF, SVG, text, …) → `unsupported`; more than `limits.max_pixels` (from the header,
 //!   before decoding) → `input_too_large`.
 
+mod gpu;
 mod run;
 mod spec;
 #[cfg(test)]
@@ -54,12 +58,31 @@ pub struct Prepared(pub Resolved);
 
 impl PreparedJob for Prepared {
     fn run(self: Box<Self>, ctx: &JobContext) -> Result<JobOutput, JobError> {
-        run::run(&self.0, ctx)
+        let job = &self.0;
+        let try_gpu = match job.accel {
+            Accel::Cpu => false,
+            Accel::Gpu => true,
+            Accel::Auto => ctx.accel == "gpu",
+        };
+        if !try_gpu {
+            return run::run(job, ctx);
+        }
+        match gpu::run(job, ctx) {
+            Ok(out) => Ok(out),
+            Err(gpu::Fallback::Job(e)) => Err(e),
+            Err(gpu::Fallback::NoGpu(why)) if job.accel == Accel::Gpu => {
+                Err(JobError::unsupported(format!("thumbnail accel gpu: {why}")))
+            }
+            Err(gpu::Fallback::NoGpu(why)) => {
+                tracing::debug!(job = %ctx.job_id, why = %why, "thumbnail on the CPU");
+                run::run(job, ctx)
+            }
+        }
     }
 
     fn needs(&self) -> Needs {
         let job = &self.0;
         let reads = std::iter::once(&job.source).chain(job.watermark.as_ref().map(|w| &w.source)).cloned().collect();
-        Needs { accel: Accel::Auto, source: Some(job.source.clone()), reads }
+        Needs { accel: job.accel, source: Some(job.source.clone()), reads }
     }
 }

@@ -5,6 +5,7 @@
 use super::spec::{Output, Resolved, Watermark};
 use crate::context::JobContext;
 use crate::convert::Context;
+use crate::envelope::OutputInfo;
 use crate::error::JobError;
 use crate::kind::JobOutput;
 use bytes::Bytes;
@@ -53,16 +54,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
                 t.apply(&mut out);
             }
         }
-        if plan.pads() {
-            out = img::pad(&out, plan.canvas, plan.offset, o.pad_color()).context(&o.name)?;
-        }
-        if let (Some(w), Some(m)) = (&job.watermark, &mark) {
-            let margin = w.margin.unwrap_or_else(|| (out.width.min(out.height) as f32 * 0.02).round() as u32);
-            img::watermark(&mut out, m, w.gravity, w.opacity, margin).context("watermark")?;
-        }
-        let bytes = encode(&out, o)?;
-        let info = ctx.write_output(&o.name, Bytes::from(bytes), o.format.content_type(), Some((out.width, out.height)))?;
-        stored.push(info);
+        stored.push(finish(out, o, &plan, job, mark.as_ref(), ctx)?);
         ctx.progress(i as u64 + 1, total, &o.name);
     }
     tracing::debug!(
@@ -80,13 +72,26 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     Ok(JobOutput { outputs: stored, ..Default::default() })
 }
 
+/// Pads, watermarks, encodes and stores one resized output (the CPU and GPU paths share it).
+pub(super) fn finish(mut out: Image, o: &Output, plan: &Plan, job: &Resolved, mark: Option<&Image>, ctx: &JobContext) -> Result<OutputInfo, JobError> {
+    if plan.pads() {
+        out = img::pad(&out, plan.canvas, plan.offset, o.pad_color()).context(&o.name)?;
+    }
+    if let (Some(w), Some(m)) = (&job.watermark, mark) {
+        let margin = w.margin.unwrap_or_else(|| (out.width.min(out.height) as f32 * 0.02).round() as u32);
+        img::watermark(&mut out, m, w.gravity, w.opacity, margin).context("watermark")?;
+    }
+    let bytes = encode(&out, o)?;
+    ctx.write_output(&o.name, Bytes::from(bytes), o.format.content_type(), Some((out.width, out.height)))
+}
+
 fn encode(out: &Image, o: &Output) -> Result<Vec<u8>, JobError> {
     let opts = EncodeOptions { format: o.format, quality: o.quality, lossless: o.lossless, background: o.flatten_color() };
     img::encode(out, &opts).context(&o.name)
 }
 
 /// Reads, decodes, orients and colour-manages the watermark image.
-fn load_watermark(w: &Watermark, ctx: &JobContext) -> Result<Image, JobError> {
+pub(super) fn load_watermark(w: &Watermark, ctx: &JobContext) -> Result<Image, JobError> {
     let data = ctx.read_input(&w.source).context("watermark")?;
     let d = img::decode(&data, &DecodeOptions { max_pixels: ctx.limits.max_pixels, min_size: None })
         .context("watermark")?;

@@ -6,13 +6,14 @@ use crate::error::JobError;
 use crate::spec_util::parse_color;
 use crate::store::{join_output, parse_uri};
 use kiln_kernels::image::{Fit, Gravity, OutputFormat};
+use kiln_kernels::Accel;
 use serde::Deserialize;
 use std::collections::HashSet;
 use url::Url;
 
 pub const DEFAULT_QUALITY: u32 = 80;
 
-/// `{"source": URI, "outputs": [...], "watermark"?: {...}}`
+/// `{"source": URI, "outputs": [...], "watermark"?: {...}, "accel"?: "auto|cpu|gpu"}`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThumbnailSpec {
@@ -20,6 +21,10 @@ pub struct ThumbnailSpec {
     pub outputs: Vec<OutputSpec>,
     #[serde(default)]
     pub watermark: Option<WatermarkSpec>,
+    /// `gpu`: decode (nvJPEG) and resize on a GPU, or fail `unsupported`; `auto`: the GPU when
+    /// the worker resolved the job to it and one is granted, else the CPU.
+    #[serde(default)]
+    pub accel: Accel,
 }
 
 /// One output: `{"name":"256.webp","width":256,"height":256,"fit":"cover","format":"webp",
@@ -111,6 +116,7 @@ pub struct Resolved {
     pub source: String,
     pub outputs: Vec<Output>,
     pub watermark: Option<Watermark>,
+    pub accel: Accel,
 }
 
 impl ThumbnailSpec {
@@ -177,6 +183,6 @@ impl ThumbnailSpec {
                 Some(Watermark { source: w.source, gravity: w.gravity, opacity: w.opacity as f32, margin: w.margin })
             }
         };
-        Ok(Resolved { source: self.source, outputs, watermark })
+        Ok(Resolved { source: self.source, outputs, watermark, accel: self.accel })
     }
 }

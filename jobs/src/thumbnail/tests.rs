@@ -279,3 +279,24 @@ fn png_bomb(w: u32, h: u32) -> Vec<u8> {
     chunk(b"IEND", &[]);
     out
 }
+
+/// `accel`: `cpu` and `auto` (on a worker that resolved the job to the CPU) give the CPU
+/// result; `gpu` where no GPU is scheduled (the harness has none) fails `unsupported` and
+/// stores nothing; an unknown word is an invalid spec. The GPU path itself runs in
+/// benches/gpu/run.sh.
+#[test]
+fn accel_gpu_without_a_gpu_is_unsupported_and_auto_falls_back_to_the_cpu() {
+    let h = Harness::new();
+    h.store.insert("file:///in/photo.jpg", jpeg(640, 480));
+    let spec = |accel: &str, name: &str| json!({"source": "file:///in/photo.jpg", "accel": accel, "outputs": [{"name": name, "width": 100}]});
+    let e = h.run(spec("gpu", "g.png")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unsupported, "{e:?}");
+    assert!(e.message.contains("accel gpu"), "{}", e.message);
+    assert!(h.store.object(&format!("{OUT}g.png")).is_none());
+    h.run(spec("auto", "a.png")).unwrap();
+    h.run(spec("cpu", "c.png")).unwrap();
+    assert_eq!(h.store.object(&format!("{OUT}a.png")).unwrap().0, h.store.object(&format!("{OUT}c.png")).unwrap().0);
+    assert_eq!(prepare(spec("gpu", "g.png")).unwrap().needs().accel, kiln_kernels::Accel::Gpu);
+    let e = prepare(spec("tpu", "t.png")).err().expect("refused");
+    assert!(e.message.contains("unknown variant"), "{}", e.message);
+}
