@@ -100,8 +100,10 @@ pub fn gif_bomb() -> Vec<u8> {
     panic!("no image descriptor in the GIF");
 }
 
-/// A little-endian TIFF whose first IFD claims `w`×`h` (ImageWidth/ImageLength patched).
-pub fn tiff_bomb(w: u32, h: u32) -> Vec<u8> {
+/// A little-endian TIFF whose first IFD claims `w`×`h` (ImageWidth/ImageLength patched) over
+/// a 64×48 image's strips: sizes that disagree with the strips (a decoder may call it corrupt
+/// before it looks at the pixel count).
+pub fn tiff_patched(w: u32, h: u32) -> Vec<u8> {
     let mut b = small(image::ImageFormat::Tiff);
     assert_eq!(&b[0..4], b"II*\0", "the image crate writes little-endian TIFF");
     let ifd = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
@@ -117,6 +119,45 @@ pub fn tiff_bomb(w: u32, h: u32) -> Vec<u8> {
             b[at + 8..at + 12].copy_from_slice(&v.to_le_bytes());
         }
     }
+    b
+}
+
+/// A consistent grey TIFF of `w`×`h` in one Deflate strip of 64 KiB of zeros: every tag
+/// agrees, so only the pixel count gives it away.
+pub fn tiff_bomb(w: u32, h: u32) -> Vec<u8> {
+    let data = deflate_zeros(64 << 10);
+    let entries: [(u16, u16, u32); 10] = [
+        (256, 4, w),                 // ImageWidth, LONG
+        (257, 4, h),                 // ImageLength
+        (258, 3, 8),                 // BitsPerSample
+        (259, 3, 8),                 // Compression: Deflate
+        (262, 3, 1),                 // Photometric: BlackIsZero
+        (273, 4, 8),                 // StripOffsets: right after the header
+        (277, 3, 1),                 // SamplesPerPixel
+        (278, 4, h),                 // RowsPerStrip: one strip
+        (279, 4, data.len() as u32), // StripByteCounts
+        (284, 3, 1),                 // PlanarConfiguration: chunky
+    ];
+    let mut b = b"II*\0".to_vec();
+    let ifd = 8 + data.len() as u32 + (data.len() as u32 & 1);
+    b.extend_from_slice(&ifd.to_le_bytes());
+    b.extend_from_slice(&data);
+    if data.len() & 1 == 1 {
+        b.push(0);
+    }
+    b.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, typ, v) in entries {
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&typ.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        if typ == 3 {
+            b.extend_from_slice(&(v as u16).to_le_bytes());
+            b.extend_from_slice(&[0, 0]);
+        } else {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    b.extend_from_slice(&0u32.to_le_bytes());
     b
 }
 
@@ -265,6 +306,7 @@ mod tests {
         assert_eq!(dims(&webp_bomb()), Some((16384, 16384)));
         assert_eq!(dims(&gif_bomb()), Some((65535, 65535)));
         assert_eq!(dims(&tiff_bomb(65535, 65535)), Some((65535, 65535)));
+        assert_eq!(dims(&tiff_bomb(16, 16)), Some((16, 16)));
         assert_eq!(dims(&jpeg_bomb(65000, 65000)), Some((65000, 65000)));
         assert_eq!(crc32(b"IEND"), 0xAE42_6082);
     }
