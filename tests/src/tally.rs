@@ -51,20 +51,20 @@ mod tests {
     #[test]
     #[should_panic(expected = "duplicated [(\"a\", 2)]")]
     fn a_duplicate_fails() {
-        let msgs: Vec<&[u8]> = vec![br#"{"id":"a"}"#, br#"{"id":"b"}"#, br#"{"id":"a"}"#];
+        let msgs: [&[u8]; 3] = [br#"{"id":"a"}"#, br#"{"id":"b"}"#, br#"{"id":"a"}"#];
         Tally::of(msgs).assert_exactly_once(&["a", "b"]);
     }
 
     #[test]
     #[should_panic(expected = "lost [\"c\"]")]
     fn a_lost_result_fails() {
-        let msgs: Vec<&[u8]> = vec![br#"{"id":"a"}"#, br#"{"id":"b"}"#];
+        let msgs: [&[u8]; 2] = [br#"{"id":"a"}"#, br#"{"id":"b"}"#];
         Tally::of(msgs).assert_exactly_once(&["a", "b", "c"]);
     }
 
     #[test]
     fn one_each_passes() {
-        let msgs: Vec<&[u8]> = vec![br#"{"id":"a"}"#, br#"{"id":"b"}"#];
+        let msgs: [&[u8]; 2] = [br#"{"id":"a"}"#, br#"{"id":"b"}"#];
         let t = Tally::of(msgs);
         t.assert_exactly_once(&["a", "b"]);
         assert!(t.duplicates().is_empty());
