@@ -7,7 +7,8 @@
 CARGO ?= cargo
 DEMO_STORE := $(CURDIR)/data/demo-store
 
-.PHONY: setup demo demo-hybrid test bench-thumbnail bench-infer bench-render fixtures build-release clean
+# make fuzz    every fuzz target (fuzz/) for FUZZ_SECONDS (default 60) each; see fuzz/README.md
+.PHONY: fuzz setup demo demo-hybrid test bench-thumbnail bench-infer bench-render fixtures build-release clean
 
 setup:
 	@bash scripts/setup.sh
@@ -42,6 +43,9 @@ test: fixtures
 	python3 scripts/check-architecture-paths.py ARCHITECTURE.md jobs/src/*/README.md
 	$(CARGO) build --workspace $(TEST_FEATURES)
 	$(CARGO) test --workspace $(TEST_FEATURES)
+
+fuzz: fixtures
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} bash scripts/fuzz.sh
 
 bench-thumbnail: build-release fixtures
 	bash benches/thumbnail.sh --write

@@ -100,17 +100,56 @@ pub fn gpus() -> GpuProbe {
 mod tests {
     use super::*;
 
+    /// The probe against what the kernel says, read independently from `/proc/cpuinfo`: the
+    /// core count is at least 1 and at most the processors listed (a cgroup or affinity mask
+    /// may allow fewer), and every SIMD extension the probe reports is one the CPU flags list
+    /// (and the other way round for the ones it looks for).
     #[test]
     fn cpu_probe_sees_this_machine() {
         let c = cpu();
-        assert!(c.logical_cores >= 1);
         assert_eq!(c.arch, std::env::consts::ARCH);
+        let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+            eprintln!("skipping the /proc comparison: no /proc/cpuinfo");
+            return;
+        };
+        let listed = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+        assert!(c.logical_cores >= 1 && c.logical_cores <= listed, "{} cores probed, {listed} listed", c.logical_cores);
+        if c.arch == "x86_64" {
+            let flags: Vec<&str> = cpuinfo
+                .lines()
+                .find(|l| l.starts_with("flags"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, f)| f.split_whitespace().collect())
+                .unwrap_or_default();
+            for (ours, proc_name) in [("sse4.1", "sse4_1"), ("avx2", "avx2"), ("avx512f", "avx512f")] {
+                assert_eq!(c.features.contains(&ours), flags.contains(&proc_name), "{ours}: probe {:?}", c.features);
+            }
+            // Every x86_64 CPU kiln runs on has SSE4.1 (the resize kernels' baseline).
+            assert!(c.features.contains(&"sse4.1"), "{:?}", c.features);
+        }
     }
 
+    /// The GPU probe agrees with the driver's own view: with NVIDIA's kernel driver loaded
+    /// (`/proc/driver/nvidia/gpus/*`), it lists exactly those devices, each with a name and
+    /// memory; without it, no device and a reason. Never both, never neither.
     #[test]
     fn gpu_probe_never_fails() {
         let g = gpus();
-        // On a machine without NVIDIA's driver the reason is given instead of devices.
-        assert!(g.unavailable.is_some() || !g.devices.is_empty());
+        assert_eq!(g.unavailable.is_some(), g.devices.is_empty(), "{g:?}");
+        let driver_gpus = std::fs::read_dir("/proc/driver/nvidia/gpus").map(|d| d.count()).unwrap_or(0);
+        let nvml_present = g.unavailable.as_deref().is_none_or(|r| !r.starts_with("NVML not available"));
+        if driver_gpus > 0 && nvml_present {
+            assert_eq!(g.devices.len(), driver_gpus, "{g:?}");
+            assert!(g.driver_version.is_some());
+            for d in &g.devices {
+                assert!(!d.name.is_empty() && d.mem_total_mb > 0 && d.mem_free_mb <= d.mem_total_mb, "{d:?}");
+            }
+        } else if driver_gpus == 0 {
+            assert!(g.devices.is_empty(), "devices listed without NVIDIA's driver: {g:?}");
+            assert!(!g.unavailable.as_deref().unwrap_or_default().is_empty());
+        }
+        // Serialises as `kiln probe` prints it.
+        let v = serde_json::to_value(&g).unwrap();
+        assert!(v["devices"].is_array());
     }
 }

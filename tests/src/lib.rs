@@ -3,15 +3,17 @@
 //! - where things are: [`workspace_root`], [`kiln_bin`], [`data_dir`];
 //! - processes: [`proc`] (kill-on-drop guard, `kiln serve` on a free port, readiness);
 //! - kiln as a Lambda function under cargo-lambda's emulator: [`lambda`]; a Kafka broker:
-//!   [`broker`];
+//!   [`broker`]; results counted per job id (duplicates fail): [`tally`];
 //! - the image corpus (real photos + generated cases), built once per process: [`ensure_corpus`];
 //! - driving `kiln run -`: [`run_jobs`], [`run_jobs_full`];
 //! - comparing pixels: [`decode_rgb8`], [`psnr`], [`psnr_aligned`], [`image_magic`].
 
 pub mod broker;
+pub mod hostile;
 pub mod lambda;
 pub mod moto;
 pub mod proc;
+pub mod tally;
 
 use serde_json::Value;
 use std::io::{Read, Write};

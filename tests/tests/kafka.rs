@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kiln_tests::proc::{kiln, serve, Proc};
+use kiln_tests::tally::Tally;
 
 
 fn results_by_id(msgs: &[Msg]) -> BTreeMap<String, Value> {
@@ -35,6 +36,19 @@ fn worker(broker: &Broker, store: &Path, extra: &[(&str, &str)]) -> (Proc, Strin
         cmd.env(k, v);
     }
     serve(&mut cmd)
+}
+
+/// Every result on the topic so far, counted per job id (read after the workers have left, so
+/// a late duplicate is counted too).
+async fn tally(broker: &Broker) -> Tally {
+    let all = broker.read_all("kiln.results").await;
+    Tally::of(all.iter().map(|(_, v, _)| v.as_slice()))
+}
+
+/// SIGTERM, and the worker drains and exits within a minute.
+fn stop(w: &mut Proc) {
+    w.signal("TERM");
+    assert!(w.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "the worker did not drain and exit");
 }
 
 fn job(id: &str, input: Value) -> Vec<u8> {
@@ -67,23 +81,15 @@ async fn every_job_gets_exactly_one_result_and_its_outputs() {
     assert!(ev.iter().any(|(_, v, _)| serde_json::from_slice::<Value>(v).unwrap()["event"] == "output"));
     // Exactly one: once the worker has drained and left, the whole results topic holds each
     // job's result once (a duplicate would not show in `by_id`).
-    w.signal("TERM");
-    assert!(w.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "the worker did not drain and exit");
-    let all = broker.read_all("kiln.results").await;
-    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, v, _) in &all {
-        let r: Value = serde_json::from_slice(v).unwrap();
-        *per_id.entry(r["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
-    }
-    let dup: Vec<_> = per_id.iter().filter(|(_, c)| **c != 1).collect();
-    assert!(dup.is_empty() && per_id.len() == n, "results per job id: {dup:?} ({} ids)", per_id.len());
+    stop(&mut w);
+    tally(&broker).await.assert_exactly_once(&by_id.keys().collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_goes_to_the_dlq_and_the_jobs_after_it_still_run() {
     let broker = Broker::start(1).await;
     let store = tempfile::tempdir().unwrap();
-    let (_w, base) = worker(&broker, store.path(), &[]);
+    let (mut w, base) = worker(&broker, store.path(), &[]);
     let p = broker.producer();
     broker.produce(&p, "bad1", b"\xff not json").await;
     broker.produce(&p, "bad2", br#"{"id":"bad2","kind":"teleport","input":{}}"#).await;
@@ -103,6 +109,12 @@ async fn poison_goes_to_the_dlq_and_the_jobs_after_it_still_run() {
     assert!(results_by_id(&got).values().filter(|r| r["id"].as_str().unwrap().starts_with("after")).all(|r| r["status"] == "succeeded"));
     let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("kiln_kafka_dlq_total{code=\"invalid_spec\"} 2"), "{metrics}");
+    stop(&mut w);
+    let t = tally(&broker).await;
+    for i in 0..5 {
+        assert_eq!(t.per_id.get(&format!("after{i}")), Some(&1), "after{i}: {:?}", t.per_id);
+    }
+    assert!(t.duplicates().is_empty(), "{:?}", t.duplicates());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,6 +150,12 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_reruns_nothing_finished() {
         let id = format!("c{i}");
         assert_eq!(std::fs::read_to_string(store.path().join(format!("outputs/{id}/o.txt"))).unwrap(), id, "output intact");
     }
+    // One kill: lost none, and no job answered more than twice (once before, once after).
+    let t = tally(&broker).await;
+    let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    assert!(ids.iter().all(|id| t.per_id.contains_key(id)), "lost: {:?}", t.per_id);
+    assert!(t.per_id.values().all(|c| *c <= 2), "more than one redelivery after one kill: {:?}", t.duplicates());
+    eprintln!("kill mid-batch: {n} jobs, {} results, {} duplicated ids", t.per_id.values().sum::<usize>(), t.duplicates().len());
     let runs = std::fs::read_to_string(&log).unwrap();
     for id in &finished {
         let count = runs.lines().filter(|l| l == id).count();
@@ -150,7 +168,7 @@ async fn a_full_queue_pauses_partitions_and_memory_stays_bounded() {
     let broker = Broker::start(2).await;
     let store = tempfile::tempdir().unwrap();
     let gate = store.path().join("gate");
-    let (w, base) = worker(&broker, store.path(), &[("KILN_CPU_SLOTS", "1"), ("KILN_QUEUE_DEPTH", "2")]);
+    let (mut w, base) = worker(&broker, store.path(), &[("KILN_CPU_SLOTS", "1"), ("KILN_QUEUE_DEPTH", "2")]);
     let p = broker.producer();
     // A backlog of 1500 jobs (~1 KiB each); the first ones hold until the gate opens.
     for i in 0..1500 {
@@ -185,6 +203,9 @@ async fn a_full_queue_pauses_partitions_and_memory_stays_bounded() {
     let got = tokio::task::spawn_blocking(move || collect(&results, |g| results_by_id(g).len() >= 1500)).await.unwrap();
     assert_eq!(results_by_id(&got).len(), 1500);
     assert_eq!(metric("kiln_kafka_paused_partitions").await, 0.0);
+    // Pausing and resuming partitions redelivers nothing.
+    stop(&mut w);
+    tally(&broker).await.assert_exactly_once(&(0..1500).map(|i| format!("b{i}")).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -226,6 +247,8 @@ async fn two_workers_share_partitions_and_one_takes_over_when_the_other_dies() {
     for id in by_id.keys() {
         assert!(store.path().join(format!("outputs/{id}/o.txt")).exists());
     }
+    let t = tally(&broker).await;
+    assert!(t.per_id.values().all(|c| *c <= 2), "more than one redelivery after one kill: {:?}", t.duplicates());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -274,7 +297,7 @@ async fn forbidden_sources_and_outputs_over_kafka_touch_nothing() {
     std::os::unix::fs::symlink(dir.path().join("secret.png"), media.join("link-out")).unwrap();
     let allow_src = format!("file://{}/", media.display());
     let allow_out = format!("file://{}/", out.display());
-    let (_w, _) = worker(
+    let (mut w, _) = worker(
         &broker,
         &store,
         &[("KILN_SOURCES_ALLOW", &allow_src), ("KILN_OUTPUTS_ALLOW", &allow_out), ("KILN_KAFKA_TRUST_TENANT_HEADER", "true")],
@@ -327,6 +350,8 @@ async fn forbidden_sources_and_outputs_over_kafka_touch_nothing() {
         }
     }
     assert!(!store.join("jobs/victim").exists());
+    stop(&mut w);
+    tally(&broker).await.assert_exactly_once(&cases.iter().map(|c| c.0).collect::<Vec<_>>());
 }
 
 /// A pool as k8s/ runs it: its own jobs topic and group, and Kafka static membership
@@ -365,7 +390,42 @@ async fn a_pool_reads_only_its_own_topic_as_a_static_member() {
         w.signal("TERM");
         assert!(w.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "round {round}: the worker did not drain and exit");
     }
-    let all = results_by_id(&broker.read_all("kiln.results").await);
-    assert_eq!(all.len(), 8, "{:?}", all.keys().collect::<Vec<_>>());
-    assert!(!all.contains_key("elsewhere"), "a pool took a job from a topic it does not read");
+    let all = tally(&broker).await;
+    assert!(!all.per_id.contains_key("elsewhere"), "a pool took a job from a topic it does not read");
+    all.assert_exactly_once(&(0..2).flat_map(|r| (0..4).map(move |i| format!("g{r}-{i}"))).collect::<Vec<_>>());
+}
+
+/// A real kind over Kafka: thumbnails of fixture photos (three photos, JPEG and PNG, 18 jobs
+/// on 3 partitions with 2 CPU slots). Every job answers exactly once (the whole results topic
+/// is counted after the worker has drained and left: a duplicate fails, a lost job fails),
+/// succeeds, and its stored output decodes to the size asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_thumbnails_over_kafka_answer_exactly_once() {
+    let corpus = kiln_tests::ensure_corpus();
+    let photos = [corpus.jpeg_photos()[0].clone(), corpus.jpeg_photos()[1].clone(), corpus.png_photos()[0].clone()];
+    let broker = Broker::start(3).await;
+    let store = tempfile::tempdir().unwrap();
+    let allow = format!("file://{}/", corpus.photos_dir.display());
+    let (mut w, _) = worker(&broker, store.path(), &[("KILN_CPU_SLOTS", "2"), ("KILN_SOURCES_ALLOW", &allow)]);
+    let p = broker.producer();
+    let ids: Vec<String> = (0..18).map(|i| format!("photo{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let env = json!({"id": id, "kind": "thumbnail", "input": {"source": photos[i % 3].display().to_string(),
+            "outputs": [{"name": "t.webp", "width": 160, "height": 160, "fit": "inside", "format": "webp"}]}});
+        broker.produce(&p, id, env.to_string().as_bytes()).await;
+    }
+    let results = broker.reader("kiln.results");
+    let n = ids.len();
+    let got = tokio::task::spawn_blocking(move || collect(&results, |g| results_by_id(g).len() >= n)).await.unwrap();
+    for (id, r) in results_by_id(&got) {
+        assert_eq!(r["status"], "succeeded", "{r}");
+        assert_eq!(r["kind"], "thumbnail");
+        let out = &r["outputs"][0];
+        let file = store.path().join(format!("outputs/{id}/t.webp"));
+        let img = image::open(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!((img.width() as u64, img.height() as u64), (out["width"].as_u64().unwrap(), out["height"].as_u64().unwrap()));
+        assert!(img.width().max(img.height()) == 160, "{id}: {}x{}", img.width(), img.height());
+    }
+    stop(&mut w);
+    tally(&broker).await.assert_exactly_once(&ids);
 }

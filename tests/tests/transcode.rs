@@ -114,17 +114,23 @@ fn ladders_from_many_codecs_and_frame_rates() {
     let d = dir.path();
     let mut jobs = Vec::new();
     let encoders = String::from_utf8_lossy(&Command::new("ffmpeg").args(["-hide_banner", "-encoders"]).output().unwrap().stdout).into_owned();
+    // H.264 cases always run (kiln's own output codec needs libx264); a case whose source
+    // encoder this ffmpeg lacks is skipped, said, and counted below.
     let cases: Vec<&Case> = CASES
         .iter()
         .filter(|c| {
             let enc = c.video[1];
             let have = encoders.contains(&format!(" {enc} "));
+            assert!(have || enc != "libx264", "this ffmpeg has no libx264: kiln cannot transcode");
             if !have {
                 eprintln!("skipping {}: this ffmpeg has no {enc} encoder", c.id);
             }
             have
         })
         .collect();
+    // Debian 12's ffmpeg (scripts/setup.sh) has every encoder of the table.
+    assert!(cases.len() >= 3, "only {} of {} cases can run here", cases.len(), CASES.len());
+    let mut ran = 0;
     for c in &cases {
         make_clip(&d.join(c.file), c.size, c.rate, c.secs, c.video, c.audio, c.vfr);
         jobs.push(json!({"id": c.id, "kind": "transcode", "output": format!("file://{}/out/{}/", d.display(), c.id),
@@ -204,7 +210,10 @@ fn ladders_from_many_codecs_and_frame_rates() {
         }
         // Results list every segment and playlist.
         assert_eq!(r["outputs"].as_array().unwrap().len(), expect.len() * (n_segs + 1) + 1, "{}", c.id);
+        ran += 1;
     }
+    assert_eq!(ran, cases.len(), "every runnable case was checked");
+    assert_eq!(results.len(), cases.len(), "one result per job: {:?}", results.keys().collect::<Vec<_>>());
 }
 
 #[test]
@@ -241,6 +250,13 @@ fn bad_inputs_and_limits_give_their_codes() {
     assert_eq!(rs["too-long"]["error"]["code"], "input_too_large", "{}", rs["too-long"]);
     let rs = kiln_run(d, &[job("too-big", "good.mp4", "cpu")], Some("[limits]\nmax_input_bytes = 1000\n"));
     assert_eq!(rs["too-big"]["error"]["code"], "input_too_large");
+    // limits.max_video_pixels: the 160x120 clip is 19200 pixels; one under refuses it (saying
+    // why), exactly at the limit it runs.
+    let rs = kiln_run(d, &[job("too-wide", "good.mp4", "cpu")], Some("[limits]\nmax_video_pixels = 19199\n"));
+    assert_eq!(rs["too-wide"]["error"]["code"], "input_too_large", "{}", rs["too-wide"]);
+    assert!(rs["too-wide"]["error"]["message"].as_str().unwrap().contains("160x120"), "{}", rs["too-wide"]);
+    let rs = kiln_run(d, &[job("at-limit", "good.mp4", "cpu")], Some("[limits]\nmax_video_pixels = 19200\n"));
+    assert_eq!(rs["at-limit"]["status"], "succeeded", "{}", rs["at-limit"]);
 
     // accel gpu on a host without a proven NVIDIA video engine fails clearly.
     let no_gpu = !Path::new("/dev/nvidia0").exists();
