@@ -172,7 +172,8 @@ impl PreparedJob for Spec {
         }
         if let Some(p) = self.stuck_read.clone() {
             ctx.progress(0, 1, "stuck_read");
-            let read = ctx.wait_or_stop(tokio::task::spawn_blocking(move || std::fs::read(p)))?;
+            // Spawned when first polled, inside the runtime the wait runs on.
+            let read = ctx.wait_or_stop(async move { tokio::task::spawn_blocking(move || std::fs::read(p)).await })?;
             read.map_err(|e| JobError::internal(format!("stuck_read task: {e}")))?
                 .map_err(|e| JobError::internal(format!("stuck_read: {e}")))?;
         }
