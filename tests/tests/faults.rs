@@ -268,7 +268,9 @@ fn terminal(s: &str) -> bool {
 #[test]
 fn deadline_cancel_and_overload_on_real_media_jobs() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    // Sources and outputs inside the store: `serve` confines jobs to it.
+    let d = &dir.path().join("store");
+    std::fs::create_dir_all(d).unwrap();
     let clip = d.join("clip.mp4");
     let st = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=6"])
@@ -277,9 +279,11 @@ fn deadline_cancel_and_overload_on_real_media_jobs() {
         .status()
         .expect("ffmpeg CLI");
     assert!(st.success());
-    let photo = kiln_tests::workspace_root().join("data/mate-backgrounds/usr/share/backgrounds/mate/abstract/Elephants_5640x3172.jpg");
-    assert!(photo.exists(), "{} (scripts/fetch-photos.sh)", photo.display());
-    let (_w, base) = media_worker(d);
+    let original = kiln_tests::workspace_root().join("data/mate-backgrounds/usr/share/backgrounds/mate/abstract/Elephants_5640x3172.jpg");
+    assert!(original.exists(), "{} (scripts/fetch-photos.sh)", original.display());
+    let photo = d.join("photo.jpg");
+    std::fs::copy(&original, &photo).unwrap();
+    let (_w, base) = media_worker(dir.path());
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
     let transcode = |id: &str, deadline: Option<u64>| {
         let mut env = json!({"id": id, "kind": "transcode", "output": format!("file://{}/out/{id}/", d.display()),
