@@ -57,6 +57,16 @@ struct Spec {
     /// until the job ends.
     #[serde(default)]
     gpu_mb: Option<u64>,
+    /// Before holding: read this file with a plain blocking read on one of the runtime's
+    /// blocking threads, awaited through [`JobContext::wait_or_stop`] as store reads are: for a
+    /// FIFO nobody writes to, a store call that never returns (cancel answers the job; the read
+    /// stays stuck).
+    #[serde(default)]
+    stuck_read: Option<PathBuf>,
+    /// Before holding: read this file with a plain blocking read on the job's own thread: for
+    /// a FIFO nobody writes to, a hung decoder that not even cancel reaches.
+    #[serde(default)]
+    stuck_read_here: Option<PathBuf>,
     /// The acceleration the job says it needs (only fit checks read it: `gpu` is refused by
     /// the serverless tier).
     #[serde(default)]
@@ -159,6 +169,17 @@ impl PreparedJob for Spec {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             })?;
+        }
+        if let Some(p) = self.stuck_read.clone() {
+            ctx.progress(0, 1, "stuck_read");
+            // Spawned when first polled, inside the runtime the wait runs on.
+            let read = ctx.wait_or_stop(async move { tokio::task::spawn_blocking(move || std::fs::read(p)).await })?;
+            read.map_err(|e| JobError::internal(format!("stuck_read task: {e}")))?
+                .map_err(|e| JobError::internal(format!("stuck_read: {e}")))?;
+        }
+        if let Some(p) = &self.stuck_read_here {
+            ctx.progress(0, 1, "stuck_read_here");
+            std::fs::read(p).map_err(|e| JobError::internal(format!("stuck_read_here: {e}")))?;
         }
         let start = Instant::now();
         let hold = Duration::from_millis(self.hold_ms);

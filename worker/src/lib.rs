@@ -10,7 +10,7 @@
 //! - [`signals`]: SIGTERM/SIGINT, the start of a graceful drain (`serve`, `route`).
 //! - [`sinks`]: where results and events go, one per transport, with one result → status mapping.
 //! - [`capacity`]: the capacity report and its publisher.
-//! - [`telemetry`]: logs and metrics.
+//! - [`telemetry`]: logs and metrics; [`otel`]: span export over OTLP.
 //! - [`tracectx`]: W3C trace context: a job's span inside its caller's trace.
 //! - [`modes`]: the composition root and the modes `run`, `serve`, `lambda`, `probe`, `route`.
 //! - [`auth`]: bearer tokens on the HTTP API; tenants. [`tokens`] parses and checks them.
@@ -30,6 +30,7 @@ pub mod config;
 pub mod debug_kind;
 pub mod jobtable;
 pub mod modes;
+pub mod otel;
 pub mod pool;
 pub mod route;
 pub mod runtime;

@@ -67,6 +67,9 @@ enum ConfigAction {
     Check,
 }
 
+/// How long the end of the process waits for the runtime's tasks and the span export.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> ExitCode {
     tune_allocator();
     let started = std::time::Instant::now();
@@ -83,10 +86,8 @@ fn main() -> ExitCode {
         // `kiln run` keeps stderr for its progress bar and real problems.
         log.level = "warn".into();
     }
-    telemetry::init_logging(&log);
-    // A panicking job is reported as `internal` by the runtime; log the panic as an event too.
-    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "a job panicked")));
     if let Some(Command::Config { action: ConfigAction::Check }) = &cli.command {
+        telemetry::init_logging(&log);
         return match modes::check(&cfg, mode_from_env(&cfg)) {
             Ok(summary) => {
                 println!("{summary}");
@@ -119,6 +120,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The OTLP exporter (when OTEL_EXPORTER_OTLP_*ENDPOINT is set) batches on this runtime.
+    let otel = {
+        let _in_runtime = rt.enter();
+        telemetry::init_logging(&log)
+    };
+    // A panicking job is reported as `internal` by the runtime; log the panic as an event too.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "a job panicked")));
     let outcome = match command {
         Command::Run { file } => rt.block_on(modes::run(cfg, &file)).map(|ok| if ok { 0 } else { 1 }),
         Command::Serve => rt.block_on(modes::serve(cfg)).map(|()| 0),
@@ -130,6 +138,13 @@ fn main() -> ExitCode {
             0
         }),
     };
+    // The modes return once their results are out (serve: after the grace period and the
+    // cancellations it forces). A job thread stuck in a call that never returns does not hold
+    // the process (job threads are not joined), and neither may a blocking task of the runtime
+    // stuck the same way (a read of a FIFO, a hung store call): dropping the runtime would wait
+    // for it forever, so it gets a short, bounded shutdown instead.
+    otel.shutdown(RUNTIME_SHUTDOWN);
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

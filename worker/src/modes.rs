@@ -181,28 +181,37 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     stop_kafka.cancel();
     let cancelled = rt.drain(grace).await;
     info!(cancelled, "drained");
+    // Everything after the drain shares one bound, so the process ends within the grace
+    // period plus [`AFTER_DRAIN`] (and the cancelled jobs' answers) whatever hangs.
+    let wrap_up = tokio::time::Instant::now() + AFTER_DRAIN;
     if let Some((source, task)) = kafka {
-        match task.await {
-            Ok(Err(e)) => warn!(error = %e, "kafka source ended with an error"),
-            Err(e) => warn!(error = %e, "kafka source task failed"),
-            Ok(Ok(())) => {}
+        match tokio::time::timeout_at(wrap_up, task).await {
+            Ok(Ok(Err(e))) => warn!(error = %e, "kafka source ended with an error"),
+            Ok(Err(e)) => warn!(error = %e, "kafka source task failed"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => warn!("kafka source did not stop in time"),
         }
-        source.finish(Duration::from_secs(10)).await;
+        let left = wrap_up.saturating_duration_since(tokio::time::Instant::now());
+        source.finish(left.min(Duration::from_secs(5))).await;
     }
     stop_publish.cancel();
     for p in [publisher, topic_publisher].into_iter().flatten() {
-        let _ = tokio::time::timeout(Duration::from_secs(6), p).await;
+        let _ = tokio::time::timeout_at(wrap_up, p).await;
     }
     stop_http.cancel();
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
+    let http_wait = (tokio::time::Instant::now() + Duration::from_secs(2)).min(wrap_up + Duration::from_secs(1));
+    match tokio::time::timeout_at(http_wait, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server ended with an error"),
         Ok(Err(e)) => warn!(error = %e, "HTTP server task failed"),
-        Err(_) => warn!("open connections did not close in 5 s; exiting anyway"),
+        Err(_) => warn!("open connections did not close in time; exiting anyway"),
     }
     Ok(())
 }
 
+/// The bound on what `serve` does after the drain: the Kafka source's last commits, the last
+/// capacity reports, closing open connections.
+pub const AFTER_DRAIN: Duration = Duration::from_secs(8);
 
 /// `kiln route`: the latency-aware router (worker/src/route) until SIGTERM or SIGINT.
 pub async fn route(cfg: Config) -> anyhow::Result<()> {

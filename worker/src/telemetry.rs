@@ -1,29 +1,63 @@
 //! Logs, spans and metrics.
 //!
 //! Logs go to stderr through `tracing`: JSON when stderr is not a terminal (or when asked),
-//! text otherwise. Metrics follow `kiln_<name>_<unit>[_total]` and are served at /metrics.
+//! text otherwise. Spans also leave the process over OTLP when the standard
+//! `OTEL_EXPORTER_OTLP_*` variables ask for it (otel.rs). Metrics follow
+//! `kiln_<name>_<unit>[_total]` and are served at /metrics.
 
 use crate::config::{LogConfig, LogFormat};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::sync::Mutex;
-use tracing_subscriber::EnvFilter;
+use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init_logging(cfg: &LogConfig) {
+/// The span exporter, when one runs: flush it with [`Otel::shutdown`] before the process ends.
+pub struct Otel(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Otel {
+    /// Exports what is left, waiting at most `limit`.
+    pub fn shutdown(self, limit: Duration) {
+        if let Some(p) = self.0 {
+            crate::otel::shutdown(p, limit);
+        }
+    }
+}
+
+/// Installs the global subscriber: the log layer (filtered by `log.level`) and, when
+/// configured, the OTLP span layer (kiln's own spans at info and above, whatever the log
+/// level). The exporter batches on the tokio runtime, so call this inside it for export.
+/// Safe to call more than once (later calls install nothing).
+pub fn init_logging(cfg: &LogConfig) -> Otel {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match cfg.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().with_current_span(true).with_span_list(false).try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = if json {
+        Box::new(fmt.json().with_current_span(true).with_span_list(false))
     } else {
-        builder.compact().try_init()
+        Box::new(fmt.compact())
     };
+    let (otel, notes) = crate::otel::provider();
+    let (provider, tracer) = match otel {
+        Some((p, t)) => (Some(p), Some(t)),
+        None => (None, None),
+    };
+    let spans = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t).with_filter(EnvFilter::new(crate::otel::SPAN_FILTER)));
+    let installed = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(spans).try_init().is_ok();
+    for note in notes {
+        tracing::warn!("{note}");
+    }
+    if provider.is_some() && installed {
+        tracing::info!("exporting spans over OTLP");
+    }
+    Otel(provider.filter(|_| installed))
 }
 
 /// Recent latencies of one job kind, for the p50/p95 of the capacity report.

@@ -46,11 +46,13 @@ impl Runtime {
             Acquire::Granted(permit, lease) => (permit, lease),
             Acquire::Stopped(err) => {
                 let t = Timings { queued_ms: ms_since(job.received), run_ms: 0.0 };
+                tracing::Span::current().record("kiln.queue_wait_ms", t.queued_ms);
                 return self.complete(&entry, Err(err), t, 1).await;
             }
             Acquire::Answered(result) => return self.finish_with(&entry, result),
         };
         let queued_ms = ms_since(job.received);
+        tracing::Span::current().record("kiln.queue_wait_ms", queued_ms);
         self.metrics.queue_wait_seconds.with_label_values(&[entry.kind.as_str()]).observe(queued_ms / 1e3);
         entry.set_status(JobStatus::Running);
         let started = Instant::now();
@@ -207,6 +209,9 @@ impl Runtime {
     /// Finishes an entry with a result that is not to be stored: one another worker stored,
     /// or a refusal that is not the job's outcome.
     fn finish_with(&self, entry: &Arc<JobEntry>, result: JobResult) {
+        if result.worker.id != self.worker.id {
+            tracing::Span::current().record("kiln.cache", "hit");
+        }
         self.metrics.jobs.with_label_values(&[entry.kind.as_str(), result.status.as_str()]).inc();
         info!(job_id = %entry.id, status = result.status.as_str(), "job answered without running here");
         entry.finish(result);

@@ -272,6 +272,8 @@ impl Runtime {
                 return self.refused(id.clone(), env.kind.clone(), &JobError::forbidden(format!("job id {id} belongs to another tenant")));
             }
             self.metrics.idempotent_hits.with_label_values(&[stored.kind.as_str()]).inc();
+            // A span of its own (exported when spans are): the answer came from the store.
+            let _span = self.job_span(&id, &stored.kind, env.priority.as_str(), tenant.as_deref(), trace, "hit");
             let entry = JobEntry::new(id, stored.kind.clone());
             entry.finish(stored);
             return entry;
@@ -323,24 +325,7 @@ impl Runtime {
         let deadline = env.deadline_ms.map(|ms| received + Duration::from_millis(ms));
         let spec_hash = prepared.checkpointed().then(|| checkpoint::spec_hash(&env.kind, &env.input, &output));
         let job = Admitted { output, priority: env.priority, spec_hash, received, deadline };
-        let span = info_span!(
-            "job",
-            job_id = %id,
-            kind = %env.kind,
-            priority = env.priority.as_str(),
-            tenant = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty
-        );
-        if let Some(tenant) = &tenant {
-            span.record("tenant", tenant.as_str());
-        }
-        if let Some(t) = trace {
-            span.record("trace_id", t.trace_id.as_str());
-            span.record("span_id", t.span_id.as_str());
-            span.record("parent_span_id", t.parent_id.as_str());
-        }
+        let span = self.job_span(&id, &env.kind, env.priority.as_str(), tenant.as_deref(), trace, "miss");
         let rt = self.clone();
         let e2 = entry.clone();
         tokio::spawn(
@@ -355,6 +340,45 @@ impl Runtime {
             .instrument(span),
         );
         entry
+    }
+
+    /// A job's span: its ids, the caller's trace (joined, when spans are exported) and what
+    /// the seed's observability section asks a span to say: the tier, the routing decision the
+    /// caller sent, the cold start it waited for, the cache outcome (`hit`: answered from a
+    /// stored result) and, recorded when it ends, the queue wait.
+    fn job_span(&self, id: &str, kind: &str, priority: &str, tenant: Option<&str>, trace: Option<&TraceContext>, cache: &str) -> tracing::Span {
+        let caller = crate::tracectx::current_caller();
+        let span = info_span!(
+            "job",
+            job_id = %id,
+            kind = %kind,
+            priority = priority,
+            tenant = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+            kiln.tier = self.worker.tier.as_str(),
+            kiln.cache = cache,
+            kiln.route = tracing::field::Empty,
+            kiln.cold_start_ms = tracing::field::Empty,
+            kiln.queue_wait_ms = tracing::field::Empty,
+        );
+        if let Some(tenant) = tenant {
+            span.record("tenant", tenant);
+        }
+        if let Some(route) = &caller.route {
+            span.record("kiln.route", route.as_str());
+        }
+        if let Some(ms) = caller.cold_start_ms {
+            span.record("kiln.cold_start_ms", ms);
+        }
+        if let Some(t) = trace {
+            span.record("trace_id", t.trace_id.as_str());
+            span.record("span_id", t.span_id.as_str());
+            span.record("parent_span_id", t.parent_id.as_str());
+            crate::otel::join(&span, t);
+        }
+        span
     }
 
     fn prepare(&self, id: &str, env: &Envelope) -> Result<(Box<dyn PreparedJob>, Url), JobError> {
@@ -401,12 +425,19 @@ impl Runtime {
         for e in &live {
             e.cancel.cancel();
         }
-        for e in &live {
-            let _ = tokio::time::timeout(Duration::from_secs(5), e.wait()).await;
+        // A cancelled job is answered at once (its thread may stay stuck in a call that never
+        // returns: it is not waited for); what is waited for here is storing and announcing
+        // those answers, bounded as a whole so many stuck jobs cannot stretch the shutdown.
+        let answered = futures_util::future::join_all(live.iter().map(|e| e.wait()));
+        if tokio::time::timeout(CANCEL_ANSWER_WAIT, answered).await.is_err() {
+            warn!(wait_ms = CANCEL_ANSWER_WAIT.as_millis() as u64, "cancelled jobs were not all answered in time");
         }
         live.len()
     }
 }
+
+/// How long [`Runtime::drain`] waits, after the grace period, for the cancelled jobs' answers.
+pub const CANCEL_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 pub enum Lookup {
     Live(Arc<JobEntry>),

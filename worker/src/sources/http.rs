@@ -52,7 +52,11 @@ fn wants_async(headers: &HeaderMap) -> bool {
 
 async fn post_job(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let trace = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::child_of);
-    let entry = st.rt.submit(&body[..], Admission::Refuse, trace.as_ref()).await;
+    let caller = crate::tracectx::Caller {
+        route: headers.get("x-kiln-route").and_then(|v| crate::tracectx::route_value(v.as_bytes())),
+        cold_start_ms: None,
+    };
+    let entry = crate::tracectx::with_caller(caller, st.rt.submit(&body[..], Admission::Refuse, trace.as_ref())).await;
     if let Some(r) = entry.result() {
         if r.error_code() == Some(ErrorCode::Overloaded) || !wants_sse(&headers) {
             return answer::result(&r);

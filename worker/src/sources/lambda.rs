@@ -13,6 +13,7 @@
 use crate::jobtable::JobEntry;
 use crate::runtime::{Admission, Runtime};
 use crate::sinks::lambda::{self as answer, Invocation};
+use crate::tracectx::{route_value, with_caller, Caller, TraceContext};
 use base64::Engine;
 use kiln_jobs::store::parse_uri;
 use kiln_jobs::{Accel, Envelope, ErrorCode, JobError};
@@ -145,7 +146,7 @@ impl LambdaSource {
         Ok(())
     }
 
-    async fn start(&self, payload: &Value, remaining: Duration) -> (Arc<JobEntry>, bool) {
+    async fn start(&self, payload: &Value, remaining: Duration, trace: Option<&TraceContext>) -> (Arc<JobEntry>, bool) {
         let incoming = match unwrap_event(payload) {
             Ok(i) => i,
             Err(e) => return (self.rt.refuse_now("unknown", &e), false),
@@ -162,7 +163,7 @@ impl LambdaSource {
             }
             return (self.rt.refuse_with_id(entry_id, &kind, &e), incoming.http);
         }
-        (self.rt.submit(env, Admission::Refuse, None).await, incoming.http)
+        (self.rt.submit(env, Admission::Refuse, trace).await, incoming.http)
     }
 
     /// One invocation.
@@ -172,7 +173,10 @@ impl LambdaSource {
         let inv = Invocation { number: n, init_ms: self.init_ms, instance_id: self.instance_id.clone() };
         let remaining = remaining_time(ctx.deadline, SystemTime::now());
         let started = Instant::now();
-        let (entry, http) = self.start(&payload, remaining).await;
+        let (trace, route) = invocation_context(&payload, ctx.xray_trace_id.as_deref());
+        // The first invocation of this instance waited for its cold start.
+        let caller = Caller { route, cold_start_ms: (n == 1).then_some(self.init_ms) };
+        let (entry, http) = with_caller(caller, self.start(&payload, remaining, trace.as_ref())).await;
         info!(request_id = %ctx.request_id, job_id = %entry.id, cold_start = n == 1, "invocation");
         if self.rt.config().lambda.response == "stream" {
             return Ok(answer::stream(entry, inv));
@@ -181,6 +185,15 @@ impl LambdaSource {
         info!(job_id = %entry.id, ms = started.elapsed().as_secs_f64() * 1e3, status = result.status.as_str(), "invocation done");
         Ok(answer::buffered(&result, inv, http))
     }
+}
+
+/// The invocation's trace and routing decision: an HTTP event's `traceparent` and
+/// `x-kiln-route` headers, else the trace of the invocation itself (`Lambda-Runtime-Trace-Id`).
+fn invocation_context(payload: &Value, xray: Option<&str>) -> (Option<TraceContext>, Option<String>) {
+    let header = |name: &str| payload.get("headers").and_then(|h| h.get(name)).and_then(Value::as_str);
+    let trace = header("traceparent").and_then(TraceContext::child_of).or_else(|| xray.and_then(TraceContext::from_xray));
+    let route = header("x-kiln-route").and_then(|v| route_value(v.as_bytes()));
+    (trace, route)
 }
 
 /// Time left in the invocation. The Runtime API gives the deadline in epoch milliseconds;

@@ -138,6 +138,8 @@ struct Taken {
     trace: Option<TraceContext>,
     /// What results, events and dead letters carry downstream: the job's span as parent.
     traceparent: Option<String>,
+    /// The routing decision the producer recorded (`x-kiln-route` header), for the job's span.
+    route: Option<String>,
     /// The `kiln-tenant` header, when `kafka.trust_tenant_header` (see `tenants.rs`).
     tenant: Option<String>,
 }
@@ -155,7 +157,9 @@ impl KafkaSource {
             .set("bootstrap.servers", &brokers)
             .set("group.id", &cfg.group)
             .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "500")
+            // Stored offsets are committed every 100 ms: a worker killed with SIGKILL has its
+            // acknowledged jobs redelivered for at most that long (tests/tests/faults.rs).
+            .set("auto.commit.interval.ms", "100")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
@@ -189,8 +193,12 @@ impl KafkaSource {
                             h.iter().find(|h| h.key == "traceparent").and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
                         }).and_then(TraceContext::child_of);
                         let tenant = if self.cfg.trust_tenant_header { tenant_header(&m) } else { None };
+                        let route = m.headers().and_then(|h| {
+                            h.iter().find(|h| h.key == "x-kiln-route").and_then(|h| h.value).and_then(crate::tracectx::route_value)
+                        });
                         Taken {
                             tenant,
+                            route,
                             tp: (m.topic().to_owned(), m.partition()),
                             offset: m.offset(),
                             payload: m.payload().unwrap_or_default().to_vec(),
@@ -286,7 +294,8 @@ impl KafkaSource {
     /// The message's job, on behalf of its tenant when the header is trusted (a tenant over
     /// its share waits here, like a full queue).
     async fn submit(&self, t: &Taken) -> Arc<JobEntry> {
-        let submit = self.rt().submit(&t.payload[..], Admission::Wait, t.trace.as_ref());
+        let caller = crate::tracectx::Caller { route: t.route.clone(), cold_start_ms: None };
+        let submit = crate::tracectx::with_caller(caller, self.rt().submit(&t.payload[..], Admission::Wait, t.trace.as_ref()));
         match &t.tenant {
             Some(tenant) => crate::auth::with_tenant(tenant.clone(), submit).await,
             None => submit.await,

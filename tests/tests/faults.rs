@@ -1,0 +1,452 @@
+//! Faults, end to end on 127.0.0.1 with real processes:
+//! - SIGTERM while jobs are stuck in calls that never return (a FIFO nobody writes to, read
+//!   on one of the runtime's blocking threads as a hung store call would, and on the job's own
+//!   thread as a hung decoder would): `kiln serve` still exits, the jobs answered `cancelled`;
+//! - `kill -9` of a Kafka-consuming `kiln serve` in a loop, restarted each time with the same
+//!   `kafka.instance_id` (static membership), with the tally printed: jobs produced, results,
+//!   duplicates, lost (none may be lost). `KILN_KILL_LOOP_KILLS` and `KILN_KILL_LOOP_JOBS`
+//!   size the ignored long version that benches/kill_loop.sh runs (50 kills).
+
+use kiln_tests::broker::Broker;
+use kiln_tests::proc::{kiln, serve, wait_ready, Proc};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What `serve` may take past SIGTERM at most: the grace period, the wait for the cancelled
+/// jobs' answers (5 s), the wrap-up after the drain (8 s), the runtime's and the span
+/// exporter's shutdown (1 s each), and slack for a loaded machine. Not a speed claim: a
+/// bound that tells "ends" from "hangs" (before the fix it never ended on its own).
+const EXIT_BOUND_PAST_GRACE: Duration = Duration::from_secs(25);
+
+fn mkfifo(p: &Path) {
+    let ok = Command::new("mkfifo").arg(p).status().expect("mkfifo runs");
+    assert!(ok.success(), "mkfifo {}", p.display());
+}
+
+/// Opens `fifo` for writing once a reader has it open (until then a non-blocking open fails
+/// with ENXIO): the proof that the job's read has started. The writer is kept open and never
+/// writes, so the read blocks for good.
+fn writer_once_read(fifo: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NONBLOCK: i32 = 0o4000;
+    let start = Instant::now();
+    loop {
+        match std::fs::OpenOptions::new().write(true).custom_flags(O_NONBLOCK).open(fifo) {
+            Ok(f) => return f,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(30), "nobody started reading {}: {e}", fifo.display());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Follows a job's event stream (opened now, read on a thread) to its `result` event.
+fn watch(client: &reqwest::blocking::Client, base: &str, id: &str) -> std::thread::JoinHandle<Value> {
+    let mut resp = client.get(format!("{base}/v1/jobs/{id}/events")).send().unwrap();
+    assert_eq!(resp.status(), 200, "events of {id}");
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let mut chunk = [0u8; 4096];
+        while !(buf.contains("event: result") && buf.ends_with("\n\n")) {
+            match resp.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+            }
+        }
+        let block = buf.split("\n\n").find(|b| b.contains("event: result")).unwrap_or_else(|| panic!("no result event in {buf:?}"));
+        let data = block.lines().find_map(|l| l.strip_prefix("data: ")).expect("a data line");
+        serde_json::from_str(data).unwrap()
+    })
+}
+
+#[test]
+fn sigterm_ends_serve_when_jobs_are_stuck_in_calls_that_never_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_fifo = dir.path().join("store.fifo");
+    let thread_fifo = dir.path().join("thread.fifo");
+    mkfifo(&store_fifo);
+    mkfifo(&thread_fifo);
+    let grace = Duration::from_millis(500);
+    let mut cmd = kiln();
+    cmd.env("KILN_STORE_URL", format!("file://{}/", dir.path().display()))
+        .env("KILN_DEBUG_KINDS", "1")
+        .env("KILN_LOG", "warn")
+        .env("KILN_CPU_SLOTS", "2")
+        .env("KILN_SHUTDOWN_GRACE_MS", grace.as_millis().to_string())
+        .env_remove("KILN_CONFIG")
+        .current_dir(dir.path())
+        .stderr(Stdio::inherit());
+    let (mut proc, base) = serve(&mut cmd);
+    wait_ready(&base, Duration::from_secs(30));
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let jobs = [("stuck-store", json!({"stuck_read": store_fifo})), ("stuck-thread", json!({"stuck_read_here": thread_fifo}))];
+    for (id, input) in &jobs {
+        let body = json!({"id": id, "kind": "debug", "input": input}).to_string();
+        let r = client.post(format!("{base}/v1/jobs")).header("prefer", "respond-async").body(body).send().unwrap();
+        assert_eq!(r.status(), 202, "{id}");
+    }
+    let _writers = [writer_once_read(&store_fifo), writer_once_read(&thread_fifo)];
+    let watchers: Vec<_> = jobs.iter().map(|(id, _)| (*id, watch(&client, &base, id))).collect();
+
+    let signalled = Instant::now();
+    proc.signal("TERM");
+    let status = proc.wait_timeout(grace + EXIT_BOUND_PAST_GRACE);
+    let took = signalled.elapsed();
+    let status = status.unwrap_or_else(|| panic!("kiln serve still ran {took:?} after SIGTERM (grace {grace:?})"));
+    assert_eq!(status.code(), Some(0), "a drain that had to cancel still exits 0");
+    for (id, w) in watchers {
+        let r = w.join().unwrap();
+        assert_eq!(r["status"], "cancelled", "{id}: {r}");
+        assert_eq!(r["error"]["code"], "cancelled", "{id}: {r}");
+    }
+    eprintln!("kiln serve exited {took:?} after SIGTERM with a {grace:?} grace and two stuck jobs");
+}
+
+/// What a kill loop saw.
+#[derive(Debug)]
+struct Tally {
+    produced: usize,
+    results: usize,
+    duplicates: usize,
+    lost: usize,
+    kills: usize,
+    /// Jobs a worker may hold unacknowledged when it dies: its slots, its queue, and what
+    /// finishes within one offset-commit interval.
+    in_flight_bound: usize,
+    wall: Duration,
+}
+
+const SLOTS: usize = 2;
+const QUEUE: usize = 4;
+/// Each job holds its slot this long, so a commit interval (100 ms) finishes at most
+/// SLOTS * 100 / HOLD_MS jobs.
+const HOLD_MS: u64 = 20;
+const COMMIT_INTERVAL_MS: u64 = 100;
+
+fn consumer(broker: &Broker, store: &Path) -> Proc {
+    let mut cmd = kiln();
+    cmd.env("KILN_STORE_URL", format!("file://{}/", store.display()))
+        .env("KILN_KAFKA_BROKERS", &broker.addr)
+        .env("KILN_KAFKA_GROUP", "kill-loop")
+        .env("KILN_KAFKA_INSTANCE_ID", "kill-loop-0")
+        .env("KILN_KAFKA_SESSION_TIMEOUT_MS", "6000")
+        .env("KILN_KAFKA_REVOKE_DRAIN_MS", "1000")
+        .env("KILN_CPU_SLOTS", SLOTS.to_string())
+        .env("KILN_QUEUE_DEPTH", QUEUE.to_string())
+        .env("KILN_DEBUG_KINDS", "1")
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_CONFIG")
+        .stderr(Stdio::inherit());
+    serve(&mut cmd).0
+}
+
+/// Results stored so far (each job stores its result before it is published).
+fn stored(store: &Path) -> usize {
+    std::fs::read_dir(store.join("jobs"))
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().join("result.json").exists()).count())
+        .unwrap_or(0)
+}
+
+fn wait_stored(store: &Path, at_least: usize, what: &str) {
+    let start = Instant::now();
+    while stored(store) < at_least {
+        assert!(start.elapsed() < Duration::from_secs(120), "{what}: {} of {at_least} results stored", stored(store));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Produces `jobs` jobs, then starts a consumer, waits until it has stored a few more results
+/// (so every restart is shown to rejoin and work) and kills it with SIGKILL, `kills` times;
+/// a last consumer finishes the rest and drains. Then every result on the topic is counted.
+async fn kill_loop(kills: usize, jobs: usize) -> Tally {
+    let broker = Broker::start(2).await;
+    let store = tempfile::tempdir().unwrap();
+    let p = broker.producer();
+    for i in 0..jobs {
+        let id = format!("j{i}");
+        let job = json!({"id": id, "kind": "debug", "input": {"hold_ms": HOLD_MS}});
+        broker.produce(&p, &id, job.to_string().as_bytes()).await;
+    }
+    let step = (jobs / (2 * kills.max(1))).max(1);
+    let started = Instant::now();
+    for k in 0..kills {
+        let before = stored(store.path());
+        let mut w = consumer(&broker, store.path());
+        wait_stored(store.path(), (before + step).min(jobs), &format!("after restart {k}"));
+        w.kill();
+    }
+    let mut last = consumer(&broker, store.path());
+    wait_stored(store.path(), jobs, "the last consumer");
+    let all = broker.read_all("kiln.results").await;
+    let wall = started.elapsed();
+    last.signal("TERM");
+    assert!(last.wait_timeout(Duration::from_secs(60)).is_some_and(|s| s.success()), "the last consumer did not drain");
+    let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, v, _) in &all {
+        let r: Value = serde_json::from_slice(v).unwrap();
+        assert_eq!(r["status"], "succeeded", "{r}");
+        *per_id.entry(r["id"].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+    }
+    let lost = (0..jobs).filter(|i| !per_id.contains_key(&format!("j{i}"))).count();
+    let duplicates = per_id.values().map(|c| c - 1).sum();
+    let per_interval = SLOTS * COMMIT_INTERVAL_MS as usize / HOLD_MS as usize;
+    Tally { produced: jobs, results: all.len(), duplicates, lost, kills, in_flight_bound: SLOTS + QUEUE + per_interval, wall }
+}
+
+fn report(t: &Tally) {
+    eprintln!(
+        "kill loop: produced {} results {} duplicates {} lost {} kills {} wall {:.1} s ({:.2} s per kill; in-flight bound per kill {})",
+        t.produced,
+        t.results,
+        t.duplicates,
+        t.lost,
+        t.kills,
+        t.wall.as_secs_f64(),
+        t.wall.as_secs_f64() / t.kills.max(1) as f64,
+        t.in_flight_bound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_loop_loses_nothing_and_redelivers_at_most_what_was_in_flight() {
+    let t = kill_loop(5, 200).await;
+    report(&t);
+    assert_eq!(t.lost, 0, "{t:?}");
+    assert!(t.duplicates <= t.kills * t.in_flight_bound, "{t:?}");
+}
+
+/// The long version (benches/kill_loop.sh): `KILN_KILL_LOOP_KILLS` kills (50) over
+/// `KILN_KILL_LOOP_JOBS` jobs (1200).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: benches/kill_loop.sh"]
+async fn kill_9_loop_bench() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let t = kill_loop(env("KILN_KILL_LOOP_KILLS", 50), env("KILN_KILL_LOOP_JOBS", 1200)).await;
+    report(&t);
+    assert_eq!(t.lost, 0, "{t:?}");
+}
+
+/// A `kiln serve` of real job kinds only (no debug kind) in `dir`, with one slot and a queue of
+/// one, so the test decides what waits and what is refused.
+fn media_worker(dir: &Path) -> (Proc, String) {
+    let mut cmd = kiln();
+    cmd.env("KILN_STORE_URL", format!("file://{}/store/", dir.display()))
+        .env("KILN_LOG", "warn")
+        .env("KILN_CPU_SLOTS", "1")
+        .env("KILN_QUEUE_DEPTH", "1")
+        .env_remove("KILN_DEBUG_KINDS")
+        .env_remove("KILN_CONFIG")
+        .current_dir(dir)
+        .stderr(Stdio::inherit());
+    let (proc, base) = serve(&mut cmd);
+    wait_ready(&base, Duration::from_secs(30));
+    (proc, base)
+}
+
+/// Polls `GET /v1/jobs/{id}` (bounded: 120 s) until `done` holds for its status.
+fn poll(client: &reqwest::blocking::Client, base: &str, id: &str, done: impl Fn(&str) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v: Value = client.get(format!("{base}/v1/jobs/{id}")).send().unwrap().json().unwrap();
+        if done(v["status"].as_str().unwrap_or_default()) {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{id} stuck at {v}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn terminal(s: &str) -> bool {
+    matches!(s, "succeeded" | "failed" | "cancelled")
+}
+
+#[test]
+fn deadline_cancel_and_overload_on_real_media_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sources and outputs inside the store: `serve` confines jobs to it.
+    let d = &dir.path().join("store");
+    std::fs::create_dir_all(d).unwrap();
+    let clip = d.join("clip.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=6"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg CLI");
+    assert!(st.success());
+    let original = kiln_tests::workspace_root().join("data/mate-backgrounds/usr/share/backgrounds/mate/abstract/Elephants_5640x3172.jpg");
+    assert!(original.exists(), "{} (scripts/fetch-photos.sh)", original.display());
+    let photo = d.join("photo.jpg");
+    std::fs::copy(&original, &photo).unwrap();
+    let (_w, base) = media_worker(dir.path());
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let transcode = |id: &str, deadline: Option<u64>| {
+        let mut env = json!({"id": id, "kind": "transcode", "output": format!("file://{}/out/{id}/", d.display()),
+            "input": {"source": clip, "segment_seconds": 2, "accel": "cpu", "preset": "ultrafast",
+                "ladder": [{"height": 360, "bitrate_kbps": 800}, {"height": 240, "bitrate_kbps": 400}]}});
+        if let Some(ms) = deadline {
+            env["deadline_ms"] = json!(ms);
+        }
+        env
+    };
+    let thumbnail = |id: &str, deadline: Option<u64>| {
+        let mut env = json!({"id": id, "kind": "thumbnail", "input": {"source": photo, "outputs": [{"name": "t.jpg", "width": 256}]}});
+        if let Some(ms) = deadline {
+            env["deadline_ms"] = json!(ms);
+        }
+        env
+    };
+    let render = |id: &str, deadline: Option<u64>| {
+        let mut env = json!({"id": id, "kind": "render", "output": format!("file://{}/out/{id}/", d.display()), "input": {"format": "pdf+png", "pages": [
+            {"width": 1240, "height": 1754, "dpi": 150, "layers": [
+                {"type": "rect", "x": 100, "y": 100, "width": 600, "height": 400, "fill": "#3366cc"},
+                {"type": "text", "x": 100, "y": 800, "text": "faults", "size": 40, "font": "mono"}]}]}});
+        if let Some(ms) = deadline {
+            env["deadline_ms"] = json!(ms);
+        }
+        env
+    };
+    let post = |env: &Value, asynchronous: bool| {
+        let mut req = client.post(format!("{base}/v1/jobs")).body(env.to_string());
+        if asynchronous {
+            req = req.header("prefer", "respond-async");
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        let retry_after = r.headers().get("retry-after").is_some();
+        let body: Value = r.json().unwrap();
+        (status, retry_after, body)
+    };
+
+    // Deadlines: a transcode that cannot finish in 300 ms, a thumbnail and a render in 1 ms.
+    for env in [transcode("tc-deadline", Some(300)), thumbnail("th-deadline", Some(1)), render("rd-deadline", Some(1))] {
+        let (_, _, r) = post(&env, false);
+        assert_eq!(r["error"]["code"], "deadline_exceeded", "{r}");
+    }
+
+    // Overload and cancel: a transcode runs in the only slot, a thumbnail fills the queue, a
+    // render is refused with 503 + Retry-After; cancelling the transcode lets the thumbnail run.
+    assert_eq!(post(&transcode("tc-cancel", None), true).0, 202);
+    poll(&client, &base, "tc-cancel", |s| s == "running" || terminal(s));
+    assert_eq!(post(&thumbnail("th-queued", None), true).0, 202);
+    let (status, retry_after, r) = post(&render("rd-over", None), false);
+    assert_eq!((status, r["error"]["code"].as_str()), (503, Some("overloaded")), "{r}");
+    assert!(retry_after, "503 carries Retry-After");
+    let del = client.delete(format!("{base}/v1/jobs/tc-cancel")).send().unwrap();
+    assert!(del.status().is_success(), "DELETE: {}", del.status());
+    let r = poll(&client, &base, "tc-cancel", terminal);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(r["error"]["code"], "cancelled", "{r}");
+    let r = poll(&client, &base, "th-queued", terminal);
+    assert_eq!(r["status"], "succeeded", "{r}");
+
+    // Still serving: each kind runs to the end.
+    for env in [thumbnail("th-after", None), render("rd-after", None), transcode("tc-after", None)] {
+        let (status, _, r) = post(&env, false);
+        assert_eq!((status, r["status"].as_str()), (200, Some("succeeded")), "{r}");
+    }
+}
+
+/// Video frame timestamps of a media playlist, through ffprobe's HLS demuxer (every segment,
+/// in playlist order).
+fn playlist_frames(playlist: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-of", "json", "-select_streams", "v:0", "-show_entries", "packet=pts_time"])
+        .arg(playlist)
+        .output()
+        .expect("ffprobe");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut t: Vec<f64> = v["packets"].as_array().map(|a| a.iter().filter_map(|p| p["pts_time"].as_str()?.parse().ok()).collect()).unwrap_or_default();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
+#[test]
+fn a_transcode_killed_mid_ladder_resumes_on_another_worker_with_a_continuous_playlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (secs, rate) = (12u32, 30u32);
+    let clip = d.join("clip.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", &format!("testsrc2=size=640x360:rate={rate}:duration={secs}")])
+        .args(["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={secs}")])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg CLI");
+    assert!(st.success());
+    let store = d.join("store");
+    let out = d.join("out");
+    let job = json!({"id": "tc-resume", "kind": "transcode", "output": format!("file://{}/", out.display()),
+        "input": {"source": clip, "segment_seconds": 1, "accel": "cpu", "preset": "ultrafast",
+            "ladder": [{"height": 360, "bitrate_kbps": 800}, {"height": 180, "bitrate_kbps": 200}]}});
+    let start = |name: &str| {
+        let stdout = d.join(format!("{name}.out"));
+        let mut cmd = kiln();
+        cmd.args(["run", "-"])
+            .env("KILN_STORE_URL", format!("file://{}/", store.display()))
+            .env("KILN_WORKER_ID", name)
+            .env("KILN_CHECKPOINT_LEASE_MS", "1500")
+            .env("KILN_LOG", "warn")
+            .env_remove("KILN_CONFIG")
+            .env_remove("KILN_DEBUG_KINDS")
+            .current_dir(d)
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(Stdio::inherit());
+        let mut p = Proc::spawn(&mut cmd);
+        {
+            use std::io::Write;
+            let mut stdin = p.child().stdin.take().unwrap();
+            writeln!(stdin, "{job}").unwrap();
+        }
+        (p, stdout)
+    };
+    let recorded = || -> usize {
+        std::fs::read(store.join("jobs/tc-resume/state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|s| s["units"].as_object().map(|u| u.len()))
+            .unwrap_or(0)
+    };
+
+    let (mut a, _) = start("worker-a");
+    let t = Instant::now();
+    while recorded() < 3 {
+        assert!(t.elapsed() < Duration::from_secs(120), "worker A recorded {} segments", recorded());
+        assert!(a.child().try_wait().unwrap().is_none(), "worker A ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.kill();
+    let before = recorded();
+    assert!(before < secs as usize, "the kill came after the last segment ({before})");
+
+    let (mut b, stdout) = start("worker-b");
+    assert!(b.wait_timeout(Duration::from_secs(180)).is_some(), "worker B did not finish");
+    let text = std::fs::read_to_string(&stdout).unwrap();
+    let r: Value = serde_json::from_str(text.lines().next().unwrap_or("null")).unwrap();
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["resumed"], true, "{r}");
+    assert_eq!(r["worker"]["id"], "worker-b");
+    assert!(r["units"]["restored"].as_u64().unwrap_or(0) >= before as u64, "{r}");
+
+    // Each rung's playlist plays straight through the resume: every source frame once, in
+    // order, no gap longer than a frame, from the start to the end.
+    let master = std::fs::read_to_string(out.join("master.m3u8")).unwrap();
+    let variants: Vec<&str> = master.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+    assert_eq!(variants.len(), 2, "{master}");
+    let frame = 1.0 / rate as f64;
+    for v in variants {
+        let t = playlist_frames(&out.join(v));
+        assert_eq!(t.len(), (secs * rate) as usize, "{v}: frames");
+        let gap = t.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        assert!(gap < 1.5 * frame, "{v}: a {gap:.3} s gap in the video");
+        let span = t[t.len() - 1] - t[0] + frame;
+        assert!((span - secs as f64).abs() < 2.0 * frame, "{v}: {span:.3} s of video");
+    }
+}
