@@ -116,6 +116,20 @@ fn problems(docs: &[Value]) -> (Vec<String>, usize, usize) {
                 }
             }
         }
+        if s["mode"] == "route" {
+            match route_policy_serverless(docs) {
+                Err(e) => bad.push(format!("{w}: route policy: {e}")),
+                Ok(serverless) => {
+                    let lambda = s["route_lambda"].as_str();
+                    if serverless && lambda.is_none() {
+                        bad.push(format!("{w}: the route policy enables the serverless tier but route.lambda (KILN_ROUTE_LAMBDA) is unset: nothing to invoke it with"));
+                    }
+                    if !serverless && lambda.is_some() {
+                        bad.push(format!("{w}: route.lambda is {lambda:?} but the route policy disables the serverless tier"));
+                    }
+                }
+            }
+        }
         let gpu = k.gpus() > 0;
         let cuda = k.container["image"].as_str().is_some_and(|i| i.contains("cuda"));
         if gpu != cuda {
@@ -177,6 +191,20 @@ fn problems(docs: &[Value]) -> (Vec<String>, usize, usize) {
         }
     }
     (bad, summaries.len(), scaled)
+}
+
+/// Whether the router's placement policy as rendered (the kiln-route-policy ConfigMap),
+/// loaded the way `kiln route` loads it, enables the serverless tier.
+fn route_policy_serverless(docs: &[Value]) -> Result<bool, String> {
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && name(d).starts_with("kiln-route-policy"))
+        .ok_or("no kiln-route-policy ConfigMap")?;
+    let text = cm["data"]["policy.toml"].as_str().ok_or("no policy.toml in kiln-route-policy")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    kiln_worker::route::load_policy(&path.to_string_lossy()).map(|p| p.serverless.enabled).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -278,6 +306,19 @@ fn the_checks_catch_the_faults_the_manifests_once_had() {
     assert_caught(&bad, "kiln-cpu: worker id");
     let bad = problems_after(|d| doc_mut(d, "StatefulSet", "kiln-cpu")["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["serve"]));
     assert_caught(&bad, "instead of running the image's entrypoint");
+    // A router whose policy goes serverless with no Lambda invoker (the old route policy's
+    // excuse for disabling the tier), and the reverse.
+    let bad = problems_after(|d| {
+        let env = doc_mut(d, "Deployment", "kiln-route")["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut().unwrap();
+        env.retain(|e| e["name"] != "KILN_ROUTE_LAMBDA");
+    });
+    assert_caught(&bad, "kiln-route: the route policy enables the serverless tier but route.lambda");
+    let bad = problems_after(|d| {
+        let cm = d.iter_mut().find(|x| x["kind"] == "ConfigMap" && name(x).starts_with("kiln-route-policy")).unwrap();
+        let text = cm["data"]["policy.toml"].as_str().unwrap().replace("enabled = true", "enabled = false");
+        cm["data"]["policy.toml"] = json!(text);
+    });
+    assert_caught(&bad, "but the route policy disables the serverless tier");
 }
 
 fn entrypoint(dockerfile: &str) -> String {

@@ -21,8 +21,10 @@
 //! function under cargo-lambda's emulator, invoked through the Lambda Invoke API — and one
 //! container worker: small thumbnails run on the function (cold, then warm on the same
 //! instance), a long job goes to the container, a source too big for the function is
-//! refused there (`too_long_for_tier`) and finished on the container, and with the
-//! emulator gone the container answers.
+//! refused there (`too_long_for_tier`) and finished on the container, a second function
+//! instance with `router.url` posts its capacity report after an invocation the router did
+//! not make, a dual-routed thumbnail's shadow copy runs on the container (answer discarded,
+//! latency recorded, one stored result), and with the emulator gone the container answers.
 
 use kiln_tests::broker::Broker;
 use kiln_tests::lambda::Function;
@@ -354,6 +356,54 @@ fn both_tiers_through_kiln_route() {
     assert_eq!(metric(&m, "kiln_route_cold_starts_total"), 1.0, "{m}");
     assert_eq!(metric(&m, "kiln_route_jobs_total{status=\"2xx\",tier=\"serverless\"}"), 3.0, "{m}");
     assert_eq!(metric(&m, "kiln_route_retries_total{reason=\"too_long_for_tier\"}"), 1.0, "{m}");
+
+    // A function instance with the router's URL posts its capacity report after each
+    // invocation, even one the router did not make: the router sees it as a warm instance.
+    let reporting = Function::start(&[("KILN_ROUTER_URL", format!("{rbase}/v1/capacity").as_str())]);
+    let direct = json!({"id": "direct-1", "kind": "debug", "input": {"hold_ms": 1, "output": "o.txt"}});
+    let resp = reporting.invoke_raw(&direct);
+    assert!(resp.status().is_success());
+    let v: Value = resp.json().unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    wait_until("the instance's capacity report", || {
+        let m = c.get(format!("{rbase}/metrics")).send().unwrap().text().unwrap();
+        metric(&m, "kiln_route_capacity_reports_total{outcome=\"serverless_instance\"}") >= 1.0
+    });
+    drop(reporting);
+
+    // Dual routing: a policy that copies every request to the other tier. The copy is sent
+    // (the container runs it under the same id), its answer discarded, its latency recorded;
+    // one result is stored.
+    std::thread::sleep(Duration::from_millis(1100)); // a new mtime for the reload
+    std::fs::write(
+        &policy,
+        r#"{"exercise_share": 0.0, "dual_share": 1.0, "cold_start_override": {"enabled": false},
+            "serverless": {"function": "_"},
+            "kinds": {"thumbnail": {"primary": "serverless", "fallback": "container"},
+                      "debug": {"primary": "serverless", "fallback": "container"}},
+            "durations": {"kinds": {"debug": {"base_ms": 100000.0, "per_unit_ms": 0.0}}}}"#,
+    )
+    .unwrap();
+    wait_until("policy reloaded", || {
+        // Too long for the function: no copy to make.
+        let body = json!({"kind": "debug", "input": {"hold_ms": 1}});
+        let (status, route, _) = post(&c, &rbase, &body.to_string(), &[]);
+        status == 200 && field(&route, "policy") == "2"
+    });
+    let (status, route, text) = post(&c, &rbase, &thumb("dual-1", &small), &[]);
+    assert_eq!(status, 200, "{route} {text}");
+    assert_eq!((field(&route, "tier"), field(&route, "rule")), ("serverless", "primary"), "{route}");
+    let log = std::fs::read_to_string(dir.path().join("decisions.jsonl")).unwrap();
+    let d: Value = log.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|l| l["job_id"] == "dual-1").unwrap();
+    assert_eq!((d["dual"].as_bool(), d["shadow"]["tier"].as_str()), (Some(true), Some("container")), "{d}");
+    wait_until("the shadow copy answered", || {
+        let m = c.get(format!("{rbase}/metrics")).send().unwrap().text().unwrap();
+        metric(&m, "kiln_route_shadow_total{outcome=\"ok\",tier=\"container\"}") == 1.0
+    });
+    let m = c.get(format!("{rbase}/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(metric(&m, "kiln_route_shadow_latency_seconds_count{tier=\"container\"}"), 1.0, "{m}");
+    let stored: Vec<_> = walk(&store_dir).into_iter().filter(|p| p.ends_with("dual-1/result.json")).collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
 
     // The function gone: its thumbnails are answered by the container.
     function.stop_emulator();

@@ -272,6 +272,7 @@ pub fn check(cfg: &Config, mode: crate::config::Mode) -> anyhow::Result<serde_js
         "kafka": kafka,
         "router_url": cfg.router.url,
         "advertise_url": cfg.route.advertise_url,
+        "route_lambda": cfg.route.lambda,
         "http_addr": cfg.http.addr,
         "cpu_slots": cfg.scheduler.cpu_slots,
         "grace_ms": cfg.shutdown.grace_ms,

@@ -92,6 +92,7 @@ fn next_worker(st: &RouteState, kind: &str, gpu: bool, preferred: Option<&str>, 
 }
 
 /// One job on its way through the router: what every attempt needs.
+#[derive(Clone)]
 struct Job {
     id: String,
     kind: String,
@@ -171,7 +172,52 @@ pub async fn submit(st: Arc<RouteState>, headers: HeaderMap, body: Bytes) -> Res
         function,
         started,
     };
+    if decision.dual {
+        send_shadow(&st, &job, &decision, span.clone());
+    }
     run_attempts(st, job, decision).instrument(span).await
+}
+
+/// Dual routing (seed §6.2): a copy of the job, under the same id, to the decision's
+/// `shadow` target on the other tier, in the background. Its answer is discarded; its
+/// latency goes to `kiln_route_shadow_latency_seconds` and, when it succeeded, to the closed
+/// loop's rolling p95 of that tier (no prediction: not the duration ratio). The workers'
+/// idempotency keeps one stored result. The copy is plain request/response (no SSE, not
+/// async) and is tried once: a failure is counted, never retried.
+fn send_shadow(st: &Arc<RouteState>, job: &Job, decision: &Decision, span: tracing::Span) {
+    let Some(target) = decision.shadow.clone() else { return };
+    let mut copy = job.clone();
+    copy.sse = false;
+    copy.asynchronous = false;
+    copy.headers.remove(header::ACCEPT);
+    copy.headers.remove("prefer");
+    let st = st.clone();
+    let task = async move {
+        let started = Instant::now();
+        let tier = target.tier;
+        let ok = match tier {
+            Tier::Serverless => match st.invoker.as_ref() {
+                Some(invoker) => invoke(&st, invoker, &copy).await.is_ok(),
+                None => return,
+            },
+            Tier::Container => {
+                let Some((worker, url)) = next_worker(&st, &copy.kind, copy.gpu, target.worker_id.as_deref(), &[]) else {
+                    st.metrics.shadows.with_label_values(&[tier.as_str(), "failed"]).inc();
+                    return;
+                };
+                lock(&st.view).placed(&worker, now_ms());
+                matches!(attempt(&st, &url, &copy, false).await, Attempt::Done(r) if r.status().is_success())
+            }
+        };
+        let secs = started.elapsed().as_secs_f64();
+        st.metrics.shadows.with_label_values(&[tier.as_str(), if ok { "ok" } else { "failed" }]).inc();
+        st.metrics.shadow_latency.with_label_values(&[tier.as_str()]).observe(secs);
+        if ok {
+            lock(&st.policy).observe(tier, &copy.kind, secs * 1e3, 0.0);
+        }
+        info!(tier = tier.as_str(), ok, ms = secs * 1e3, "shadow copy answered (discarded)");
+    };
+    tokio::spawn(task.instrument(span));
 }
 
 /// The tiers to try, in order: the decision's target, then the other tier when the decision

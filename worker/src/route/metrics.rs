@@ -1,6 +1,6 @@
 //! The router's own Prometheus metrics: decisions by tier and rule
 //! ([`kiln_router_client::Decision::rule`]), overflow share, per-tier latency, cold starts
-//! seen, retries and capacity reports.
+//! seen, retries, capacity reports, and dual-routed shadow copies.
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
@@ -22,6 +22,11 @@ pub struct RouteMetrics {
     pub reports: IntCounterVec,
     /// Requests refused before placement (bad input).
     pub invalid: IntCounter,
+    /// Dual-routed shadow copies sent, by the tier that got the copy and whether it
+    /// answered with success (`ok`) or not (`failed`); the answer itself is discarded.
+    pub shadows: IntCounterVec,
+    /// Latency of the shadow copies, by tier (the primary's is in `latency`).
+    pub shadow_latency: HistogramVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -52,6 +57,17 @@ impl RouteMetrics {
         let reports = IntCounterVec::new(Opts::new("kiln_route_capacity_reports_total", "Capacity reports received"), &["outcome"])
             .expect("static metric");
         let invalid = IntCounter::new("kiln_route_invalid_total", "Submissions refused before placement").expect("static metric");
+        let shadows = IntCounterVec::new(
+            Opts::new("kiln_route_shadow_total", "Dual-routed shadow copies, by tier and outcome (answers discarded)"),
+            &["tier", "outcome"],
+        )
+        .expect("static metric");
+        let shadow_latency = HistogramVec::new(
+            HistogramOpts::new("kiln_route_shadow_latency_seconds", "Latency of dual-routed shadow copies, by tier")
+                .buckets(buckets()),
+            &["tier"],
+        )
+        .expect("static metric");
         for c in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(overflowed.clone()),
@@ -61,10 +77,24 @@ impl RouteMetrics {
             Box::new(retries.clone()),
             Box::new(reports.clone()),
             Box::new(invalid.clone()),
+            Box::new(shadows.clone()),
+            Box::new(shadow_latency.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        RouteMetrics { registry, decisions, overflowed, jobs, latency, cold_starts, retries, reports, invalid }
+        RouteMetrics {
+            registry,
+            decisions,
+            overflowed,
+            jobs,
+            latency,
+            cold_starts,
+            retries,
+            reports,
+            invalid,
+            shadows,
+            shadow_latency,
+        }
     }
 
     /// Prometheus text, with the overflow share (overflowed / decisions) as a gauge line.

@@ -9,6 +9,11 @@
 //! too large, too little scratch space in `/tmp`, too little time left) are refused up front
 //! with `too_long_for_tier`, so the router sends them to the container tier. Warm state (the
 //! runtime, codecs, caches) lives for the life of the instance and is reused across invocations.
+//!
+//! With `router.url` set, the instance posts its capacity report (tier `serverless`, worker
+//! id = the instance id) to `{router.url}?function={AWS_LAMBDA_FUNCTION_NAME}` after each
+//! invocation, bounded by [`REPORT_TIMEOUT`]: the router learns the warm instance and its
+//! per-kind latencies even from invocations it did not make itself.
 
 use crate::jobtable::JobEntry;
 use crate::runtime::{Admission, Runtime};
@@ -29,12 +34,50 @@ use tracing::{info, warn};
 /// Time kept back from the invocation's deadline to answer before the function times out.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
+/// Longest the capacity report after an invocation may delay its answer.
+pub const REPORT_TIMEOUT: Duration = Duration::from_millis(300);
+
 pub struct LambdaSource {
     rt: Arc<Runtime>,
     init_ms: f64,
     invocations: AtomicU64,
     /// This instance's id (see [`instance_id`]).
     instance_id: Arc<str>,
+    /// Posts this instance's capacity report to the router (`router.url` set).
+    report: Option<InstanceReport>,
+}
+
+/// The capacity report a function instance posts after each invocation.
+struct InstanceReport {
+    publisher: kiln_router_client::HttpPublisher,
+    reporter: crate::capacity::Reporter,
+}
+
+impl InstanceReport {
+    fn from_config(cfg: &crate::config::Config) -> Option<Self> {
+        let url = cfg.router.url.as_deref().filter(|u| !u.is_empty())?;
+        let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "kiln".into());
+        let function: String = url::form_urlencoded::byte_serialize(function.as_bytes()).collect();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        match kiln_router_client::HttpPublisher::new(format!("{url}{sep}function={function}")) {
+            Ok(p) => Some(InstanceReport { publisher: p.with_token(cfg.router.token.clone()), reporter: crate::capacity::Reporter::new() }),
+            Err(e) => {
+                warn!(error = %e, "no capacity reports from this instance");
+                None
+            }
+        }
+    }
+
+    async fn post(&self, rt: &Runtime, instance_id: &str) {
+        let mut report = self.reporter.report(rt);
+        report.worker_id = instance_id.to_owned();
+        report.tier = kiln_router_client::Tier::Serverless;
+        match tokio::time::timeout(REPORT_TIMEOUT, self.publisher.publish(&report)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "capacity report after the invocation failed"),
+            Err(_) => warn!(ms = REPORT_TIMEOUT.as_millis() as u64, "capacity report after the invocation timed out"),
+        }
+    }
 }
 
 /// The id of this execution environment: its CloudWatch log stream name on AWS (one per
@@ -90,7 +133,8 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 impl LambdaSource {
     pub fn new(rt: Arc<Runtime>, init_ms: f64) -> Arc<Self> {
         let instance_id = instance_id(&rt.worker().id);
-        Arc::new(LambdaSource { rt, init_ms, invocations: AtomicU64::new(0), instance_id })
+        let report = InstanceReport::from_config(rt.config());
+        Arc::new(LambdaSource { rt, init_ms, invocations: AtomicU64::new(0), instance_id, report })
     }
 
     /// Refuses what this tier cannot finish; tightens the job's deadline to the time left.
@@ -179,10 +223,24 @@ impl LambdaSource {
         let (entry, http) = with_caller(caller, self.start(&payload, remaining, trace.as_ref())).await;
         info!(request_id = %ctx.request_id, job_id = %entry.id, cold_start = n == 1, "invocation");
         if self.rt.config().lambda.response == "stream" {
+            if self.report.is_some() {
+                // After the stream's last line (best effort: Lambda may freeze the instance
+                // once the response is complete; the report then goes at the next thaw).
+                let (me, done) = (self.clone(), entry.clone());
+                tokio::spawn(async move {
+                    done.wait().await;
+                    if let Some(r) = &me.report {
+                        r.post(&me.rt, &me.instance_id).await;
+                    }
+                });
+            }
             return Ok(answer::stream(entry, inv));
         }
         let result = entry.wait().await;
         info!(job_id = %entry.id, ms = started.elapsed().as_secs_f64() * 1e3, status = result.status.as_str(), "invocation done");
+        if let Some(r) = &self.report {
+            r.post(&self.rt, &self.instance_id).await;
+        }
         Ok(answer::buffered(&result, inv, http))
     }
 }
