@@ -4,10 +4,11 @@
 //! (the opentelemetry-proto messages). Jobs arrive over HTTP and Kafka (a real tansu broker)
 //! with a W3C `traceparent` and a routing decision (`x-kiln-route`); the exported job spans
 //! must sit in the caller's trace under the caller's span and carry the tier, the routing
-//! decision, the queue wait and the cache outcome.
+//! decision, the queue wait and the cache outcome. A job sent through `kiln route` carries
+//! the router's decision to the worker (`x-kiln-route`), which lands on its span too.
 
 use kiln_tests::broker::Broker;
-use kiln_tests::proc::{kiln, serve, wait_ready};
+use kiln_tests::proc::{kiln, serve, spawn_listening, wait_ready};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -118,12 +119,26 @@ const HTTP_PARENT: &str = "00f067aa0ba902b7";
 const AGAIN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const KAFKA_TRACE: &str = "5759e988bd862e3fe1be46a994272793";
 const KAFKA_PARENT: &str = "53995c3f42cd8ad8";
+const ROUTED_TRACE: &str = "6e0c63257de34c926f9efcd03899aa3e";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn job_spans_are_exported_over_otlp_in_the_callers_trace() {
     let (endpoint, got) = receiver();
     let broker = Broker::start(1).await;
     let dir = tempfile::tempdir().unwrap();
+    // A router in front: the worker reports to it, and one job goes through it.
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"exercise_share": 0.0, "dual_share": 0.0, "kinds": {"debug": {"primary": "container"}}}"#).unwrap();
+    let mut rcmd = kiln();
+    rcmd.arg("route")
+        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
+        .env("KILN_ROUTE_POLICY", &policy)
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_CONFIG")
+        .env_remove("KILN_ROUTE_LAMBDA")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .current_dir(dir.path());
+    let (_router, rbase) = spawn_listening(&mut rcmd, "kiln route listening on ");
     let mut cmd = kiln();
     cmd.env("KILN_STORE_URL", format!("file://{}/", dir.path().display()))
         .env("KILN_DEBUG_KINDS", "1")
@@ -133,6 +148,8 @@ async fn job_spans_are_exported_over_otlp_in_the_callers_trace() {
         .env("KILN_KAFKA_GROUP", "otlp-test")
         .env("KILN_KAFKA_SESSION_TIMEOUT_MS", "2000")
         .env("KILN_KAFKA_REVOKE_DRAIN_MS", "1000")
+        .env("KILN_ROUTER_URL", format!("{rbase}/v1/capacity"))
+        .env("KILN_ROUTER_INTERVAL_MS", "200")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
         .env("OTEL_EXPORTER_OTLP_HEADERS", "x-otlp-token=secret-123")
@@ -176,6 +193,23 @@ async fn job_spans_are_exported_over_otlp_in_the_callers_trace() {
     while !dir.path().join("jobs/otlp-kafka/result.json").exists() {
         assert!(start.elapsed() < Duration::from_secs(60), "the Kafka job was not run");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Through the router (503 until the worker's first capacity report arrives).
+    let start = Instant::now();
+    loop {
+        let r = client
+            .post(format!("{rbase}/v1/jobs"))
+            .header("traceparent", format!("00-{ROUTED_TRACE}-{HTTP_PARENT}-01"))
+            .body(json!({"id": "otlp-routed", "kind": "debug", "input": {}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the router never placed the job: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The exporter flushes on the way out.
@@ -224,4 +258,8 @@ async fn job_spans_are_exported_over_otlp_in_the_callers_trace() {
     assert_eq!(attr_str(&kafka, "job_id").as_deref(), Some("otlp-kafka"));
     assert_eq!(attr_str(&kafka, "kiln.route").as_deref(), Some("tier=container; via=kafka"));
     assert_eq!(attr_str(&kafka, "kiln.cache").as_deref(), Some("miss"));
+
+    let routed = job_span(ROUTED_TRACE);
+    let route = attr_str(&routed, "kiln.route").unwrap_or_default();
+    assert!(route.starts_with("tier=container; worker=") && route.contains("rule="), "the router's decision reached the worker: {route:?}");
 }

@@ -313,6 +313,92 @@ fn reads_stop_at_max_input_bytes_whatever_the_size_says() {
     assert_eq!((st, code(&r)), (413, "input_too_large"), "{r:#}");
 }
 
+/// What a slow client gets back on a raw connection: the response's first bytes, or
+/// nothing when the worker closed the connection without one. Panics when the connection is
+/// still open after `within` (the read timeout is the bound: no sleeping).
+fn answer_or_close(stream: &mut std::net::TcpStream, within: Duration) -> String {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the worker kept a slow connection open for {within:?} ({e}); read so far: {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn slow_and_oversized_clients_are_cut_off_without_holding_the_worker() {
+    use std::io::Write;
+    let f = Fixture::new("sec-slow");
+    let mut env = f.env();
+    for (k, v) in [
+        ("KILN_HTTP_HEADER_TIMEOUT_MS", "500"),
+        ("KILN_HTTP_BODY_TIMEOUT_MS", "500"),
+        ("KILN_HTTP_MAX_BODY_BYTES", "4096"),
+        ("KILN_CPU_SLOTS", "1"),
+        ("KILN_QUEUE_DEPTH", "1"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let mut s = Server::start(&env);
+    // A new connection per request: the worker closes idle connections after the header timeout.
+    s.client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(0).build().unwrap();
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let job = |id: &str| json!({"id": id, "kind": "debug", "input": {}});
+    // Slow clients: four stop halfway through their headers, four after 10 of 1000 body bytes.
+    let head = "POST /v1/jobs HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\n";
+    let mut half_headers = Vec::new();
+    let mut half_bodies = Vec::new();
+    for _ in 0..4 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        half_headers.push(c);
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(format!("{head}Content-Length: 1000\r\n\r\n{{\"id\": \"x").as_bytes()).unwrap();
+        half_bodies.push(c);
+    }
+    // With one slot and a queue of one, a job still runs while they stall.
+    let (st, r) = s.post(&job("while-slow"));
+    assert_eq!((st, r["status"].as_str()), (200, Some("succeeded")), "{r:#}");
+    for mut c in half_bodies {
+        let answer = answer_or_close(&mut c, Duration::from_secs(20));
+        assert!(answer.starts_with("HTTP/1.1 408"), "a stalled body gets 408: {answer:?}");
+        assert!(answer.contains("deadline_exceeded"), "{answer:?}");
+    }
+    for mut c in half_headers {
+        let answer = answer_or_close(&mut c, Duration::from_secs(20));
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "stalled headers: closed, or 408: {answer:?}");
+    }
+    // Oversized bodies (the limit is 4096), with a length and chunked (no length): 413 and no
+    // job. Each request is written at once and stays under 8 KiB, so the worker reads all of
+    // it and its close is a clean one (no reset that could swallow the answer).
+    let pad = "x".repeat(5000);
+    let body = format!("{{\"id\":\"big\",\"kind\":\"debug\",\"input\":{{\"pad\":\"{pad}\"}}}}");
+    let mut chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\n");
+    for part in pad.as_bytes().chunks(2000) {
+        chunked.push_str(&format!("{:x}\r\n{}\r\n", part.len(), String::from_utf8_lossy(part)));
+    }
+    chunked.push_str("0\r\n\r\n");
+    for req in [format!("{head}Content-Length: {}\r\n\r\n{body}", body.len()), chunked] {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        let answer = answer_or_close(&mut c, Duration::from_secs(20));
+        assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("input_too_large"), "{answer:?}");
+    }
+    let r = s.get("/v1/jobs/big", None);
+    assert_eq!(r.status().as_u16(), 404, "an oversized request made no job");
+    // And the worker still serves.
+    let (st, r) = s.post(&job("after"));
+    assert_eq!((st, r["status"].as_str()), (200, Some("succeeded")), "{r:#}");
+    let ok = s.get("/healthz", None);
+    assert_eq!(ok.status().as_u16(), 200);
+}
+
 #[test]
 fn tokens_guard_the_api_and_rotate() {
     let f = Fixture::new("sec-auth");

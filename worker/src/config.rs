@@ -164,6 +164,11 @@ pub struct HttpConfig {
     pub auth: AuthMode,
     /// Whether `/metrics` needs a token too (open by default).
     pub metrics_auth: bool,
+    /// Longest a client may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open); then the connection is closed.
+    pub header_timeout_ms: u64,
+    /// Longest a client may take to send a request's body; then it is answered 408.
+    pub body_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +349,8 @@ impl Default for Config {
                 tokens_file: None,
                 auth: AuthMode::Bearer,
                 metrics_auth: false,
+                header_timeout_ms: 30_000,
+                body_timeout_ms: 30_000,
             },
             scheduler: SchedulerConfig {
                 cpu_slots: 0,
@@ -507,6 +514,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HTTP_TOKENS_FILE", "http.tokens_file"),
     ("HTTP_AUTH", "http.auth"),
     ("HTTP_METRICS_AUTH", "http.metrics_auth"),
+    ("HTTP_HEADER_TIMEOUT_MS", "http.header_timeout_ms"),
+    ("HTTP_BODY_TIMEOUT_MS", "http.body_timeout_ms"),
     ("SOURCES_ALLOW", "sources.allow"),
     ("OUTPUTS_ALLOW", "outputs.allow"),
     ("SOURCES_HTTP_TIMEOUT_MS", "sources.http_timeout_ms"),
@@ -608,6 +617,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.addr.parse::<SocketAddr>().map_err(|e| invalid("http.addr", format!("{:?} is not host:port ({e})", self.http.addr)))?;
+        if self.http.header_timeout_ms == 0 || self.http.body_timeout_ms == 0 {
+            return Err(invalid("http", "header_timeout_ms and body_timeout_ms must be positive"));
+        }
         if let Some(u) = &self.store.url {
             let url = Url::parse(u).map_err(|e| invalid("store.url", format!("{u:?} is not a URL ({e})")))?;
             match url.scheme() {

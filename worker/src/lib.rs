@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "debug-kind")]
 pub mod debug_kind;
+pub mod http_server;
 pub mod jobtable;
 pub mod modes;
 pub mod otel;

@@ -151,10 +151,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let stop_http = CancellationToken::new();
     let app = http::router(http::AppState { rt: rt.clone(), reporter: reporter.clone() });
-    let server = tokio::spawn({
-        let stop = stop_http.clone();
-        async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
-    });
+    let header_timeout = Duration::from_millis(rt.config().http.header_timeout_ms);
+    let server = tokio::spawn(crate::http_server::serve(listener, app, header_timeout, stop_http.clone()));
     let stop_publish = CancellationToken::new();
     let advertise = rt.config().route.advertise_url.clone();
     let router_url = router_url.map(|url| crate::route::report_url(&url, local, advertise.as_deref()));
@@ -201,8 +199,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     stop_http.cancel();
     let http_wait = (tokio::time::Instant::now() + Duration::from_secs(2)).min(wrap_up + Duration::from_secs(1));
     match tokio::time::timeout_at(http_wait, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "HTTP server task failed"),
         Err(_) => warn!("open connections did not close in time; exiting anyway"),
     }

@@ -206,7 +206,8 @@ fn send_shadow(st: &Arc<RouteState>, job: &Job, decision: &Decision, span: traci
                     return;
                 };
                 lock(&st.view).placed(&worker, now_ms());
-                matches!(attempt(&st, &url, &copy, false).await, Attempt::Done(r) if r.status().is_success())
+                let route = format!("tier=container; worker={worker}; rule=dual; shadow=1");
+                matches!(attempt(&st, &url, &copy, false, &route).await, Attempt::Done(r) if r.status().is_success())
             }
         };
         let secs = started.elapsed().as_secs_f64();
@@ -286,7 +287,8 @@ async fn run_attempts(st: Arc<RouteState>, job: Job, decision: Decision) -> Resp
                     tried.push(worker.clone());
                     attempts += 1;
                     lock(&st.view).placed(&worker, now_ms());
-                    let outcome = attempt(&st, &url, &job, job.sse || job.asynchronous).await;
+                    let route = route_value(&decision, Some((Tier::Container, &worker)), attempts, &notes);
+                    let outcome = attempt(&st, &url, &job, job.sse || job.asynchronous, &route).await;
                     match outcome {
                         Attempt::Done(resp) => {
                             lock(&st.jobs).insert(&job.id, &url);
@@ -410,16 +412,22 @@ async fn invoke(st: &RouteState, invoker: &Invoker, job: &Job) -> Result<(Respon
 /// `x-kiln-route` on the client's answer: where it ran (`tier=none` when nowhere; `worker`
 /// is the container worker or the function instance), where it was placed, the rule, the
 /// attempts and what went wrong on the way.
-fn route_header(resp: &mut Response, decision: &Decision, ran: Option<(Tier, &str)>, attempts: usize, notes: &[&str]) {
+/// The `x-kiln-route` value: where the job ran (or runs) and why. The router answers with it
+/// and sends it to the worker, whose job span records it (`kiln.route`).
+fn route_value(decision: &Decision, ran: Option<(Tier, &str)>, attempts: usize, notes: &[&str]) -> String {
     let note = if notes.is_empty() { String::new() } else { format!("; note={}", notes.join(",")) };
-    let value = format!(
+    format!(
         "tier={}; worker={}; rule={}; placed={}; attempts={attempts}; policy={}{note}",
         ran.map_or("none", |(t, _)| t.as_str()),
         ran.map_or("", |(_, w)| w),
         decision.rule(),
         decision.target.tier.as_str(),
         decision.policy_version
-    );
+    )
+}
+
+fn route_header(resp: &mut Response, decision: &Decision, ran: Option<(Tier, &str)>, attempts: usize, notes: &[&str]) {
+    let value = route_value(decision, ran, attempts, notes);
     if let Ok(v) = HeaderValue::from_str(&value) {
         resp.headers_mut().insert("x-kiln-route", v);
     }
@@ -485,10 +493,14 @@ pub async fn to_owner(st: Arc<RouteState>, method: reqwest::Method, id: &str, pa
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
-/// One try on one worker.
-async fn attempt(st: &RouteState, url: &str, job: &Job, streaming: bool) -> Attempt {
-    let mut req =
-        st.client.post(format!("{url}/v1/jobs")).header(header::CONTENT_TYPE.as_str(), "application/json").body(job.body.clone());
+/// One try on one worker; `route` goes along as its `x-kiln-route` header.
+async fn attempt(st: &RouteState, url: &str, job: &Job, streaming: bool, route: &str) -> Attempt {
+    let mut req = st
+        .client
+        .post(format!("{url}/v1/jobs"))
+        .header(header::CONTENT_TYPE.as_str(), "application/json")
+        .header("x-kiln-route", route)
+        .body(job.body.clone());
     for name in PASSED_TO_WORKER {
         for v in job.headers.get_all(name) {
             req = req.header(name, v.as_bytes());

@@ -117,7 +117,12 @@ impl RouteState {
             )),
             None => None,
         };
-        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            // Below the workers' default `http.header_timeout_ms` (30 s), after which they
+            // close an idle connection: a pooled one is dropped here first.
+            .pool_idle_timeout(Duration::from_secs(20))
+            .build()?;
         Ok(RouteState {
             jobs: Mutex::new(JobMap::new(cfg.job_map_size)),
             cfg,

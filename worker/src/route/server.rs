@@ -33,6 +33,7 @@ pub fn router(st: Arc<RouteState>, http: &crate::config::HttpConfig) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(crate::http_server::BodyLimits::from_config(http), crate::http_server::read_body))
         .layer(axum::middleware::from_fn_with_state(crate::auth::for_config(http), crate::auth::require))
         .with_state(st)
 }
@@ -92,10 +93,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let topic_reader = tokio::spawn(super::capacity_topic::consume(st.clone(), cfg.kafka.clone(), stop_topic.clone()));
     let stop = CancellationToken::new();
     let app = router(st, &cfg.http);
-    let server = tokio::spawn({
-        let stop = stop.clone();
-        async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
-    });
+    let header_timeout = std::time::Duration::from_millis(cfg.http.header_timeout_ms);
+    let server = tokio::spawn(crate::http_server::serve(listener, app, header_timeout, stop.clone()));
     crate::signals::shutdown_signal().await;
     info!("stopping");
     watcher.abort();
@@ -103,10 +102,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = topic_reader.await;
     stop.cancel();
     match tokio::time::timeout(std::time::Duration::from_secs(10), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("open connections did not close in 10 s; exiting anyway"),
-        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(())) => {}
     }
     Ok(())
 }

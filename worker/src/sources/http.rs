@@ -6,6 +6,7 @@
 //! finished job follows its result code ([`crate::sinks::status_for`]).
 
 use crate::capacity::Reporter;
+use crate::http_server::BodyLimits;
 use crate::runtime::{Admission, Lookup, Runtime};
 use crate::sinks::http as answer;
 use crate::tracectx::TraceContext;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(BodyLimits::from_config(&state.rt.config().http), crate::http_server::read_body))
         .layer(axum::middleware::from_fn_with_state(crate::auth::for_config(&state.rt.config().http), crate::auth::require))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
