@@ -273,7 +273,7 @@ fn deadline_cancel_and_overload_on_real_media_jobs() {
     std::fs::create_dir_all(d).unwrap();
     let clip = d.join("clip.mp4");
     let st = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=6"])
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=30"])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
         .arg(&clip)
         .status()
@@ -323,8 +323,9 @@ fn deadline_cancel_and_overload_on_real_media_jobs() {
         (status, retry_after, body)
     };
 
-    // Deadlines: a transcode that cannot finish in 300 ms, a thumbnail and a render in 1 ms.
-    for env in [transcode("tc-deadline", Some(300)), thumbnail("th-deadline", Some(1)), render("rd-deadline", Some(1))] {
+    // Deadlines: a transcode that cannot finish in 100 ms (30 s of video: ~290 ms for 6 s on
+    // an idle 2-core host), a thumbnail and a render in 1 ms.
+    for env in [transcode("tc-deadline", Some(100)), thumbnail("th-deadline", Some(1)), render("rd-deadline", Some(1))] {
         let (_, _, r) = post(&env, false);
         assert_eq!(r["error"]["code"], "deadline_exceeded", "{r}");
     }
