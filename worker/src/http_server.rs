@@ -8,12 +8,14 @@
 //! arrived, so a slow client never holds a job slot.
 
 use crate::config::HttpConfig;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
@@ -46,25 +48,77 @@ fn refusal(status: StatusCode, code: &str, message: String) -> Response {
     resp
 }
 
+/// After a too-large body, how much more of it is read and dropped, and for how long, so a
+/// client still sending gets the 413 rather than a reset connection (nginx's lingering close).
+const LINGER_BYTES: usize = 64 << 20;
+const LINGER: Duration = Duration::from_secs(2);
+
+enum Collected {
+    Whole(Bytes),
+    /// Over the limit: the rest of the body, not read yet.
+    TooLarge(Body),
+    Broken(axum::Error),
+}
+
+/// The body's bytes, up to `max`.
+async fn collect(mut body: Body, max: usize) -> Collected {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue, // trailers
+            },
+            Err(e) => return Collected::Broken(e),
+        };
+        if buf.len() + data.len() > max {
+            return Collected::TooLarge(body);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Collected::Whole(Bytes::from(buf))
+}
+
+/// Reads and drops what is left of a refused body, within [`LINGER`] and [`LINGER_BYTES`].
+async fn linger(mut body: Body) {
+    let drain = async {
+        let mut dropped = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            dropped += frame.data_ref().map_or(0, |d| d.len());
+            if dropped > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// Middleware (`from_fn_with_state(BodyLimits, read_body)`): reads the request body within
 /// its deadline and size limit, answering 408 `deadline_exceeded` or 413 `input_too_large`
-/// otherwise, then hands the handler the buffered body.
+/// otherwise (a declared `Content-Length` over the limit is refused without buffering), then
+/// hands the handler the buffered body.
 pub async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout(limits.timeout, axum::body::to_bytes(body, limits.max_bytes)).await {
+    let max = limits.max_bytes;
+    let too_large = || refusal(StatusCode::PAYLOAD_TOO_LARGE, "input_too_large", format!("the request body is over http.max_body_bytes ({max} bytes)"));
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        linger(body).await;
+        return too_large();
+    }
+    let bytes = match tokio::time::timeout(limits.timeout, collect(body, max)).await {
         Err(_) => {
             let ms = limits.timeout.as_millis();
             return refusal(StatusCode::REQUEST_TIMEOUT, "deadline_exceeded", format!("the request body did not arrive within http.body_timeout_ms ({ms} ms)"));
         }
-        Ok(Err(e)) => {
-            // `to_bytes` fails for a body over the limit or a broken connection.
-            let max = limits.max_bytes;
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                return refusal(StatusCode::PAYLOAD_TOO_LARGE, "input_too_large", format!("the request body is over http.max_body_bytes ({max} bytes)"));
-            }
+        Ok(Collected::TooLarge(rest)) => {
+            linger(rest).await;
+            return too_large();
+        }
+        Ok(Collected::Broken(e)) => {
             return refusal(StatusCode::BAD_REQUEST, "invalid_spec", format!("the request body could not be read: {e}"));
         }
-        Ok(Ok(b)) => b,
+        Ok(Collected::Whole(b)) => b,
     };
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
