@@ -173,7 +173,9 @@ def main():
     work = tempfile.mkdtemp(prefix="kiln-load-")
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     env = dict(os.environ, KILN_LOG="warn", KILN_STORE_URL=f"file://{work}/store/",
-               KILN_HTTP_ADDR=f"127.0.0.1:{port}", KILN_HTTP_MAX_BODY_BYTES=str(a.max_body))
+               KILN_HTTP_ADDR=f"127.0.0.1:{port}", KILN_HTTP_MAX_BODY_BYTES=str(a.max_body),
+               # `serve` reads only from the store and the allowlist (issue 19).
+               KILN_SOURCES_ALLOW=f"file://{PHOTOS}/")
     env.pop("KILN_CONFIG", None)
     proc = subprocess.Popen([a.bin, "serve"], env=env, stdout=subprocess.DEVNULL)
     ok = True

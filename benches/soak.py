@@ -36,7 +36,9 @@ def main():
     work = tempfile.mkdtemp(prefix="kiln-soak-")
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     env = dict(os.environ, KILN_LOG="warn", KILN_STORE_URL=f"file://{work}/store/",
-               KILN_HTTP_ADDR=f"127.0.0.1:{port}", KILN_QUEUE_DEPTH=str(a.concurrency * 4))
+               KILN_HTTP_ADDR=f"127.0.0.1:{port}", KILN_QUEUE_DEPTH=str(a.concurrency * 4),
+               # `serve` reads only from the store and the allowlist (issue 19).
+               KILN_SOURCES_ALLOW=f"file://{PHOTOS}/")
     proc = subprocess.Popen([a.bin, "serve"], env=env, stdout=subprocess.DEVNULL)
     samples, lat, done_at, errors = [], [], [], []
     stop = threading.Event()
