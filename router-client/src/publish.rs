@@ -29,6 +29,9 @@ impl HttpPublisher {
         let url = url.into();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
+            // `kiln route` closes connections idle for its `http.header_timeout_ms` (30 s by
+            // default); drop pooled ones before that rather than race the close.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .map_err(|source| PublishError::Http { url: url.clone(), source })?;
         Ok(HttpPublisher { client, url, token: None })
