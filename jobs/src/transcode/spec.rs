@@ -146,7 +146,9 @@ pub fn plan_ladder(ladder: &[RungSpec], src_height: u32, display_aspect: f64) ->
     let aspect = if display_aspect.is_finite() && display_aspect > 0.0 { display_aspect } else { 16.0 / 9.0 };
     kept.into_iter()
         .map(|(height, bitrate_kbps)| {
-            let width = (((height as f64 * aspect) / 2.0).round() as u32 * 2).max(2);
+            // Clamped: a hostile container can claim any display aspect (found by the
+            // `envelope` fuzz target: u32 overflow); the encoder then refuses the width.
+            let width = ((((height as f64 * aspect) / 2.0).round() as u32).min(u32::MAX / 2) * 2).max(2);
             PlannedRung { name: format!("{height}p"), width, height, bitrate_kbps }
         })
         .collect()
@@ -157,6 +159,18 @@ mod tests {
     use super::*;
     use crate::error::ErrorCode;
     use serde_json::json;
+
+    /// Regression (fuzz/artifacts envelope crash, 2026-12-03): an absurd source height and
+    /// display aspect overflowed the width computation.
+    #[test]
+    fn absurd_source_sizes_and_aspects_plan_without_overflow() {
+        let ladder = [RungSpec { height: 720, bitrate_kbps: 3000 }, RungSpec { height: 240, bitrate_kbps: 400 }];
+        for (h, aspect) in [(u32::MAX, 1e9), (1, 0.001), (1080, f64::MAX), (1080, f64::NAN), (2, 1e-300)] {
+            for r in plan_ladder(&ladder, h, aspect) {
+                assert!(r.width >= 2 && r.width % 2 == 0 && r.height >= 2, "{h} {aspect}: {r:?}");
+            }
+        }
+    }
 
     fn rungs(v: &[(u32, u32)]) -> Vec<RungSpec> {
         v.iter().map(|&(height, bitrate_kbps)| RungSpec { height, bitrate_kbps }).collect()
