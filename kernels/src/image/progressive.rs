@@ -185,6 +185,33 @@ mod tests {
         assert_eq!(max_diff, 0, "the pixels are the same");
     }
 
+    /// The fuzz finding of 2026-12-03 (`fuzz/regressions/progressive-2b0d82e9.jpg`): a
+    /// progressive JPEG with garbage inside an AC scan. libjpeg-turbo decodes the original with
+    /// a "Corrupt JPEG data" warning (which the thumbnailer accepts) and the garbage shifts a
+    /// few pixels of its 1/8 decode; the rewrite drops that scan and decodes cleanly. The
+    /// rewrite differs only where the original is corrupt.
+    #[test]
+    fn a_corrupt_ac_scan_is_where_the_rewrite_differs_and_it_decodes_cleanly() {
+        use turbojpeg::{Decompressor, PixelFormat};
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/progressive-2b0d82e9.jpg");
+        let data = std::fs::read(p).unwrap();
+        let slim = strip_for_eighth_scale(&data).expect("it is progressive with AC scans");
+        let h = read_header(&data).unwrap();
+        let raw = |bytes: &[u8]| {
+            let mut d = Decompressor::new().unwrap();
+            d.set_scaling_factor(ScalingFactor::new(1, 8)).unwrap();
+            let (w, hh) = (ScalingFactor::new(1, 8).scale(h.width as usize), ScalingFactor::new(1, 8).scale(h.height as usize));
+            let mut buf = vec![0u8; w * hh * 3];
+            let r = d.decompress(bytes, turbojpeg::Image { pixels: buf.as_mut_slice(), width: w, pitch: w * 3, height: hh, format: PixelFormat::RGB });
+            r.map_err(|e| e.to_string())
+        };
+        let warning = raw(&data).expect_err("the original carries a corrupt-data warning");
+        assert!(warning.contains("Corrupt JPEG data"), "{warning}");
+        raw(&slim).expect("the rewrite decodes without a warning");
+        // Both still decode through kiln's path (the warning is a benign one there).
+        assert_eq!(decode_eighth(&data).len(), decode_eighth(&slim).len());
+    }
+
     #[test]
     fn baseline_truncated_and_garbage_inputs_are_left_alone() {
         assert_eq!(strip_for_eighth_scale(&jpeg_bytes(64, 64, 80)), None, "baseline has no AC scans");
@@ -196,3 +223,4 @@ mod tests {
         assert_eq!(strip_for_eighth_scale(&[]), None);
     }
 }
+
