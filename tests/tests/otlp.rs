@@ -22,10 +22,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What the receiver got: each request's path, headers and decoded body.
+/// One request the receiver got: its path, headers and decoded body.
+type Export = (String, Vec<(String, String)>, ExportTraceServiceRequest);
+
+/// What the receiver got.
 #[derive(Default)]
 struct Received {
-    requests: Vec<(String, Vec<(String, String)>, ExportTraceServiceRequest)>,
+    requests: Vec<Export>,
 }
 
 /// An OTLP/HTTP receiver on 127.0.0.1 (HTTP/1.1 with keep-alive, protobuf bodies). Its

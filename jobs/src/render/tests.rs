@@ -317,8 +317,11 @@ fn an_interrupted_200_page_job_resumes_and_assembles_the_same_pdf() {
     }
 }
 
-/// Every image XObject of a document: (object id, width, height, filter, data).
-fn images_of(pdf: &[u8]) -> Vec<(lopdf::ObjectId, i64, i64, Vec<u8>, Vec<u8>)> {
+/// An image XObject: (object id, width, height, filter, data).
+type PdfImage = (lopdf::ObjectId, i64, i64, Vec<u8>, Vec<u8>);
+
+/// Every image XObject of a document.
+fn images_of(pdf: &[u8]) -> Vec<PdfImage> {
     let doc = lopdf::Document::load_mem(pdf).unwrap();
     let mut out: Vec<_> = doc
         .objects
