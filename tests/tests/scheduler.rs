@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 struct Server {
-    _proc: Proc,
+    proc: Proc,
     base: String,
     dir: PathBuf,
     http: reqwest::blocking::Client,
@@ -48,7 +48,7 @@ impl Server {
         }
         let (proc, base) = serve(&mut cmd);
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        let s = Server { _proc: proc, base, dir: dir.to_path_buf(), http };
+        let s = Server { proc, base, dir: dir.to_path_buf(), http };
         wait_for("ready", || s.get("/readyz").0 == 200);
         s
     }
@@ -301,4 +301,26 @@ fn without_a_gpu_the_report_lists_none_and_gpu_work_is_unsupported() {
     assert_eq!(s.get("/v1/capacity").1["gpus"], json!([]));
     let (code, r) = s.run(&json!({"id": "g", "kind": "debug", "input": {"gpu_mb": 1}}));
     assert_eq!((code, r["error"]["code"].as_str()), (422, Some("unsupported")), "{r}");
+}
+
+/// `THP_enabled` from /proc/PID/status: whether transparent huge pages may back the process.
+fn thp_enabled(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Issue 15: the worker turns transparent huge pages off for itself (freed job buffers came
+/// back as fresh 2 MiB pages, through direct compaction, and counted whole in RSS);
+/// `MIMALLOC_ALLOW_THP` set in the environment leaves them as the system has them.
+#[test]
+fn the_worker_runs_without_transparent_huge_pages_unless_told_otherwise() {
+    let default = Server::start(&tmp("thp-off"), None, &[]);
+    let allowed = Server::start(&tmp("thp-on"), None, &[("MIMALLOC_ALLOW_THP", "1")]);
+    let on = thp_enabled(allowed.proc.id()).expect("THP_enabled in /proc/PID/status");
+    assert_eq!(thp_enabled(default.proc.id()), Some(0), "the default worker may get transparent huge pages");
+    if std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+        assert_eq!(on, 1, "MIMALLOC_ALLOW_THP=1 should leave transparent huge pages on");
+    }
+    // Both still serve.
+    assert_eq!(default.run(&json!({"id": "t", "kind": "debug", "input": {}})).0, 200);
 }
