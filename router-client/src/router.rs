@@ -27,12 +27,12 @@
 //!    while its kind's sustained rate is above the price crossing goes to a container
 //!    worker with a free slot and no latency pressure: `cost: {kind} {rps} req/s > crossing
 //!    {x} req/s; container {worker} has a free slot`.
-//! 7b. Exercised fallback: `exercise: fallback {tier} (share {share})`, only when the
-//!     fallback is in a state to take it: not when it is loaded (a container fallback with no
-//!     free slot on its best worker, a serverless fallback past its overflow queue depth):
-//!     `exercise skipped: fallback {tier} loaded ({why})`; and a degraded fallback (its p95
-//!     over the kind's overflow threshold or the deadline) gets a tenth of the share, enough
-//!     samples to see it recover: `exercise skipped: fallback {tier} degraded ({why})`.
+//!    (7b) Exercised fallback: `exercise: fallback {tier} (share {share})`, only when the
+//!    fallback is in a state to take it: not when it is loaded (a container fallback with no
+//!    free slot on its best worker, a serverless fallback past its overflow queue depth):
+//!    `exercise skipped: fallback {tier} loaded ({why})`; and a degraded fallback (its p95
+//!    over the kind's overflow threshold or the deadline) gets a tenth of the share, enough
+//!    samples to see it recover: `exercise skipped: fallback {tier} degraded ({why})`.
 //! 8. Cold-start override: `cold-start override: {function} has no idle warm instance (warm
 //!    {n}, in flight {m}); container {worker} {ms} ms < {cold} ms`.
 //! 9. Dual routing: `dual: also {tier} (share {share})`.
