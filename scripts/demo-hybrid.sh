@@ -22,6 +22,7 @@ PHOTOS="$ROOT/data/mate-backgrounds/usr/share/backgrounds/mate/nature"
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() {
+  stop_started
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
