@@ -266,3 +266,79 @@ async fn job_spans_are_exported_over_otlp_in_the_callers_trace() {
     let route = attr_str(&routed, "kiln.route").unwrap_or_default();
     assert!(route.starts_with("tier=container; worker=") && route.contains("rule="), "the router's decision reached the worker: {route:?}");
 }
+
+const LAMBDA_TRACE: &str = "5a6b7c8d9e0f11223344556677889900";
+
+/// Issue 16: a job `kiln route` places on the serverless tier joins the caller's trace too.
+/// The router passes the trace context and its decision in the invocation's payload (an
+/// HTTP-shaped event), which reaches the function through the Lambda Invoke API and
+/// cargo-lambda's emulator; the function's exported job span sits in the caller's trace with
+/// the router's decision and the serverless tier on it.
+#[test]
+fn a_job_routed_to_the_function_joins_the_callers_trace() {
+    let (endpoint, got) = receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}/store/", dir.path().display());
+    let function = kiln_tests::lambda::Function::start(&[
+        ("KILN_STORE_URL", store.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_SERVICE_NAME", "kiln-otlp-lambda"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"exercise_share": 0.0, "dual_share": 0.0, "cold_start_override": {"enabled": false},
+            "serverless": {"function": "_"}, "kinds": {"thumbnail": {"primary": "serverless", "fallback": "container"}}}"#,
+    )
+    .unwrap();
+    let mut rcmd = kiln();
+    rcmd.arg("route")
+        .env("KILN_HTTP_ADDR", "127.0.0.1:0")
+        .env("KILN_ROUTE_POLICY", &policy)
+        .env("KILN_ROUTE_LAMBDA", function.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .current_dir(dir.path());
+    let (_router, rbase) = spawn_listening(&mut rcmd, "kiln route listening on ");
+    wait_ready(&rbase, Duration::from_secs(30));
+    let photo = kiln_tests::workspace_root().join("data/mate-backgrounds/usr/share/backgrounds/mate/nature/Garden.jpg");
+    assert!(photo.exists(), "{} (scripts/fetch-photos.sh)", photo.display());
+    let job = json!({"id": "otlp-lambda", "kind": "thumbnail", "input": {"source": photo,
+        "outputs": [{"name": "64.jpg", "width": 64, "height": 64, "fit": "inside", "format": "jpeg"}]}});
+    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let r = c
+        .post(format!("{rbase}/v1/jobs"))
+        .header("traceparent", format!("00-{LAMBDA_TRACE}-{HTTP_PARENT}-01"))
+        .body(job.to_string())
+        .send()
+        .unwrap();
+    let route = r.headers().get("x-kiln-route").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["worker"]["tier"], "serverless", "ran on the function: {v} ({route})");
+    assert!(v["lambda"]["instance_id"].is_string(), "the client gets the function's result, unwrapped: {v}");
+
+    // The function's exporter sends its spans on its schedule (100 ms here).
+    let start = Instant::now();
+    let span = loop {
+        if let Some(s) = spans(&got).into_iter().find(|s| s.name == "job" && hex(&s.trace_id) == LAMBDA_TRACE) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no job span in the caller's trace was exported by the function");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(attr_str(&span, "job_id").as_deref(), Some("otlp-lambda"));
+    assert_eq!(attr_str(&span, "kiln.tier").as_deref(), Some("serverless"));
+    assert!(attr_num(&span, "kiln.cold_start_ms").is_some_and(|ms| ms > 0.0), "the first invocation's cold start: {:?}", span.attributes);
+    let decision = attr_str(&span, "kiln.route").unwrap_or_default();
+    assert!(decision.starts_with("tier=serverless; worker=_") && decision.contains("rule=primary"), "the router's decision reached the function: {decision:?}");
+    let parent = hex(&span.parent_span_id);
+    assert!(!parent.is_empty() && parent != HTTP_PARENT, "the job span's parent is the router's span (a child of the caller's): {parent}");
+}

@@ -197,7 +197,10 @@ fn send_shadow(st: &Arc<RouteState>, job: &Job, decision: &Decision, span: traci
         let tier = target.tier;
         let ok = match tier {
             Tier::Serverless => match st.invoker.as_ref() {
-                Some(invoker) => invoke(&st, invoker, &copy).await.is_ok(),
+                Some(invoker) => {
+                    let route = format!("tier=serverless; worker={}; rule=dual; shadow=1", copy.function);
+                    invoke(&st, invoker, &copy, &route).await.is_ok()
+                }
                 None => return,
             },
             Tier::Container => {
@@ -265,7 +268,8 @@ async fn run_attempts(st: Arc<RouteState>, job: Job, decision: Decision) -> Resp
                     continue;
                 };
                 attempts += 1;
-                match invoke(&st, invoker, &job).await {
+                let route = route_value(&decision, Some((Tier::Serverless, &job.function)), attempts, &notes);
+                match invoke(&st, invoker, &job, &route).await {
                     Ok((resp, instance)) => {
                         return finish(&st, &job, &decision, resp, Tier::Serverless, &instance, attempts, &notes)
                     }
@@ -374,11 +378,19 @@ fn finish(
 }
 
 /// One invocation of the job's function. `Ok`: the final answer and the instance that gave
-/// it; `Err`: why the other tier should try, and the answer to give if none is left.
-async fn invoke(st: &RouteState, invoker: &Invoker, job: &Job) -> Result<(Response, String), (&'static str, Option<Response>)> {
+/// it; `Err`: why the other tier should try, and the answer to give if none is left. The
+/// caller's trace context and `route` (the decision) travel as headers of an HTTP-shaped
+/// event ([`serverless::http_event`]), as they do to a container worker.
+async fn invoke(st: &RouteState, invoker: &Invoker, job: &Job, route: &str) -> Result<(Response, String), (&'static str, Option<Response>)> {
     lock(&st.view).invocation_started(&job.function);
     let timeout = Duration::from_millis(st.cfg.forward_timeout_ms);
-    let invoked = match invoker.invoke(&job.function, &job.body, timeout).await {
+    let traceparent = job.trace.as_ref().map(TraceContext::header);
+    let mut headers = vec![("x-kiln-route", route)];
+    if let Some(tp) = traceparent.as_deref() {
+        headers.push(("traceparent", tp));
+    }
+    let payload = serverless::http_event(&job.body, &headers);
+    let invoked = match invoker.invoke(&job.function, &payload, timeout).await {
         Ok(i) => i,
         Err(e) => {
             lock(&st.view).invocation_failed(&job.function);

@@ -5,7 +5,12 @@
 //! signature, but the SDK still needs some: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
 //!
 //! The payload is the job envelope as the client sent it (same id: a retry on the other tier
-//! is idempotent). The function's answer is kiln's result with its `lambda` facts
+//! is idempotent), carried as the body of an HTTP-shaped event (the function-URL payload,
+//! format 2.0: [`http_event`]) whose headers pass on what a container worker gets as HTTP
+//! headers: the caller's `traceparent` and the routing decision (`x-kiln-route`). Lambda's
+//! own carriers do not survive the local emulator (cargo-lambda drops `X-Amz-Client-Context`
+//! and replaces `X-Amzn-Trace-Id`), the payload does, there and on AWS. The function answers
+//! such an event with an HTTP-shaped response, unwrapped by [`parse_answer`]. The function's answer is kiln's result with its `lambda` facts
 //! (`cold_start`, `init_ms`, `invocation`, `instance_id`), which [`observation`] turns into
 //! the [`InvocationObservation`] that keeps the router's view of the warm pool. A function
 //! configured to stream (`lambda.response = stream`) answers NDJSON; its last line is the
@@ -22,6 +27,7 @@ use aws_sdk_lambda::operation::invoke::InvokeError;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use aws_sdk_lambda::Client;
+use base64::Engine as _;
 use kiln_jobs::JobResult;
 use kiln_router_client::InvocationObservation;
 use serde_json::Value;
@@ -91,9 +97,46 @@ pub fn observation(function: &str, invoked: &Invoked, finished_ms: u64) -> Invoc
     }
 }
 
-/// Reads the function's answer: one JSON result, or NDJSON events whose last line is the
-/// result (a streaming function).
+/// The invocation payload: `envelope` as the body of a function-URL event (payload format
+/// 2.0) with `headers`, which the function reads as it reads a function URL's request.
+pub fn http_event(envelope: &[u8], headers: &[(&str, &str)]) -> Vec<u8> {
+    let (body, b64) = match std::str::from_utf8(envelope) {
+        Ok(text) => (text.to_owned(), false),
+        Err(_) => (base64::engine::general_purpose::STANDARD.encode(envelope), true),
+    };
+    let headers: serde_json::Map<String, Value> =
+        headers.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).chain([("content-type".to_owned(), Value::from("application/json"))]).collect();
+    let event = serde_json::json!({
+        "version": "2.0",
+        "rawPath": "/v1/jobs",
+        "headers": headers,
+        "requestContext": {"http": {"method": "POST", "path": "/v1/jobs"}},
+        "body": body,
+        "isBase64Encoded": b64,
+    });
+    serde_json::to_vec(&event).unwrap_or_default()
+}
+
+/// Reads the function's answer: one JSON result, an HTTP-shaped response carrying it (the
+/// answer to [`http_event`]), or NDJSON events whose last line is the result (a streaming
+/// function).
 pub fn parse_answer(payload: &[u8]) -> Result<Invoked, InvokeFailure> {
+    if let Ok(v) = serde_json::from_slice::<Value>(payload) {
+        if let (Some(_), Some(Value::String(inner))) = (v.get("statusCode"), v.get("body")) {
+            if v.get("isBase64Encoded").and_then(Value::as_bool) == Some(true) {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(inner)
+                    .map_err(|e| InvokeFailure::Function(format!("the answer's body is not valid base64: {e}")))?;
+                return parse_result(&bytes);
+            }
+            return parse_result(inner.as_bytes());
+        }
+    }
+    parse_result(payload)
+}
+
+/// A kiln result, or NDJSON events whose last line is one.
+fn parse_result(payload: &[u8]) -> Result<Invoked, InvokeFailure> {
     let body: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
         Err(_) => {
@@ -206,7 +249,31 @@ mod tests {
         assert!(!inv.cold_start());
         assert!(inv.body.get("event").is_none());
 
+        // The answer to an HTTP-shaped event: the result in the response's body.
+        let http = serde_json::json!({"statusCode": 200, "headers": {"content-type": "application/json"}, "body": buffered});
+        let inv = parse_answer(http.to_string().as_bytes()).unwrap();
+        assert_eq!(inv.result.id, "j");
+        assert_eq!(inv.instance_id(), "i-1");
+        assert_eq!(inv.body["lambda"]["cold_start"], true, "the client gets the inner result");
+        let b64 = serde_json::json!({"statusCode": 422, "body": base64::engine::general_purpose::STANDARD.encode(&buffered), "isBase64Encoded": true});
+        assert_eq!(parse_answer(b64.to_string().as_bytes()).unwrap().result.id, "j");
+        let bad = serde_json::json!({"statusCode": 502, "body": "gateway trouble"});
+        assert!(matches!(parse_answer(bad.to_string().as_bytes()), Err(InvokeFailure::Function(_))));
+
         assert!(matches!(parse_answer(b"not json"), Err(InvokeFailure::Function(_))));
         assert!(matches!(parse_answer(br#"{"errorMessage":"boom"}"#), Err(InvokeFailure::Function(_))));
+    }
+
+    #[test]
+    fn the_event_carries_the_envelope_and_the_headers() {
+        let env = br#"{"id":"j","kind":"debug","input":{}}"#;
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let ev: Value = serde_json::from_slice(&http_event(env, &[("traceparent", tp), ("x-kiln-route", "tier=serverless; worker=f")])).unwrap();
+        assert_eq!(ev["body"].as_str().map(str::as_bytes), Some(&env[..]));
+        assert_eq!(ev["isBase64Encoded"], false);
+        assert_eq!((ev["headers"]["traceparent"].as_str(), ev["headers"]["x-kiln-route"].as_str()), (Some(tp), Some("tier=serverless; worker=f")));
+        // Bytes that are not UTF-8 go as base64.
+        let ev: Value = serde_json::from_slice(&http_event(&[0xff, 0xfe], &[])).unwrap();
+        assert_eq!((ev["body"].as_str(), ev["isBase64Encoded"].as_bool()), (Some("//4="), Some(true)));
     }
 }
