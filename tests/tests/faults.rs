@@ -5,7 +5,9 @@
 //! - `kill -9` of a Kafka-consuming `kiln serve` in a loop, restarted each time with the same
 //!   `kafka.instance_id` (static membership), with the tally printed: jobs produced, results,
 //!   duplicates, lost (none may be lost). `KILN_KILL_LOOP_KILLS` and `KILN_KILL_LOOP_JOBS`
-//!   size the ignored long version that benches/kill_loop.sh runs (50 kills).
+//!   size the ignored long version that benches/kill_loop.sh runs (50 kills);
+//! - deadline, cancel and overload on real media jobs: thumbnail, transcode, render, and infer
+//!   (the real detector through ONNX Runtime, cut mid-decode and mid-batch-wait).
 
 use kiln_tests::broker::Broker;
 use kiln_tests::proc::{kiln, serve, wait_ready, Proc};
@@ -450,4 +452,158 @@ fn a_transcode_killed_mid_ladder_resumes_on_another_worker_with_a_continuous_pla
         let span = t[t.len() - 1] - t[0] + frame;
         assert!((span - secs as f64).abs() < 2.0 * frame, "{v}: {span:.3} s of video");
     }
+}
+
+/// `GET {base}/metrics`: the value of an unlabelled gauge.
+fn gauge(client: &reqwest::blocking::Client, base: &str, name: &str) -> Option<f64> {
+    let text = client.get(format!("{base}/metrics")).send().ok()?.text().ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls (bounded: 60 s) until `cond` holds; `what` names it in the failure.
+fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The same detections (labels; scores and boxes within what batching changes in float
+/// sums: a batch of three and a batch of one need not agree to the last bit).
+fn same_detections(got: &Value, want: &Value) {
+    let (g, w) = (got.as_array().expect("detections"), want.as_array().expect("detections"));
+    assert_eq!(g.len(), w.len(), "{got} vs {want}");
+    for (a, b) in g.iter().zip(w) {
+        assert_eq!(a["label"], b["label"], "{got} vs {want}");
+        assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-3, "{got} vs {want}");
+        for k in 0..4 {
+            assert!((a["box"][k].as_f64().unwrap() - b["box"][k].as_f64().unwrap()).abs() < 1.0, "{got} vs {want}");
+        }
+    }
+}
+
+/// Deadline, cancel and overload on the infer kind (the real detector, nudenet's 320n.onnx,
+/// through ONNX Runtime; scripts/fetch-tools.sh), landing mid-job on both of infer's waits:
+/// decoding images on the job's thread (holding a CPU slot) and waiting for a batch on the
+/// model's thread (without one). `max_delay_ms` is the longest allowed (10 s), so a batch
+/// waits as long as a job that announced itself is still decoding: job `long` decodes 256
+/// large JPEGs, and every one-image job behind it waits in the batch `long` will join.
+/// Two CPU slots, two job threads, a queue of one.
+#[test]
+fn deadline_cancel_and_overload_on_a_real_infer_job() {
+    let tools = kiln_tests::workspace_root().join(".tools");
+    let (ort, model) = (tools.join("onnxruntime/libonnxruntime.so"), tools.join("models/320n.onnx"));
+    assert!(ort.exists() && model.exists(), "{} / {} missing: run scripts/fetch-tools.sh", ort.display(), model.display());
+    let mate = kiln_tests::data_dir().join("mate-backgrounds/usr/share/backgrounds/mate");
+    let (big, small) = (mate.join("abstract/Elephants_5640x3172.jpg"), mate.join("nature/Dune.jpg"));
+    assert!(big.exists() && small.exists(), "photos missing under {} (scripts/fetch-photos.sh)", mate.display());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kiln.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[infer]\nort_dylib = {:?}\n[[models]]\nname = \"detector\"\nuri = {:?}\ntask = \"detect\"\ninput_size = [320, 320]\n\
+             letterbox = true\npad_align = \"top_left\"\nscale = 255.0\nscore_threshold = 0.05\nmax_batch = 16\nmax_delay_ms = 10000\nwarm = true\n",
+            ort.display().to_string(),
+            format!("file://{}", model.display())
+        ),
+    )
+    .unwrap();
+    let mut cmd = kiln();
+    cmd.env("KILN_CONFIG", &cfg)
+        .env("KILN_STORE_URL", format!("file://{}/store/", dir.path().display()))
+        .env("KILN_SOURCES_ALLOW", format!("file://{}/", mate.display()))
+        .env("KILN_LOG", "warn")
+        .env("KILN_CPU_SLOTS", "2")
+        .env("KILN_JOB_THREADS", "2")
+        .env("KILN_QUEUE_DEPTH", "1")
+        .env_remove("KILN_DEBUG_KINDS")
+        .current_dir(dir.path())
+        .stderr(Stdio::inherit());
+    let (_w, base) = serve(&mut cmd);
+    wait_ready(&base, Duration::from_secs(60));
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let infer = |id: &str, images: Vec<String>, deadline: Option<u64>| {
+        let mut env = json!({"id": id, "kind": "infer", "input": {"model": "detector", "images": images}});
+        if let Some(ms) = deadline {
+            env["deadline_ms"] = json!(ms);
+        }
+        env
+    };
+    let one = || vec![format!("file://{}", small.display())];
+    let post = |env: &Value, asynchronous: bool| {
+        let mut req = client.post(format!("{base}/v1/jobs")).body(env.to_string());
+        if asynchronous {
+            req = req.header("prefer", "respond-async");
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        let retry_after = r.headers().get("retry-after").is_some();
+        let body: Value = r.json().unwrap();
+        (status, retry_after, body)
+    };
+    let status_of = |id: &str| -> String {
+        let v: Value = client.get(format!("{base}/v1/jobs/{id}")).send().unwrap().json().unwrap();
+        v["status"].as_str().unwrap_or_default().to_owned()
+    };
+
+    // A control: one image, answered at once (nothing else announced, so no batch waits).
+    let (status, _, r) = post(&infer("warm", one(), None), false);
+    assert_eq!((status, r["status"].as_str()), (200, Some("succeeded")), "{r}");
+    let solo_ms = r["timings"]["run_ms"].as_f64().unwrap_or(0.0);
+    let detections = r["inference"][0]["detections"].clone();
+    assert!(detections.is_array(), "{r}");
+
+    // `long`: 256 large JPEGs, decoded one by one on the job's thread (its CPU slot held).
+    let long: Vec<String> = (0..256).map(|_| format!("file://{}", big.display())).collect();
+    assert_eq!(post(&infer("long", long, None), true).0, 202);
+    poll(&client, &base, "long", |s| s == "running" || terminal(s));
+    assert_eq!(status_of("long"), "running");
+
+    // Deadline while waiting for a batch: the one image decodes at once, then its batch waits
+    // for `long` (up to 10 s); the deadline (1.5 s) ends the job, not the batch window.
+    let t = Instant::now();
+    let (status, _, r) = post(&infer("dl", one(), Some(1500)), false);
+    let took = t.elapsed();
+    assert_eq!((status, r["error"]["code"].as_str()), (504, Some("deadline_exceeded")), "{r}");
+    assert!(took < Duration::from_secs(8), "the deadline answered after {took:?}: the batch window, not the deadline, ended it");
+    assert_eq!(status_of("long"), "running", "`long` ended before the deadline case could land mid-job");
+
+    // Cancel while waiting for a batch, and overload meanwhile: `held` waits in the batch
+    // without a CPU slot but with its job thread; `queued` finds no thread and waits in the
+    // queue; the next job finds the queue full: 503 + Retry-After.
+    assert_eq!(post(&infer("held", one(), None), true).0, 202);
+    poll_until("`held` waiting for its batch", || status_of("held") == "running" && gauge(&client, &base, "kiln_jobs_waiting") == Some(1.0));
+    assert_eq!(post(&infer("queued", one(), None), true).0, 202);
+    let (status, retry_after, r) = post(&infer("refused", one(), None), false);
+    assert_eq!((status, r["error"]["code"].as_str()), (503, Some("overloaded")), "{r}");
+    assert!(retry_after, "503 carries Retry-After");
+    let t = Instant::now();
+    assert!(client.delete(format!("{base}/v1/jobs/held")).send().unwrap().status().is_success());
+    let r = poll(&client, &base, "held", terminal);
+    assert_eq!((r["status"].as_str(), r["error"]["code"].as_str()), (Some("cancelled"), Some("cancelled")), "{r}");
+    let cancel_took = t.elapsed();
+    assert!(cancel_took < Duration::from_secs(5), "a job waiting for its batch took {cancel_took:?} to answer a cancel");
+
+    // Cancel mid-decode: `long` is still decoding (its images hold its batch open); once it
+    // is cancelled, nobody is on the way and the batch `queued` waits in runs.
+    assert_eq!(status_of("long"), "running", "`long` ended before it could be cancelled mid-job");
+    assert!(client.delete(format!("{base}/v1/jobs/long")).send().unwrap().status().is_success());
+    let r = poll(&client, &base, "long", terminal);
+    assert_eq!((r["status"].as_str(), r["error"]["code"].as_str()), (Some("cancelled"), Some("cancelled")), "{r}");
+    let r = poll(&client, &base, "queued", terminal);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    same_detections(&r["inference"][0]["detections"], &detections);
+
+    // Still serving, nothing leaked: every slot and thread comes back, and a lone job is
+    // answered without waiting for a batch.
+    poll_until("every CPU slot free", || gauge(&client, &base, "kiln_cpu_slots_busy") == Some(0.0) && gauge(&client, &base, "kiln_jobs_started") == Some(0.0));
+    let (status, _, r) = post(&infer("after", one(), None), false);
+    assert_eq!((status, r["status"].as_str()), (200, Some("succeeded")), "{r}");
+    same_detections(&r["inference"][0]["detections"], &detections);
+    eprintln!(
+        "infer faults: a lone job {solo_ms:.0} ms; deadline 1.5 s answered after {took:?}; cancel in a batch wait answered after {cancel_took:?}; after: {:.0} ms",
+        r["timings"]["run_ms"].as_f64().unwrap_or(0.0)
+    );
 }
