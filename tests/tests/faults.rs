@@ -8,6 +8,8 @@
 //!   size the ignored long version that benches/kill_loop.sh runs (50 kills);
 //! - deadline, cancel and overload on real media jobs: thumbnail, transcode, render, and infer
 //!   (the real detector through ONNX Runtime, cut mid-decode and mid-batch-wait).
+//! - SIGTERM under Kafka load with real jobs: what the grace cannot finish is handed back
+//!   (no result, no commit) and a second consumer finishes it, a render resuming its pages.
 
 use kiln_tests::broker::Broker;
 use kiln_tests::proc::{kiln, serve, wait_ready, Proc};
@@ -606,4 +608,160 @@ fn deadline_cancel_and_overload_on_a_real_infer_job() {
         "infer faults: a lone job {solo_ms:.0} ms; deadline 1.5 s answered after {took:?}; cancel in a batch wait answered after {cancel_took:?}; after: {:.0} ms",
         r["timings"]["run_ms"].as_f64().unwrap_or(0.0)
     );
+}
+
+/// A page of a render that takes a while on the CPU (a photo composited, rotated, under a
+/// translucent rectangle and text), so a SIGTERM lands mid-document.
+fn heavy_page(photo: &Path, i: usize) -> Value {
+    json!({"width": 900, "height": 1200, "dpi": 150, "background": "#fbfaf5", "layers": [
+        {"type": "image", "source": photo, "x": 60, "y": 60, "width": 780, "height": 520, "rotate": (i % 7) as f64},
+        {"type": "rect", "x": 40, "y": 640, "width": 820, "height": 200, "fill": "#ffcc0040", "stroke": "#333333", "stroke_width": 3},
+        {"type": "text", "x": 70, "y": 680, "text": format!("Page {i}"), "size": 48}
+    ]})
+}
+
+/// Units recorded in a filesystem store's `state.json` for job `id` (0 while there is none).
+fn recorded_units(store: &Path, id: &str) -> usize {
+    std::fs::read(store.join(format!("jobs/{id}/state.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|s| s["units"].as_object().map(|u| u.len()))
+        .unwrap_or(0)
+}
+
+/// SIGTERM on a Kafka-consuming `kiln serve` with a backlog of real jobs accepted: twelve
+/// AVIF thumbnails of a 3840×2160 photo and a 20-page render (checkpointed per page), two CPU
+/// slots, a queue of four, a 1.5 s grace. The worker stops taking messages, finishes what it
+/// can within the grace, and what it cannot (the render, mid-document) is neither answered
+/// nor acknowledged: its pages stay recorded and its offset uncommitted. It exits 0 within
+/// the grace plus a small bound. A second consumer in the same group then takes everything
+/// left; the whole results topic is counted per job id: none lost, none dead-lettered, every
+/// result a success, the render answered once and resumed from the pages the first worker
+/// recorded; a job answered twice only as at-least-once allows (finished behind the
+/// handed-back render on its partition, redelivered, its stored result published again).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_kafka_load_finishes_or_hands_back_every_job() {
+    let mate = kiln_tests::data_dir().join("mate-backgrounds/usr/share/backgrounds/mate");
+    let (big, page_photo) = (mate.join("abstract/Elephants_3840x2160.jpg"), mate.join("nature/Dune.jpg"));
+    assert!(big.exists() && page_photo.exists(), "photos missing under {} (scripts/fetch-photos.sh)", mate.display());
+    let broker = Broker::start(2).await;
+    let store = tempfile::tempdir().unwrap();
+    let grace = Duration::from_millis(1500);
+    let consumer = || {
+        let mut cmd = kiln();
+        cmd.env("KILN_STORE_URL", format!("file://{}/", store.path().display()))
+            .env("KILN_SOURCES_ALLOW", format!("file://{}/", mate.display()))
+            .env("KILN_KAFKA_BROKERS", &broker.addr)
+            .env("KILN_KAFKA_GROUP", "sigterm-load")
+            .env("KILN_KAFKA_SESSION_TIMEOUT_MS", "3000")
+            .env("KILN_KAFKA_REVOKE_DRAIN_MS", "1000")
+            .env("KILN_CPU_SLOTS", "2")
+            .env("KILN_QUEUE_DEPTH", "4")
+            .env("KILN_SHUTDOWN_GRACE_MS", grace.as_millis().to_string())
+            .env("KILN_ACCEL", "cpu")
+            .env("KILN_LOG", "warn")
+            .env_remove("KILN_DEBUG_KINDS")
+            .env_remove("KILN_CONFIG")
+            .stderr(Stdio::inherit());
+        serve(&mut cmd)
+    };
+    // The worker's gauges, read off the runtime (a blocking client refuses to run on it).
+    let gauge_of = |base: &str, name: &'static str| {
+        let base = base.to_owned();
+        std::thread::spawn(move || gauge(&reqwest::blocking::Client::new(), &base, name)).join().unwrap().unwrap_or(0.0)
+    };
+    let p = broker.producer();
+    let mut ids = Vec::new();
+    let render = json!({"id": "doc", "kind": "render",
+        "input": {"format": "pdf+png", "accel": "cpu", "pages": (0..20).map(|i| heavy_page(&page_photo, i)).collect::<Vec<_>>()}});
+    broker.produce(&p, "doc", render.to_string().as_bytes()).await;
+    ids.push("doc".to_owned());
+    for i in 0..12 {
+        let id = format!("thumb{i}");
+        let job = json!({"id": id, "kind": "thumbnail", "input": {"source": big,
+            "outputs": [{"name": "t.avif", "width": 1280, "height": 1280, "fit": "inside", "format": "avif"}]}});
+        broker.produce(&p, &id, job.to_string().as_bytes()).await;
+        ids.push(id);
+    }
+
+    let (mut first, base) = consumer();
+    // Under load: the render has recorded pages and still has most of its document to go,
+    // and jobs wait in the queue behind it and the thumbnail in the other slot.
+    let t = Instant::now();
+    while recorded_units(store.path(), "doc") < 2 || gauge_of(&base, "kiln_queue_depth") < 2.0 {
+        assert!(t.elapsed() < Duration::from_secs(90), "the render recorded {} pages", recorded_units(store.path(), "doc"));
+        assert!(first.child().try_wait().unwrap().is_none(), "the first worker ended on its own");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stored_before = stored(store.path());
+    let (started, queued) = (gauge_of(&base, "kiln_jobs_started"), gauge_of(&base, "kiln_queue_depth"));
+    let signalled = Instant::now();
+    first.signal("TERM");
+    let status = first.wait_timeout(grace + Duration::from_secs(10));
+    let exit_took = signalled.elapsed();
+    let status = status.unwrap_or_else(|| panic!("the worker still ran {exit_took:?} after SIGTERM (grace {grace:?})"));
+    assert_eq!(status.code(), Some(0), "a drain exits 0");
+    let recorded = recorded_units(store.path(), "doc");
+    assert!(recorded < 20, "the render finished within the grace: the SIGTERM did not land mid-job");
+    let on_first = broker.read_all("kiln.results").await;
+    for (_, v, _) in &on_first {
+        let r: Value = serde_json::from_slice(v).unwrap();
+        assert_eq!(r["status"], "succeeded", "the first worker answered a job it did not finish: {r}");
+    }
+    let answered_first = on_first.len();
+
+    // The second consumer takes what the first handed back.
+    let (mut second, _) = consumer();
+    let results = broker.reader("kiln.results");
+    let want: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    let got = tokio::task::spawn_blocking(move || {
+        kiln_tests::broker::collect(&results, |g| {
+            let seen: std::collections::BTreeSet<String> = g
+                .iter()
+                .filter_map(|(_, v, _)| serde_json::from_slice::<Value>(v).ok())
+                .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                .collect();
+            want.is_subset(&seen)
+        })
+    })
+    .await
+    .unwrap();
+    drop(got);
+    second.signal("TERM");
+    assert!(second.wait_timeout(grace + Duration::from_secs(10)).is_some_and(|s| s.success()), "the second worker did not drain");
+    let all = broker.read_all("kiln.results").await;
+    let mut per_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (_, v, _) in &all {
+        let r: Value = serde_json::from_slice(v).unwrap();
+        assert_eq!(r["status"], "succeeded", "{r}");
+        per_id.entry(r["id"].as_str().unwrap_or_default().to_owned()).or_default().push(r);
+    }
+    let duplicates: usize = per_id.values().map(|rs| rs.len() - 1).sum();
+    let lost = ids.iter().filter(|id| !per_id.contains_key(id.as_str())).count();
+    let dead_letters = broker.read_all("kiln.dlq").await.len();
+    eprintln!(
+        "sigterm under load: exited {exit_took:?} after SIGTERM (grace {grace:?}); produced {} jobs, answered by the first worker {answered_first} \
+         (at the signal: results stored {stored_before}, jobs started {started}, queued {queued}), render pages recorded {recorded}/20; \
+         results {} duplicates {duplicates} lost {lost} dead letters {dead_letters}",
+        ids.len(),
+        all.len()
+    );
+    assert_eq!(lost, 0, "{per_id:#?}");
+    assert_eq!(per_id.len(), ids.len(), "results for ids never produced: {:?}", per_id.keys());
+    assert_eq!(dead_letters, 0, "a shutdown dead-lettered jobs");
+    // At least once: the handed-back render holds its partition's watermark, so jobs behind
+    // it that the first worker finished are delivered again; the second worker finds their
+    // stored results and publishes them again, without running them (same worker, same
+    // timings). Only those can be duplicated.
+    for (id, rs) in &per_id {
+        if rs.len() > 1 {
+            assert!(rs.iter().all(|r| r == &rs[0]), "{id} was run again, not republished: {rs:#?}");
+        }
+    }
+    assert!(duplicates <= answered_first, "{duplicates} duplicates, but the first worker answered only {answered_first}");
+    let doc = &per_id["doc"];
+    assert_eq!(doc.len(), 1, "{doc:#?}");
+    assert_eq!(doc[0]["resumed"], true, "{}", doc[0]);
+    assert!(doc[0]["units"]["restored"].as_u64().unwrap_or(0) >= recorded as u64, "{}", doc[0]);
+    assert!(exit_took < grace + Duration::from_secs(5), "exit took {exit_took:?} with a {grace:?} grace");
 }
