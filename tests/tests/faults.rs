@@ -10,6 +10,8 @@
 //!   (the real detector through ONNX Runtime, cut mid-decode and mid-batch-wait).
 //! - SIGTERM under Kafka load with real jobs: what the grace cannot finish is handed back
 //!   (no result, no commit) and a second consumer finishes it, a render resuming its pages.
+//! - the S3 store (moto behind a proxy) going away mid-render under `kiln serve`: a short
+//!   outage pauses the render, a long one fails it retryably and a retry resumes it.
 
 use kiln_tests::broker::Broker;
 use kiln_tests::proc::{kiln, serve, wait_ready, Proc};
@@ -764,4 +766,139 @@ async fn sigterm_under_kafka_load_finishes_or_hands_back_every_job() {
     assert_eq!(doc[0]["resumed"], true, "{}", doc[0]);
     assert!(doc[0]["units"]["restored"].as_u64().unwrap_or(0) >= recorded as u64, "{}", doc[0]);
     assert!(exit_took < grace + Duration::from_secs(5), "exit took {exit_took:?} with a {grace:?} grace");
+}
+
+/// An object's bytes through kiln's own S3 store straight at moto (not through the proxy);
+/// `None` when absent or unreadable.
+fn s3_object(moto: &kiln_tests::moto::Moto, uri: &str) -> Option<Vec<u8>> {
+    use kiln_jobs::ObjectStore;
+    let cfg = kiln_worker::config::S3Config { endpoint: Some(moto.endpoint()), path_style: true, region: Some("us-east-1".into()) };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = kiln_worker::store::s3::S3Store::connect(&cfg).await;
+        store.get(&url::Url::parse(uri).unwrap(), 1 << 30).await.ok().map(|b| b.to_vec())
+    })
+}
+
+/// Pages recorded in `s3://{bucket}/jobs/{id}/state.json` (0 while there is none).
+fn s3_units(moto: &kiln_tests::moto::Moto, bucket: &str, id: &str) -> usize {
+    s3_object(moto, &format!("s3://{bucket}/jobs/{id}/state.json"))
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|s| s["units"].as_object().map(|u| u.len()))
+        .unwrap_or(0)
+}
+
+/// The object store failing under a real checkpointed kind: `kiln serve` renders multi-page
+/// documents into an S3 store (moto_server) reached through a proxy the test stops and starts.
+/// - An outage shorter than `checkpoint.store_wait_ms` pauses the render (the worker logs that
+///   it waits for the store) and the render then finishes as one attempt, every page once.
+///   Meanwhile the worker keeps serving: /healthz answers, and a thumbnail, whose result cannot
+///   be stored, fails at once with a retryable `internal` instead of hanging or claiming success.
+/// - An outage longer than the wait fails the render with a retryable `internal` naming the
+///   store; once the store is back, the same id resumes from the pages recorded before the
+///   outage and succeeds, and the worker that saw both outages serves a thumbnail.
+#[test]
+fn the_store_failing_mid_render_pauses_or_fails_retryably_and_a_retry_resumes() {
+    use kiln_tests::moto::{Moto, Proxy, AWS_ENV};
+    let mate = kiln_tests::data_dir().join("mate-backgrounds/usr/share/backgrounds/mate");
+    let photo = mate.join("nature/Dune.jpg");
+    assert!(photo.exists(), "{} missing (scripts/fetch-photos.sh)", photo.display());
+    let moto = Moto::start();
+    moto.create_bucket("kiln");
+    let mut proxy = Proxy::new(moto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = proxy.endpoint();
+    let worker = |name: &str, store_wait_ms: u64, lease_ms: u64| {
+        let log = dir.path().join(format!("{name}.log"));
+        let mut cmd = kiln();
+        cmd.env("KILN_STORE_URL", "s3://kiln/")
+            .env("KILN_S3_ENDPOINT", &endpoint)
+            .env("KILN_S3_PATH_STYLE", "true")
+            .env("KILN_S3_REGION", "us-east-1")
+            .env("KILN_SOURCES_ALLOW", format!("file://{}/", mate.display()))
+            .env("KILN_CHECKPOINT_STORE_WAIT_MS", store_wait_ms.to_string())
+            .env("KILN_CHECKPOINT_LEASE_MS", lease_ms.to_string())
+            .env("KILN_CPU_SLOTS", "2")
+            .env("KILN_ACCEL", "cpu")
+            .env("KILN_LOG", "warn")
+            .env_remove("KILN_DEBUG_KINDS")
+            .env_remove("KILN_CONFIG")
+            .current_dir(dir.path())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in AWS_ENV {
+            cmd.env(k, v);
+        }
+        let (proc, base) = serve(&mut cmd);
+        wait_ready(&base, Duration::from_secs(60));
+        (proc, base, log)
+    };
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let render = |id: &str| {
+        json!({"id": id, "kind": "render", "input": {"format": "pdf+png", "accel": "cpu",
+            "pages": (0..16).map(|i| heavy_page(&photo, i)).collect::<Vec<_>>()}})
+    };
+    let thumbnail = |id: &str| {
+        json!({"id": id, "kind": "thumbnail", "input": {"source": photo, "outputs": [{"name": "t.jpg", "width": 256}]}})
+    };
+    let post = |base: &str, env: &Value, asynchronous: bool| {
+        let mut req = client.post(format!("{base}/v1/jobs")).body(env.to_string());
+        if asynchronous {
+            req = req.header("prefer", "respond-async");
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap();
+        (status, body)
+    };
+    let wait_units = |id: &str, n: usize| {
+        poll_until(&format!("{id}: {n} pages recorded"), || s3_units(&moto, "kiln", id) >= n);
+    };
+
+    // A short outage: the render pauses and carries on.
+    let (_a, base, log) = worker("a", 30_000, 30_000);
+    assert_eq!(post(&base, &render("short"), true).0, 202);
+    wait_units("short", 2);
+    proxy.stop();
+    let out_at = Instant::now();
+    poll_until("the worker to say it waits for the store", || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("store unavailable; waiting for it to return")
+    });
+    assert_eq!(kiln_tests::proc::http_status(&base, "/healthz"), Some(200));
+    let t = Instant::now();
+    let (status, r) = post(&base, &thumbnail("thumb-in-outage"), false);
+    let thumb_took = t.elapsed();
+    assert_eq!((status, r["error"]["code"].as_str(), r["error"]["retryable"].as_bool()), (500, Some("internal"), Some(true)), "{r}");
+    assert_eq!(client.get(format!("{base}/v1/jobs/short")).send().unwrap().json::<Value>().unwrap()["status"], "running");
+    proxy.start();
+    let outage = out_at.elapsed();
+    let r = poll(&client, &base, "short", terminal);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!((r["resumed"].as_bool(), r["units"]["run"].as_u64()), (Some(false), Some(16)), "paused, not restarted: {r}");
+    assert!(s3_object(&moto, "s3://kiln/jobs/short/result.json").is_some(), "the result is stored");
+    let (status, r) = post(&base, &thumbnail("thumb-after-short"), false);
+    assert_eq!((status, r["status"].as_str()), (200, Some("succeeded")), "{r}");
+
+    // A long outage: the render fails retryably; its recorded pages survive; a retry resumes.
+    // A short lease: the failed attempt cannot release its lease while the store is away, so
+    // the retry waits that lease out.
+    let (_b, base, _) = worker("b", 1500, 3000);
+    assert_eq!(post(&base, &render("long"), true).0, 202);
+    wait_units("long", 2);
+    proxy.stop();
+    let r = poll(&client, &base, "long", terminal);
+    assert_eq!((r["status"].as_str(), r["error"]["code"].as_str(), r["error"]["retryable"].as_bool()), (Some("failed"), Some("internal"), Some(true)), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap_or_default().contains("unavailable"), "{r}");
+    assert_eq!(kiln_tests::proc::http_status(&base, "/readyz"), Some(200), "the worker still serves");
+    proxy.start();
+    let recorded = s3_units(&moto, "kiln", "long");
+    assert!((2..16).contains(&recorded), "{recorded} pages recorded before the outage");
+    let (status, r) = post(&base, &render("long"), false);
+    assert_eq!((status, r["status"].as_str()), (200, Some("succeeded")), "{r}");
+    assert_eq!((r["resumed"].as_bool(), r["units"]["restored"].as_u64()), (Some(true), Some(recorded as u64)), "{r}");
+    assert_eq!(r["units"]["run"].as_u64(), Some(16 - recorded as u64), "{r}");
+    let pdf = s3_object(&moto, "s3://kiln/outputs/long/document.pdf").expect("the resumed document is stored");
+    assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
+    let (status, r) = post(&base, &thumbnail("thumb-after-long"), false);
+    assert_eq!((status, r["status"].as_str()), (200, Some("succeeded")), "{r}");
+    eprintln!("store outages: a {outage:?} outage paused the render; a thumbnail during it failed internal in {thumb_took:?}; the long outage's retry restored {recorded} of 16 pages");
 }
