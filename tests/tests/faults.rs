@@ -11,7 +11,8 @@
 //! - SIGTERM under Kafka load with real jobs: what the grace cannot finish is handed back
 //!   (no result, no commit) and a second consumer finishes it, a render resuming its pages.
 //! - the S3 store (moto behind a proxy) going away mid-render under `kiln serve`: a short
-//!   outage pauses the render, a long one fails it retryably and a retry resumes it.
+//!   outage pauses the render, a long one fails it retryably and a retry resumes it;
+//! - the Kafka broker (tansu) killed and restarted on the same port under a consumer.
 
 use kiln_tests::broker::Broker;
 use kiln_tests::proc::{kiln, serve, wait_ready, Proc};
@@ -901,4 +902,135 @@ fn the_store_failing_mid_render_pauses_or_fails_retryably_and_a_retry_resumes() 
     let (status, r) = post(&base, &thumbnail("thumb-after-long"), false);
     assert_eq!((status, r["status"].as_str()), (200, Some("succeeded")), "{r}");
     eprintln!("store outages: a {outage:?} outage paused the render; a thumbnail during it failed internal in {thumb_took:?}; the long outage's retry restored {recorded} of 16 pages");
+}
+
+/// Ids of the jobs whose result is stored in a filesystem store.
+fn stored_ids(store: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(store.join("jobs"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().join("result.json").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the results topic (bounded: 90 s) until every one of `ids` has a result.
+async fn results_for(broker: &Broker, ids: Vec<String>) {
+    let c = broker.reader("kiln.results");
+    tokio::task::spawn_blocking(move || {
+        kiln_tests::broker::collect(&c, |g| {
+            let seen: std::collections::BTreeSet<String> = g
+                .iter()
+                .filter_map(|(_, v, _)| serde_json::from_slice::<Value>(v).ok())
+                .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                .collect();
+            ids.iter().all(|id| seen.contains(id))
+        })
+    })
+    .await
+    .unwrap();
+}
+
+/// The Kafka broker restarted under a consuming `kiln serve`: tansu is killed (SIGKILL) while
+/// thumbnails are in flight and started again on the same port. Its memory storage keeps
+/// nothing: the topics are created again, empty, and the consumer group, its committed
+/// offsets and every message are gone. What is meaningful then: the worker neither crashes
+/// nor hangs, its in-flight jobs still finish (their results are stored), it rejoins and
+/// answers every job produced once the broker is back, and it still drains and exits 0 on
+/// SIGTERM. What became of the in-flight jobs' result messages is counted and printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_broker_is_rejoined_and_jobs_produced_after_it_are_answered() {
+    let mate = kiln_tests::data_dir().join("mate-backgrounds/usr/share/backgrounds/mate");
+    let (small, big) = (mate.join("nature/Dune.jpg"), mate.join("abstract/Elephants_3840x2160.jpg"));
+    assert!(small.exists() && big.exists(), "photos missing under {} (scripts/fetch-photos.sh)", mate.display());
+    let mut broker = Broker::start(2).await;
+    let store = tempfile::tempdir().unwrap();
+    let mut cmd = kiln();
+    cmd.env("KILN_STORE_URL", format!("file://{}/", store.path().display()))
+        .env("KILN_SOURCES_ALLOW", format!("file://{}/", mate.display()))
+        .env("KILN_KAFKA_BROKERS", &broker.addr)
+        .env("KILN_KAFKA_GROUP", "broker-restart")
+        .env("KILN_KAFKA_SESSION_TIMEOUT_MS", "3000")
+        .env("KILN_KAFKA_REVOKE_DRAIN_MS", "1000")
+        .env("KILN_CPU_SLOTS", "2")
+        .env("KILN_SHUTDOWN_GRACE_MS", "5000")
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_DEBUG_KINDS")
+        .env_remove("KILN_CONFIG")
+        .stderr(Stdio::inherit());
+    let (mut w, _) = serve(&mut cmd);
+    let thumb = |id: &str, photo: &Path, format: &str, size: u32| {
+        json!({"id": id, "kind": "thumbnail", "input": {"source": photo,
+            "outputs": [{"name": format!("t.{format}"), "width": size, "height": size, "fit": "inside", "format": format}]}})
+        .to_string()
+    };
+    // Before: the worker answers.
+    let p = broker.producer();
+    let before: Vec<String> = (0..4).map(|i| format!("before{i}")).collect();
+    for id in &before {
+        broker.produce(&p, id, thumb(id, &small, "webp", 256).as_bytes()).await;
+    }
+    results_for(&broker, before.clone()).await;
+
+    // In flight: slow thumbnails (AVIF of a 4K photo); the broker dies once the first is done.
+    let inflight: Vec<String> = (0..6).map(|i| format!("inflight{i}")).collect();
+    for id in &inflight {
+        broker.produce(&p, id, thumb(id, &big, "avif", 1280).as_bytes()).await;
+    }
+    drop(p);
+    let t = Instant::now();
+    while !inflight.iter().any(|id| stored_ids(store.path()).contains(id)) {
+        assert!(t.elapsed() < Duration::from_secs(60), "no in-flight job finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let done_at_kill = inflight.iter().filter(|id| stored_ids(store.path()).contains(*id)).count();
+    broker.stop();
+    let down_at = Instant::now();
+    broker.restart().await;
+    let down_for = down_at.elapsed();
+    assert!(w.child().try_wait().unwrap().is_none(), "the worker died with the broker");
+
+    // After: jobs produced to the restarted broker are all answered.
+    let p = broker.producer();
+    let after: Vec<String> = (0..6).map(|i| format!("after{i}")).collect();
+    let t = Instant::now();
+    for id in &after {
+        broker.produce(&p, id, thumb(id, &small, "webp", 256).as_bytes()).await;
+    }
+    results_for(&broker, after.clone()).await;
+    let rejoin_took = t.elapsed();
+
+    // The in-flight jobs all finished here (each result stored), whatever became of their
+    // result messages.
+    let t = Instant::now();
+    while !inflight.iter().all(|id| stored_ids(store.path()).contains(id)) {
+        assert!(t.elapsed() < Duration::from_secs(60), "in-flight jobs never finished: {:?}", stored_ids(store.path()));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.signal("TERM");
+    let t = Instant::now();
+    let status = w.wait_timeout(Duration::from_secs(20));
+    let exit_took = t.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "the worker did not drain and exit 0 within 20 s of SIGTERM");
+    let all = broker.read_all("kiln.results").await;
+    let tally = kiln_tests::tally::Tally::of(all.iter().map(|(_, v, _)| v.as_slice()));
+    let count = |ids: &[String]| ids.iter().filter(|id| tally.per_id.contains_key(id.as_str())).count();
+    let dups = |ids: &[String]| ids.iter().map(|id| tally.per_id.get(id.as_str()).map_or(0, |n| n.saturating_sub(1))).sum::<usize>();
+    eprintln!(
+        "broker restart: down {down_for:?} (kill, restart on the same port, topics recreated); {done_at_kill} of {} in-flight jobs done at the kill; \
+         on the new broker: in-flight results {} (duplicates {}), after-restart results {} of {} (duplicates {}), answered {rejoin_took:?} after producing; \
+         exit {exit_took:?} after SIGTERM",
+        inflight.len(),
+        count(&inflight),
+        dups(&inflight),
+        count(&after),
+        after.len(),
+        dups(&after),
+    );
+    assert_eq!(count(&after), after.len());
+    for id in &after {
+        assert_eq!(tally.last[id]["status"], "succeeded", "{}", tally.last[id]);
+    }
 }
