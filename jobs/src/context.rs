@@ -82,6 +82,7 @@ impl EventSink for NullSink {
 const LIVE: u8 = 0;
 const CANCELLED: u8 = 1;
 const DEADLINE: u8 = 2;
+const SHUTDOWN: u8 = 3;
 
 /// Why and whether a job should stop. Cloned freely; firing one clone fires all.
 #[derive(Clone, Default)]
@@ -104,6 +105,12 @@ impl CancelSignal {
         let _ = self.reason.compare_exchange(LIVE, DEADLINE, Ordering::SeqCst, Ordering::SeqCst);
         self.token.cancel();
     }
+    /// Asks the job to stop because the worker is shutting down (the drain's grace period is
+    /// over): `cancelled`, but retryable, since nothing about the job made it stop.
+    pub fn shutdown(&self) {
+        let _ = self.reason.compare_exchange(LIVE, SHUTDOWN, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
     pub fn is_fired(&self) -> bool {
         self.token.is_cancelled()
     }
@@ -112,6 +119,7 @@ impl CancelSignal {
         match self.reason.load(Ordering::SeqCst) {
             CANCELLED => Some(JobError::cancelled()),
             DEADLINE => Some(JobError::deadline()),
+            SHUTDOWN => Some(JobError::shutdown()),
             _ => None,
         }
     }
@@ -455,6 +463,20 @@ mod tests {
         c.cancel();
         assert_eq!(c.error().unwrap().code, ErrorCode::DeadlineExceeded);
         assert!(c.clone().is_fired());
+    }
+
+    #[test]
+    fn a_shutdown_is_a_retryable_cancel_and_a_users_cancel_is_not() {
+        let c = CancelSignal::new();
+        c.shutdown();
+        c.cancel();
+        let e = c.error().unwrap();
+        assert_eq!((e.code, e.retryable), (ErrorCode::Cancelled, true));
+        let user = CancelSignal::new();
+        user.cancel();
+        user.shutdown();
+        let e = user.error().unwrap();
+        assert_eq!((e.code, e.retryable), (ErrorCode::Cancelled, false));
     }
 
     #[test]

@@ -118,6 +118,11 @@ impl JobError {
     pub fn cancelled() -> Self {
         Self::new(ErrorCode::Cancelled, "the job was cancelled")
     }
+    /// Cancelled because the worker shut down before the job finished: retryable, so a
+    /// source that can hand the job to another worker (Kafka) does so instead of answering.
+    pub fn shutdown() -> Self {
+        Self::new(ErrorCode::Cancelled, "the worker shut down before the job finished; retry it").retryable(true)
+    }
     pub fn deadline() -> Self {
         Self::new(ErrorCode::DeadlineExceeded, "the job's deadline passed")
     }

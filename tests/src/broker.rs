@@ -21,30 +21,53 @@ fn free_port() -> u16 {
 }
 
 /// A tansu broker on a free loopback port (memory storage), killed when dropped.
+/// [`Broker::stop`] kills it (SIGKILL) and [`Broker::restart`] starts a fresh one on the same
+/// port: memory storage keeps nothing, so a restarted broker has no topics, offsets or groups
+/// until they are created again (`restart` recreates kiln's topics).
 pub struct Broker {
     pub addr: String,
-    _proc: Proc,
+    port: u16,
+    partitions: i32,
+    proc: Option<Proc>,
 }
 
 impl Broker {
     pub async fn start(partitions: i32) -> Broker {
+        let port = free_port();
+        let mut b = Broker { addr: format!("127.0.0.1:{port}"), port, partitions, proc: None };
+        b.spawn();
+        b.create_topics().await;
+        b
+    }
+
+    /// Starts tansu on this broker's port and waits (bounded: 20 s) until it listens; the
+    /// port may linger briefly after a [`Broker::stop`], so a failed start is retried.
+    fn spawn(&mut self) {
         let tansu = root().join(".tools/bin/tansu");
         assert!(tansu.exists(), "{} is missing: run scripts/fetch-tools.sh (make test does)", tansu.display());
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let proc = Command::new(tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "broker did not listen");
+        let mut proc = None;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "broker did not listen on {}", self.addr);
+            let exited = proc.as_mut().is_none_or(|p: &mut Proc| p.child().try_wait().ok().flatten().is_some());
+            if exited {
+                let child = Command::new(&tansu)
+                    .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                proc = Some(Proc::from_child(child));
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let b = Broker { addr: format!("127.0.0.1:{port}"), _proc: Proc::from_child(proc) };
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b.addr).create().unwrap();
+        self.proc = proc;
+    }
+
+    async fn create_topics(&self) {
+        let partitions = self.partitions;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let topics = [
             NewTopic::new("kiln.jobs", partitions, TopicReplication::Fixed(1)),
             // A pool's own jobs topic (k8s/: kiln.jobs.cpu, kiln.jobs.gpu).
@@ -56,7 +79,20 @@ impl Broker {
         for r in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
             r.unwrap();
         }
-        b
+    }
+
+    /// Kills the broker (SIGKILL): everything it held is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// A fresh broker on the same port, with kiln's topics created again (empty).
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        self.create_topics().await;
     }
 
     pub fn producer(&self) -> FutureProducer {

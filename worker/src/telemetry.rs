@@ -6,7 +6,7 @@
 //! `kiln_<name>_<unit>[_total]` and are served at /metrics.
 
 use crate::config::{LogConfig, LogFormat};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -83,6 +83,7 @@ pub struct Metrics {
     pub kafka_consumer_lag: IntGaugeVec,
     pub kafka_commit_seconds: prometheus::Histogram,
     pub kafka_retries: IntCounterVec,
+    pub kafka_released: IntCounter,
     windows: Mutex<HashMap<String, Window>>,
 }
 
@@ -127,8 +128,14 @@ impl Metrics {
         .expect("static metric");
         let kafka_retries = IntCounterVec::new(Opts::new("kiln_kafka_retries_total", "Jobs retried after a retryable failure"), &["kind"])
             .expect("static metric");
+        let kafka_released = IntCounter::new(
+            "kiln_kafka_released_total",
+            "Jobs left unanswered and uncommitted at shutdown, for the group to redeliver",
+        )
+        .expect("static metric");
         for c in [
-            Box::new(kafka_dlq.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(kafka_released.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(kafka_dlq.clone()),
             Box::new(kafka_paused_partitions.clone()),
             Box::new(kafka_consumer_lag.clone()),
             Box::new(kafka_commit_seconds.clone()),
@@ -161,6 +168,7 @@ impl Metrics {
             kafka_consumer_lag,
             kafka_commit_seconds,
             kafka_retries,
+            kafka_released,
             windows: Mutex::new(HashMap::new()),
         }
     }

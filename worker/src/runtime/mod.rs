@@ -423,7 +423,8 @@ impl Runtime {
         let live = self.table.live();
         warn!(jobs = live.len(), "grace period over; cancelling what is left");
         for e in &live {
-            e.cancel.cancel();
+            // Retryable `cancelled`: the Kafka source leaves such a job for redelivery.
+            e.cancel.shutdown();
         }
         // A cancelled job is answered at once (its thread may stay stuck in a call that never
         // returns: it is not waited for); what is waited for here is storing and announcing

@@ -15,7 +15,8 @@
 //!   not grow with the backlog.
 //! - **Revoke and SIGTERM.** A revoke waits (at most `kafka.revoke_drain_ms`) for the revoked
 //!   partitions' jobs, commits, then lets the partitions go. SIGTERM stops intake, drains the
-//!   runtime, commits, and leaves the group.
+//!   runtime, commits, and leaves the group; a job the drain could not finish (or that failed
+//!   retryably meanwhile) is handed back unanswered and uncommitted, for redelivery.
 //! - **Tenants.** With `kafka.trust_tenant_header`, a message's `kiln-tenant` header is its
 //!   job's tenant (`tenants.rs`: on the span, the result, the per-tenant share and metrics); a
 //!   tenant over its share waits here like a full queue. Without it Kafka jobs are nobody's.
@@ -28,6 +29,7 @@ use crate::jobtable::JobEntry;
 use crate::runtime::{Admission, Runtime};
 use crate::sinks::kafka::KafkaSink;
 use crate::tracectx::TraceContext;
+use kiln_router_client::WorkerState;
 use offsets::{Offsets, Tp};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -262,6 +264,19 @@ impl KafkaSource {
             let mut result = (*entry.wait().await).clone();
             result.attempt = attempt;
             let Some(err) = result.error.clone() else { break result };
+            if err.retryable && self.rt().state() == WorkerState::Draining {
+                // Shutting down: the drain cancelled the job (or refused it, taken after
+                // intake stopped), or it failed in a way a retry may cure. Retrying here
+                // would only meet the closed scheduler; answering would acknowledge a job
+                // that was never done. Neither the result nor the offset goes out: the
+                // partition's watermark stays below this message, so the group's next
+                // owner gets it again (resuming from its checkpoint, if it has one).
+                info!(job_id = %result.id, partition = t.tp.1, offset = t.offset, code = %err.code, "worker draining: job left for redelivery");
+                self.rt().metrics.kafka_released.inc();
+                self.shared.lock().release(&t.tp, t.offset);
+                self.shared.changed.notify_all();
+                return;
+            }
             if matches!(err.code, ErrorCode::InvalidSpec | ErrorCode::Unsupported) {
                 self.dead_letter(&t, err.code, &err.message).await;
                 break result;

@@ -10,6 +10,9 @@ pub type Tp = (String, i32);
 #[derive(Default)]
 struct Partition {
     in_flight: BTreeSet<i64>,
+    /// Offsets handed back unfinished ([`Offsets::release`]): the watermark stays below them,
+    /// but nothing waits for them.
+    released: BTreeSet<i64>,
     /// Lowest and highest offsets taken so far.
     min_seen: Option<i64>,
     max_seen: Option<i64>,
@@ -38,7 +41,8 @@ impl Offsets {
         if !p.in_flight.remove(&offset) {
             return None;
         }
-        let mark = match p.in_flight.first() {
+        let lowest = p.in_flight.first().into_iter().chain(p.released.first()).min();
+        let mark = match lowest {
             Some(lowest) => lowest - 1,
             None => p.max_seen?,
         };
@@ -48,6 +52,17 @@ impl Offsets {
         }
         p.stored = Some(mark);
         Some(mark)
+    }
+
+    /// A message's job is handed back unfinished (the worker is shutting down): no longer in
+    /// flight (a revoke does not wait for it), and never committed past, so the partition's
+    /// next owner gets it again.
+    pub fn release(&mut self, tp: &Tp, offset: i64) {
+        if let Some(p) = self.parts.get_mut(tp) {
+            if p.in_flight.remove(&offset) {
+                p.released.insert(offset);
+            }
+        }
     }
 
     /// Unfinished messages of these partitions.
@@ -88,6 +103,20 @@ mod tests {
         assert_eq!(o.finish(&tp(), 13), Some(14));
         assert_eq!(o.in_flight(), 0);
         assert_eq!(o.finish(&tp(), 13), None, "finishing twice is harmless");
+    }
+
+    #[test]
+    fn a_released_offset_holds_the_watermark_but_is_not_waited_for() {
+        let mut o = Offsets::default();
+        for off in 0..4 {
+            o.begin(&tp(), off);
+        }
+        assert_eq!(o.finish(&tp(), 0), Some(0));
+        o.release(&tp(), 1);
+        assert_eq!(o.in_flight(), 2, "2 and 3 are in flight; 1 is not waited for");
+        assert_eq!(o.finish(&tp(), 2), None, "1 was handed back: nothing past it is committed");
+        assert_eq!(o.finish(&tp(), 3), None);
+        assert_eq!(o.in_flight(), 0);
     }
 
     #[test]
