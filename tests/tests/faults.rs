@@ -268,6 +268,20 @@ fn poll(client: &reqwest::blocking::Client, base: &str, id: &str, done: impl Fn(
     }
 }
 
+/// `POST /v1/jobs` (with `Prefer: respond-async` when `asynchronous`): the status, whether a
+/// Retry-After came with it, and the body.
+fn post_job(client: &reqwest::blocking::Client, base: &str, env: &Value, asynchronous: bool) -> (u16, bool, Value) {
+    let mut req = client.post(format!("{base}/v1/jobs")).body(env.to_string());
+    if asynchronous {
+        req = req.header("prefer", "respond-async");
+    }
+    let r = req.send().unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r.headers().get("retry-after").is_some();
+    let body: Value = r.json().unwrap();
+    (status, retry_after, body)
+}
+
 fn terminal(s: &str) -> bool {
     matches!(s, "succeeded" | "failed" | "cancelled")
 }
@@ -318,17 +332,7 @@ fn deadline_cancel_and_overload_on_real_media_jobs() {
         }
         env
     };
-    let post = |env: &Value, asynchronous: bool| {
-        let mut req = client.post(format!("{base}/v1/jobs")).body(env.to_string());
-        if asynchronous {
-            req = req.header("prefer", "respond-async");
-        }
-        let r = req.send().unwrap();
-        let status = r.status().as_u16();
-        let retry_after = r.headers().get("retry-after").is_some();
-        let body: Value = r.json().unwrap();
-        (status, retry_after, body)
-    };
+    let post = |env: &Value, asynchronous: bool| post_job(&client, &base, env, asynchronous);
 
     // Deadlines: a transcode that cannot finish in 100 ms (30 s of video: ~290 ms for 6 s on
     // an idle 2-core host), a thumbnail and a render in 1 ms.
@@ -537,17 +541,7 @@ fn deadline_cancel_and_overload_on_a_real_infer_job() {
         env
     };
     let one = || vec![format!("file://{}", small.display())];
-    let post = |env: &Value, asynchronous: bool| {
-        let mut req = client.post(format!("{base}/v1/jobs")).body(env.to_string());
-        if asynchronous {
-            req = req.header("prefer", "respond-async");
-        }
-        let r = req.send().unwrap();
-        let status = r.status().as_u16();
-        let retry_after = r.headers().get("retry-after").is_some();
-        let body: Value = r.json().unwrap();
-        (status, retry_after, body)
-    };
+    let post = |env: &Value, asynchronous: bool| post_job(&client, &base, env, asynchronous);
     let status_of = |id: &str| -> String {
         let v: Value = client.get(format!("{base}/v1/jobs/{id}")).send().unwrap().json().unwrap();
         v["status"].as_str().unwrap_or_default().to_owned()
