@@ -8,7 +8,7 @@ use crate::checkpoint::{Checkpointer, UnitRecord};
 use crate::convert::{ReadingInput, WritingOutput};
 use crate::envelope::{Event, OutputInfo};
 use crate::error::{ErrorCode, JobError};
-use crate::resources::{GpuGrant, Resources, Unmetered};
+use crate::resources::{CpuLoan, GpuGrant, OnLoan, Resources, Unmetered};
 use crate::store::{join_output, parse_uri, ObjectStore};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -303,6 +303,31 @@ impl JobContext {
         drop(wait);
         self.reacquire_cpu()?;
         granted.unwrap_or_else(|| Err(self.stopped()))
+    }
+
+    /// Up to `most` CPU slots nobody waits for, lent for extra threads of this job (see
+    /// [`Resources::borrow_cpu`]); empty when the machine is busy. Each thread gives its loan
+    /// back (drops it) once [`CpuLoan::wanted`] is true.
+    pub fn borrow_cpus(&self, most: usize) -> Vec<Box<dyn CpuLoan>> {
+        std::iter::from_fn(|| self.resources.borrow_cpu()).take(most).collect()
+    }
+
+    /// The context for an extra thread of this job running on a borrowed slot: the same
+    /// job (store, events, checkpoint, cancellation) whose waits keep the loan rather than
+    /// give back or take again the job's own slot, which its first thread holds.
+    pub fn on_loan(&self) -> JobContext {
+        JobContext {
+            job_id: self.job_id.clone(),
+            output_prefix: self.output_prefix.clone(),
+            limits: self.limits.clone(),
+            accel: self.accel.clone(),
+            store: self.store.clone(),
+            events: self.events.clone(),
+            cancel: self.cancel.clone(),
+            rt: self.rt.clone(),
+            checkpoint: self.checkpoint.clone(),
+            resources: Arc::new(OnLoan(self.resources.clone())),
+        }
     }
 
     /// Takes a CPU slot again, unless the job is stopped first.

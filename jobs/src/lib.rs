@@ -40,7 +40,7 @@ pub use checkpoint::{Checkpointer, UnitRecord};
 pub use context::{CancelSignal, EventSink, JobContext, Limits};
 pub use envelope::{Envelope, ErrorBody, Event, JobResult, JobStatus, OutputInfo, Priority, Timings, WorkerInfo};
 pub use error::{ErrorCode, JobError};
-pub use resources::{GpuGrant, GpuLedger, Resources, Unmetered};
+pub use resources::{CpuLoan, GpuGrant, GpuLedger, Resources, Unmetered};
 pub use kind::{JobKind, JobOutput, Needs, PreparedJob, Registry};
 pub use store::{ObjectMeta, ObjectStore, StoreError, Version};
 /// `auto | cpu | gpu`: the one acceleration type of specs and the worker (from kiln-kernels).

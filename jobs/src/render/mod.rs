@@ -29,12 +29,15 @@
 //! - Units: one per page, key `page-NNNN`. A page's PNG (`page-NNNN.png`) and its PDF part
 //!   (`.parts/page-NNNN.pdf`, a single-page PDF) are stored, then the unit is recorded; the
 //!   parts stay in the store after the job (a resumed or repeated assembly needs them).
-//!   `document.pdf` is assembled at the end from the parts, read back one at a time.
+//!   `document.pdf` is assembled from the parts as pages are committed (in page order; a
+//!   restored page's part is read back from the store).
 //! - Errors: a missing image or source PDF → `input_not_found`; an unreadable PDF →
 //!   `corrupt_input`; an encrypted PDF → `unsupported`; a page number past the end →
 //!   `invalid_spec`; limits (`max_render_pages`, `max_page_pixels`, `max_layers_per_page`)
 //!   → `invalid_spec` at admission.
 
+mod cache;
+mod ordered;
 mod page;
 pub mod pdf;
 mod pdfimage;

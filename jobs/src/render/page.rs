@@ -4,55 +4,49 @@
 //! background.
 //!
 //! Decoded images are cached for the job (an image used on every page is read and decoded
-//! once), bounded by [`CACHE_PIXELS`].
+//! once, whichever page thread needs it first), bounded by [`CACHE_PIXELS`].
 
+use super::cache::Cache;
 use super::spec::{DrawnPage, Layer};
 use crate::context::JobContext;
 use crate::error::JobError;
 use crate::convert::Context;
 use kiln_kernels::image::{self as img, fit::CropRect, DecodeOptions, Image, SrgbTransform};
 use kiln_kernels::render::{self as render, raster, text, Compositor, PageLayers, Source};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Most decoded pixels the per-job image cache holds before it is emptied.
 pub const CACHE_PIXELS: u64 = 64_000_000;
 
 /// Decoded images of one job, by (source, smallest size needed).
-#[derive(Default)]
-pub struct ImageCache {
-    images: HashMap<(String, (u32, u32)), Arc<Image>>,
-    pixels: u64,
+pub struct ImageCache(Cache<(String, (u32, u32)), Arc<Image>>);
+
+impl Default for ImageCache {
+    fn default() -> Self {
+        ImageCache(Cache::new(CACHE_PIXELS))
+    }
 }
 
 impl ImageCache {
-    fn get(&mut self, ctx: &JobContext, uri: &str, need: Option<(u32, u32)>) -> Result<Arc<Image>, JobError> {
+    fn get(&self, ctx: &JobContext, uri: &str, need: Option<(u32, u32)>) -> Result<Arc<Image>, JobError> {
         let key = (uri.to_owned(), need.unwrap_or((0, 0)));
-        if let Some(i) = self.images.get(&key) {
-            return Ok(i.clone());
-        }
-        let what = format!("image {uri}");
-        let data = ctx.read_input(uri).context(&what)?;
-        let opts = DecodeOptions { max_pixels: ctx.limits.max_pixels, min_size: need };
-        let d = img::decode(&data, &opts).context(&what)?;
-        drop(data);
-        let mut image = img::orient::apply(d.image, d.info.orientation).context(&what)?;
-        if let Some(t) = d.icc.as_deref().and_then(SrgbTransform::from_icc) {
-            t.apply(&mut image);
-        }
-        let image = Arc::new(image);
-        if self.pixels + image.pixel_count() > CACHE_PIXELS {
-            self.images.clear();
-            self.pixels = 0;
-        }
-        self.pixels += image.pixel_count();
-        self.images.insert(key, image.clone());
-        Ok(image)
+        self.0.get(&key, |i| i.pixel_count(), || {
+            let what = format!("image {uri}");
+            let data = ctx.read_input(uri).context(&what)?;
+            let opts = DecodeOptions { max_pixels: ctx.limits.max_pixels, min_size: need };
+            let d = img::decode(&data, &opts).context(&what)?;
+            drop(data);
+            let mut image = img::orient::apply(d.image, d.info.orientation).context(&what)?;
+            if let Some(t) = d.icc.as_deref().and_then(SrgbTransform::from_icc) {
+                t.apply(&mut image);
+            }
+            Ok(Arc::new(image))
+        })
     }
 }
 
 /// Rasterises and composites one page.
-pub fn render(ctx: &JobContext, page: &DrawnPage, comp: &dyn Compositor, cache: &mut ImageCache) -> Result<Image, JobError> {
+pub fn render(ctx: &JobContext, page: &DrawnPage, comp: &dyn Compositor, cache: &ImageCache) -> Result<Image, JobError> {
     let dims = (page.width, page.height);
     let mut sources: Vec<Source> = Vec::with_capacity(page.layers.len());
     for layer in &page.layers {
@@ -79,7 +73,7 @@ pub fn render(ctx: &JobContext, page: &DrawnPage, comp: &dyn Compositor, cache: 
 #[allow(clippy::too_many_arguments)]
 fn image_source(
     ctx: &JobContext,
-    cache: &mut ImageCache,
+    cache: &ImageCache,
     uri: &str,
     (x, y): (f64, f64),
     (w, h): (Option<u32>, Option<u32>),

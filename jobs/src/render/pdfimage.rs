@@ -10,8 +10,10 @@
 //! lossless Flate for other formats; alpha becomes a Flate soft mask.
 //!
 //! Built images are cached for the job by (source, crop, size), so a photo on many pages is
-//! encoded once (and the assembler stores it once). The cache is bounded by [`CACHE_BYTES`].
+//! encoded once, whichever page thread needs it first (and the assembler stores it once).
+//! The cache is bounded by [`CACHE_BYTES`].
 
+use super::cache::Cache;
 use super::page::{box_size, ensure_crop};
 use super::pdf::{deflate, PdfImage};
 use super::spec::Crop;
@@ -19,7 +21,6 @@ use crate::context::JobContext;
 use crate::convert::Context;
 use crate::error::JobError;
 use kiln_kernels::image::{self as img, fit::CropRect, jpeg, DecodeOptions, Format, Image, Orientation, PixelKind, SrgbTransform};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Most encoded bytes the per-job cache holds before it is emptied.
@@ -35,10 +36,12 @@ pub struct Placed {
 
 type Key = (String, Option<[u64; 4]>, (Option<u32>, Option<u32>));
 
-#[derive(Default)]
-pub struct PdfImages {
-    built: HashMap<Key, Placed>,
-    bytes: u64,
+pub struct PdfImages(Cache<Key, Placed>);
+
+impl Default for PdfImages {
+    fn default() -> Self {
+        PdfImages(Cache::new(CACHE_BYTES))
+    }
 }
 
 /// Components of a JPEG's frame (SOFn), `None` when not found.
@@ -85,20 +88,10 @@ fn passthrough(data: &[u8]) -> Option<&'static str> {
 }
 
 impl PdfImages {
-    pub fn get(&mut self, ctx: &JobContext, uri: &str, size: (Option<u32>, Option<u32>), crop: Option<&Crop>, quality: u8) -> Result<Placed, JobError> {
+    pub fn get(&self, ctx: &JobContext, uri: &str, size: (Option<u32>, Option<u32>), crop: Option<&Crop>, quality: u8) -> Result<Placed, JobError> {
         let key = (uri.to_owned(), crop.map(|c| [c.x.to_bits(), c.y.to_bits(), c.width.to_bits(), c.height.to_bits()]), size);
-        if let Some(p) = self.built.get(&key) {
-            return Ok(p.clone());
-        }
-        let placed = build(ctx, uri, size, crop, quality)?;
-        let bytes = (placed.image.data.len() + placed.image.smask.as_ref().map_or(0, Vec::len)) as u64;
-        if self.bytes + bytes > CACHE_BYTES {
-            self.built.clear();
-            self.bytes = 0;
-        }
-        self.bytes += bytes;
-        self.built.insert(key, placed.clone());
-        Ok(placed)
+        let cost = |p: &Placed| (p.image.data.len() + p.image.smask.as_ref().map_or(0, Vec::len)) as u64;
+        self.0.get(&key, cost, || build(ctx, uri, size, crop, quality))
     }
 }
 

@@ -20,6 +20,7 @@
 //! Normal, multiply and screen with any opacity are all plain PDF, so no layer needs a raster
 //! fallback.
 
+use super::cache::Cache;
 use super::pdf::{font::pdf_width, Form, Resources};
 use super::pdfimage::PdfImages;
 use super::spec::{DrawnPage, Layer};
@@ -33,20 +34,21 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// Fonts of a job: bytes and metrics, read once.
-#[derive(Default)]
-pub struct Fonts {
-    loaded: HashMap<String, (Arc<Vec<u8>>, Arc<FontInfo>)>,
+pub struct Fonts(Cache<String, (Arc<Vec<u8>>, Arc<FontInfo>)>);
+
+impl Default for Fonts {
+    fn default() -> Self {
+        Fonts(Cache::new(u64::MAX))
+    }
 }
 
 impl Fonts {
-    fn get(&mut self, name: &str) -> Result<(Arc<Vec<u8>>, Arc<FontInfo>), JobError> {
-        if let Some(f) = self.loaded.get(name) {
-            return Ok(f.clone());
-        }
-        let data = text::load_font(name)?;
-        let info = Arc::new(text::font_info(&data)?);
-        self.loaded.insert(name.to_owned(), (data.clone(), info.clone()));
-        Ok((data, info))
+    fn get(&self, name: &str) -> Result<(Arc<Vec<u8>>, Arc<FontInfo>), JobError> {
+        self.0.get(&name.to_owned(), |_| 0, || {
+            let data = text::load_font(name)?;
+            let info = Arc::new(text::font_info(&data)?);
+            Ok((data, info))
+        })
     }
 }
 
@@ -124,7 +126,7 @@ impl GStates {
 }
 
 /// The page as a vector part (see the module doc).
-pub fn part(ctx: &JobContext, page: &DrawnPage, fonts: &mut Fonts, images: &mut PdfImages, jpeg_quality: u8) -> Result<Vec<u8>, JobError> {
+pub fn part(ctx: &JobContext, page: &DrawnPage, fonts: &Fonts, images: &PdfImages, jpeg_quality: u8) -> Result<Vec<u8>, JobError> {
     let (wpt, hpt) = page.size_pt();
     let s = 72.0 / page.dpi;
     let (w, h) = (page.width as f64, page.height as f64);
@@ -132,6 +134,19 @@ pub fn part(ctx: &JobContext, page: &DrawnPage, fonts: &mut Fonts, images: &mut 
     let mut gs = GStates::default();
     let mut res = Resources::default();
     let mut font_index: HashMap<String, usize> = HashMap::new();
+    // The page's fonts, each parsed for shaping once and its shaping plans built once.
+    let mut faces: HashMap<String, (Arc<Vec<u8>>, Arc<FontInfo>)> = HashMap::new();
+    let mut shapers: HashMap<String, text::Shaper<'_>> = HashMap::new();
+    for layer in &page.layers {
+        if let Layer::Text { font, .. } = layer {
+            if !faces.contains_key(font) {
+                faces.insert(font.clone(), fonts.get(font)?);
+            }
+        }
+    }
+    for (name, (data, _)) in &faces {
+        shapers.insert(name.clone(), text::Shaper::new(data)?);
+    }
     // The page scale exactly (more digits than a coordinate needs: it multiplies them all);
     // the top edge as the MediaBox states it.
     let _ = writeln!(c, "{s:.6} 0 0 {:.6} 0 {} cm", -s, n(hpt));
@@ -171,8 +186,11 @@ pub fn part(ctx: &JobContext, page: &DrawnPage, fonts: &mut Fonts, images: &mut 
                 }
             }
             Layer::Text { x, y, text: t, size, color, font, opacity, blend } => {
-                let (data, info) = fonts.get(font)?;
-                let shaped = text::shape(&data, *x, *y, t, *size)?;
+                let (info, shaper) = match (faces.get(font), shapers.get_mut(font)) {
+                    (Some((_, info)), Some(shaper)) => (info, shaper),
+                    _ => return Err(JobError::internal(format!("font {font} was not loaded"))),
+                };
+                let shaped = shaper.shape(*x, *y, t, *size)?;
                 if shaped.lines.iter().all(|l| l.glyphs.is_empty()) {
                     continue;
                 }

@@ -111,49 +111,89 @@ impl Shaped {
 }
 
 /// Shapes `text` (lines split at `\n`) with its box's top-left at (`x`, `y`), `size` the em
-/// size in pixels.
+/// size in pixels. For many layers in one font, a [`Shaper`] parses the font and builds each
+/// shaping plan once.
 pub fn shape(font: &[u8], x: f64, y: f64, text: &str, size: f32) -> Result<Shaped, RenderError> {
-    let face = rustybuzz::Face::from_slice(font, 0).ok_or_else(|| RenderError::Font("font does not parse".into()))?;
-    let upem = face.units_per_em() as f32;
-    let k = size / upem;
-    let ascender = face.ascender() as f32 * k;
-    let line_height = (face.ascender() as f32 - face.descender() as f32 + face.line_gap() as f32) * k;
-    let mut lines = Vec::new();
-    for (line_no, line) in text.split('\n').enumerate() {
+    Shaper::new(font)?.shape(x, y, text, size)
+}
+
+/// One font parsed for shaping, with the shaping plans built so far (one per direction,
+/// script and language met): a plan is costly to build and the same for every line of a
+/// script, so a page's text layers in one font share them.
+pub struct Shaper<'a> {
+    face: rustybuzz::Face<'a>,
+    plans: Vec<(rustybuzz::Direction, rustybuzz::Script, Option<rustybuzz::Language>, rustybuzz::ShapePlan)>,
+}
+
+impl<'a> Shaper<'a> {
+    pub fn new(font: &'a [u8]) -> Result<Self, RenderError> {
+        let face = rustybuzz::Face::from_slice(font, 0).ok_or_else(|| RenderError::Font("font does not parse".into()))?;
+        Ok(Shaper { face, plans: Vec::new() })
+    }
+
+    /// The glyphs of one line, shaped with the plan for its direction, script and language.
+    fn shape_line(&mut self, line: &str) -> rustybuzz::GlyphBuffer {
         let mut buf = rustybuzz::UnicodeBuffer::new();
         buf.push_str(line);
         buf.guess_segment_properties();
-        let shaped = rustybuzz::shape(&face, &[], buf);
-        let infos = shaped.glyph_infos();
-        // Cluster starts (byte offsets) in ascending order: a cluster's text runs to the next.
-        let mut starts: Vec<usize> = infos.iter().map(|i| i.cluster as usize).collect();
-        starts.sort_unstable();
-        starts.dedup();
-        let mut seen = std::collections::HashSet::new();
-        let glyphs = infos
-            .iter()
-            .zip(shaped.glyph_positions())
-            .map(|(info, pos)| {
-                let c = info.cluster as usize;
-                let text = if seen.insert(c) {
-                    let end = starts.iter().find(|s| **s > c).copied().unwrap_or(line.len());
-                    line.get(c..end).unwrap_or("").to_owned()
-                } else {
-                    String::new()
-                };
-                ShapedGlyph {
-                    id: u16::try_from(info.glyph_id).unwrap_or(0),
-                    x_advance: pos.x_advance,
-                    x_offset: pos.x_offset,
-                    y_offset: pos.y_offset,
-                    text,
-                }
-            })
-            .collect();
-        let baseline = y as f32 + ascender + line_no as f32 * line_height;
-        lines.push(ShapedLine { baseline, x: x as f32, glyphs });
+        let (dir, script, lang) = (buf.direction(), buf.script(), buf.language());
+        let i = match self.plans.iter().position(|(d, s, l, _)| *d == dir && *s == script && *l == lang) {
+            Some(i) => i,
+            None => {
+                // The buffer reports "no script guessed" as UNKNOWN (guessing never picks
+                // UNKNOWN): the plan gets `None` then, as `rustybuzz::shape` gives it.
+                let guessed = (script != rustybuzz::script::UNKNOWN).then_some(script);
+                let plan = rustybuzz::ShapePlan::new(&self.face, dir, guessed, lang.as_ref(), &[]);
+                self.plans.push((dir, script, lang, plan));
+                self.plans.len() - 1
+            }
+        };
+        rustybuzz::shape_with_plan(&self.face, &self.plans[i].3, buf)
     }
-    Ok(Shaped { units_per_em: u16::try_from(face.units_per_em()).unwrap_or(1000), size, lines })
+
+    /// Shapes `text` (lines split at `\n`) with its box's top-left at (`x`, `y`), `size` the
+    /// em size in pixels.
+    pub fn shape(&mut self, x: f64, y: f64, text: &str, size: f32) -> Result<Shaped, RenderError> {
+        let face = &self.face;
+        let upem = face.units_per_em() as f32;
+        let k = size / upem;
+        let ascender = face.ascender() as f32 * k;
+        let line_height = (face.ascender() as f32 - face.descender() as f32 + face.line_gap() as f32) * k;
+        let units_per_em = u16::try_from(face.units_per_em()).unwrap_or(1000);
+        let mut lines = Vec::new();
+        for (line_no, line) in text.split('\n').enumerate() {
+            let shaped = self.shape_line(line);
+            let infos = shaped.glyph_infos();
+            // Cluster starts (byte offsets) in ascending order: a cluster's text runs to the next.
+            let mut starts: Vec<usize> = infos.iter().map(|i| i.cluster as usize).collect();
+            starts.sort_unstable();
+            starts.dedup();
+            let mut seen = std::collections::HashSet::new();
+            let glyphs = infos
+                .iter()
+                .zip(shaped.glyph_positions())
+                .map(|(info, pos)| {
+                    let c = info.cluster as usize;
+                    let text = if seen.insert(c) {
+                        let end = starts.iter().find(|s| **s > c).copied().unwrap_or(line.len());
+                        line.get(c..end).unwrap_or("").to_owned()
+                    } else {
+                        String::new()
+                    };
+                    ShapedGlyph {
+                        id: u16::try_from(info.glyph_id).unwrap_or(0),
+                        x_advance: pos.x_advance,
+                        x_offset: pos.x_offset,
+                        y_offset: pos.y_offset,
+                        text,
+                    }
+                })
+                .collect();
+            let baseline = y as f32 + ascender + line_no as f32 * line_height;
+            lines.push(ShapedLine { baseline, x: x as f32, glyphs });
+        }
+        Ok(Shaped { units_per_em, size, lines })
+    }
 }
 
 /// Shapes and rasterises `text` with its box's top-left at (`x`, `y`), clipped to a

@@ -17,13 +17,19 @@
 //!
 //! Dropping a [`Ticket`] leaves the queue (deadline, cancel); dropping a [`Permit`] frees the
 //! thread, the CPU slot if held, and any place in the returning queue, at once.
+//!
+//! A computing job may borrow free CPU slots for extra threads ([`Resources::borrow_cpu`])
+//! when no job waits for one: a render job renders pages on every idle core. A loan counts as
+//! a busy slot of the job's kind; its [`CpuLoan::wanted`] turns true as soon as a job could
+//! take a slot (a returning job, or a queued one with a free thread under its kind's cap), and
+//! the borrower gives it back after its current unit of work.
 
 pub mod gpu;
 pub mod metrics;
 
 use gpu::GpuPool;
 use kiln_jobs::resources::{GpuGrant, Wait};
-use kiln_jobs::{JobError, Priority, Resources};
+use kiln_jobs::{CpuLoan, JobError, Priority, Resources};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -167,6 +173,20 @@ impl Inner {
         if let Some(n) = st.cpu_by_kind.get_mut(kind) {
             *n = n.saturating_sub(1);
         }
+    }
+
+    /// Whether some job waits for a CPU slot that it could take now: a started job returning
+    /// from a wait, or a queued job with a free thread and room under its kind's cap.
+    fn wants_cpu(&self, st: &State) -> bool {
+        if st.returning.iter().any(|q| !q.is_empty()) {
+            return true;
+        }
+        st.started.len() < self.threads
+            && st
+                .queues
+                .iter()
+                .flatten()
+                .any(|w| st.running_by_kind.get(&w.kind).copied().unwrap_or(0) < self.cap(&w.kind))
     }
 
     /// Hands free CPU slots out: per priority (interactive first), jobs returning from a
@@ -486,6 +506,40 @@ impl Resources for JobResources {
         };
         let wait = self.gpus.acquire_on(device, priority, mem_bytes);
         Box::pin(async move { wait.await.map(|g| Box::new(g) as Box<dyn GpuGrant>) })
+    }
+
+    fn borrow_cpu(&self) -> Option<Box<dyn CpuLoan>> {
+        let job = self.job.as_ref()?;
+        let mut st = job.inner.lock();
+        let started = st.started.get(&job.id)?;
+        // Only a computing job borrows, only a free slot, and never one a job could take.
+        if started.cpu != Cpu::Held || st.cpu_busy >= job.inner.cpu_slots || job.inner.wants_cpu(&st) {
+            return None;
+        }
+        let kind = started.kind.clone();
+        Inner::take_cpu(&mut st, &kind);
+        Some(Box::new(Loan { inner: job.inner.clone(), kind }))
+    }
+}
+
+/// A CPU slot lent to a computing job for an extra thread (see the module doc).
+struct Loan {
+    inner: Arc<Inner>,
+    kind: Arc<str>,
+}
+
+impl CpuLoan for Loan {
+    fn wanted(&self) -> bool {
+        let st = self.inner.lock();
+        self.inner.wants_cpu(&st)
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        Inner::give_cpu(&mut st, &self.kind);
+        self.inner.dispatch(&mut st);
     }
 }
 

@@ -245,6 +245,65 @@ fn resources_of_an_ended_job_hold_and_wait_for_nothing() {
     assert_eq!(counts(&s), (0, 0, 0, 0));
 }
 
+#[test]
+fn idle_slots_are_lent_and_wanted_back_when_a_job_waits() {
+    let s = Scheduler::with_sizes(sizes(3, 3, 10));
+    let mut a = s.try_enqueue("render", Priority::Batch).unwrap();
+    let pa = ready(&mut a).unwrap();
+    let ra = pa.resources(s.gpus());
+    // Two idle slots: both lent, no third; loans count as busy slots of the job's kind.
+    let l1 = ra.borrow_cpu().expect("an idle slot");
+    let l2 = ra.borrow_cpu().expect("a second idle slot");
+    assert!(ra.borrow_cpu().is_none(), "every slot is busy");
+    assert_eq!(counts(&s), (3, 1, 0, 0));
+    assert_eq!(s.snapshot().cpu_by_kind["render"], 3);
+    assert!(!l1.wanted() && !l2.wanted());
+    // A new job queues behind the loans, and the loans say so.
+    let mut b = s.try_enqueue("thumbnail", Priority::Interactive).unwrap();
+    assert!(ready(&mut b).is_none());
+    assert!(l1.wanted() && l2.wanted());
+    // Giving one back starts the waiting job at once.
+    drop(l1);
+    let pb = ready(&mut b).expect("the loan's slot");
+    assert_eq!(counts(&s), (3, 2, 0, 0));
+    assert!(!l2.wanted(), "nobody waits any more");
+    // A job that gave its own slot back borrows nothing; the other job's loan is refused
+    // while a slot is wanted by a returning job.
+    ra.release_cpu();
+    assert!(ra.borrow_cpu().is_none(), "a job that does not compute borrows nothing");
+    let rb = pb.resources(s.gpus());
+    let mut back = ra.reacquire();
+    assert!(done(&mut back), "a free slot: the job computes again at once");
+    drop(l2);
+    drop(pa);
+    assert_eq!(counts(&s), (1, 1, 0, 0));
+    let l3 = rb.borrow_cpu().expect("idle again");
+    drop(pb);
+    drop(l3);
+    assert_eq!(counts(&s), (0, 0, 0, 0));
+}
+
+#[test]
+fn no_loan_while_a_queued_job_could_start() {
+    // One slot held, one free, but its kind's cap keeps the queued job out: lending is fine.
+    let s = Scheduler::new(2, 10, HashMap::from([("render".to_string(), 1)]));
+    let mut a = s.try_enqueue("render", Priority::Batch).unwrap();
+    let pa = ready(&mut a).unwrap();
+    let ra = pa.resources(s.gpus());
+    let _b = s.try_enqueue("render", Priority::Batch).unwrap();
+    let loan = ra.borrow_cpu().expect("the queued job may not start yet");
+    assert!(!loan.wanted());
+    drop(loan);
+    // With a thread for it, the queued job starts at once and nothing is left to lend.
+    let s = Scheduler::with_sizes(sizes(2, 2, 10));
+    let mut a = s.try_enqueue("render", Priority::Batch).unwrap();
+    let pa = ready(&mut a).unwrap();
+    let ra = pa.resources(s.gpus());
+    let mut b = s.try_enqueue("render", Priority::Batch).unwrap();
+    let _pb = ready(&mut b).expect("a free slot and thread");
+    assert!(ra.borrow_cpu().is_none());
+}
+
 // ---- GPU ----
 
 const MIB: u64 = 1 << 20;
