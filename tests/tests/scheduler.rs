@@ -324,3 +324,15 @@ fn the_worker_runs_without_transparent_huge_pages_unless_told_otherwise() {
     // Both still serve.
     assert_eq!(default.run(&json!({"id": "t", "kind": "debug", "input": {}})).0, 200);
 }
+
+/// Issue 15 / 20: libavfilter (and the ~30 libraries it pulls in) is loaded only when a
+/// filter graph is built (scale_cuda), not at every start: a serving worker has not mapped it.
+#[test]
+fn the_worker_does_not_load_libavfilter_until_it_needs_a_filter_graph() {
+    let server = Server::start(&tmp("no-avfilter"), None, &[]);
+    assert_eq!(server.run(&json!({"id": "t", "kind": "debug", "input": {}})).0, 200);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.proc.id())).expect("/proc/PID/maps");
+    assert!(maps.contains("libavcodec"), "the worker should map FFmpeg's codecs (linked)");
+    assert!(!maps.contains("libavfilter"), "libavfilter is mapped at start");
+    assert!(!maps.contains("libplacebo") && !maps.contains("libflite"), "libavfilter's dependencies are mapped at start");
+}

@@ -19,6 +19,7 @@
 //! This module knows nothing of jobs, stores or playlists.
 
 pub mod audio;
+mod avfilter;
 pub mod ladder;
 pub mod probe;
 pub mod rung;

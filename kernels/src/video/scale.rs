@@ -10,7 +10,8 @@ use super::VideoError;
 use ffmpeg_next as ff;
 use ff::format::Pixel;
 use ff::software::scaling;
-use ff::{filter, frame};
+use ff::frame;
+use super::avfilter;
 
 /// Which engine resamples the frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +48,7 @@ impl ScaleEngine {
 
 enum Engine {
     Sws(scaling::Context),
-    Graph(filter::Graph),
+    Graph(avfilter::Graph),
 }
 
 /// Scales frames to one size, keeping its engine between frames of the same format and size.
@@ -96,17 +97,10 @@ impl Scaler {
                 Ok(out)
             }
             Engine::Graph(g) => {
-                let mut input = g.get("in").ok_or_else(|| VideoError::Internal("filter graph lost its input".into()))?;
-                // SAFETY: `input` is a buffer source of this graph and `src` a valid frame;
-                // av_buffersrc_write_frame takes new references and leaves `src` untouched
-                // (ffmpeg-next's `Source::add` would move the shared frame's buffers out).
-                let ret = unsafe { ff::ffi::av_buffersrc_write_frame(input.as_mut_ptr(), src.as_ptr()) };
-                if ret < 0 {
-                    return Err(VideoError::internal("scaling (filter input)", ff::Error::from(ret)));
-                }
+                // The graph takes new references: the shared source frame is left untouched.
+                g.push(src).map_err(|e| VideoError::internal("scaling (filter input)", e))?;
                 let mut out = frame::Video::empty();
-                let mut sink = g.get("out").ok_or_else(|| VideoError::Internal("filter graph lost its output".into()))?;
-                sink.sink().frame(&mut out).map_err(|e| VideoError::internal("scaling (filter output)", e))?;
+                g.pull(&mut out).map_err(|e| VideoError::internal("scaling (filter output)", e))?;
                 if out.format() != Pixel::YUV420P || out.width() != self.w || out.height() != self.h {
                     return Err(VideoError::Internal(format!(
                         "scaling filter gave {:?} {}x{}, not yuv420p {}x{}",
@@ -124,24 +118,13 @@ impl Scaler {
 }
 
 /// `buffer → chain → buffersink` for frames of one format and size.
-fn graph(chain: &str, format: Pixel, w: u32, h: u32) -> Result<filter::Graph, VideoError> {
-    let err = |what: &str, e: ff::Error| VideoError::Internal(format!("scaling filter ({chain}): {what}: {e}"));
-    let mut g = filter::Graph::new();
+fn graph(chain: &str, format: Pixel, w: u32, h: u32) -> Result<avfilter::Graph, VideoError> {
     let pix = match format.descriptor() {
         Some(d) => d.name().to_string(),
         None => (ff::ffi::AVPixelFormat::from(format) as i32).to_string(),
     };
     let args = format!("video_size={w}x{h}:pix_fmt={pix}:time_base=1/90000:pixel_aspect=1/1");
-    let buffer = filter::find("buffer").ok_or_else(|| VideoError::Internal("FFmpeg has no buffer filter".into()))?;
-    let sink = filter::find("buffersink").ok_or_else(|| VideoError::Internal("FFmpeg has no buffersink filter".into()))?;
-    g.add(&buffer, "in", &args).map_err(|e| err("source", e))?;
-    g.add(&sink, "out", "").map_err(|e| err("sink", e))?;
-    g.output("in", 0)
-        .and_then(|p| p.input("out", 0))
-        .and_then(|p| p.parse(chain))
-        .map_err(|e| err("parse", e))?;
-    g.validate().map_err(|e| err("configure", e))?;
-    Ok(g)
+    avfilter::Graph::new(&args, chain)
 }
 
 /// Whether `scale_cuda` works here: a small frame through the whole GPU chain.
