@@ -160,6 +160,7 @@ pub fn run_all(seed: u64, opts: &Options) -> Result<Output, String> {
         "strategies": pick(&["serverless", "container", "hybrid"]),
         "variants": pick(&["hybrid_no_cost", "hybrid_static_place", "hybrid_static_place_nodeadline", "hybrid_static_place_pull", "serverless_pc", "hybrid_pc"]),
         "policy_config": serde_json::to_value(policy::policy_config(&cfg)).unwrap_or(serde_json::Value::Null),
+        "service_time_sources": model.sources(),
         "seed_table3": {
             "serverless": {"p95_ms": 476, "p999_ms": 2150, "cost": 1.00, "time_to_scale_s": "<1"},
             "container": {"p95_ms": 188, "p999_ms": 470, "cost": 0.84, "time_to_scale_s": 45},
