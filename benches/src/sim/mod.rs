@@ -104,6 +104,9 @@ pub struct Options {
     /// 600 s closed loop.
     pub quick: bool,
     pub sensitivity: bool,
+    /// Ignore samples.json's raw samples: every service time from the fits through the
+    /// summaries copied from RESULTS.md (`--fit-only`).
+    pub fit_only: bool,
 }
 
 /// Every experiment's results, plus the plots' inputs.
@@ -128,7 +131,7 @@ pub fn profile_for(opts: &Options) -> arrivals::Profile {
 
 /// Runs everything for `seed`. Deterministic: the same seed gives the same JSON.
 pub fn run_all(seed: u64, opts: &Options) -> Result<Output, String> {
-    let model = workload::ServiceModel::load()?;
+    let model = if opts.fit_only { workload::ServiceModel::load_fit_only()? } else { workload::ServiceModel::load()? };
     let profile = profile_for(opts);
     let mut cfg = Config::default();
     if opts.quick {

@@ -167,6 +167,15 @@ pub struct ServiceModel {
     kiln_cold_raw_ms: Vec<f64>,
 }
 
+/// Removes every `raw_*` list from a samples.json value.
+pub fn strip_raw(v: &mut serde_json::Value) {
+    for path in ["/thumbnail/jpeg", "/thumbnail/png", "/render", "/lambda_cold_start"] {
+        if let Some(serde_json::Value::Object(o)) = v.pointer_mut(path) {
+            o.retain(|k, _| !k.starts_with("raw_"));
+        }
+    }
+}
+
 /// One of `xs`, each equally likely (the empirical distribution). `xs` is not empty.
 fn empirical(xs: &[f64], rng: &mut SimRng) -> f64 {
     let i = ((rng.uniform() * xs.len() as f64) as usize).min(xs.len() - 1);
@@ -187,6 +196,14 @@ fn median(xs: &[f64]) -> f64 {
 impl ServiceModel {
     pub fn load() -> Result<Self, String> {
         Self::parse(SAMPLES_JSON)
+    }
+
+    /// samples.json without its raw lists: every service time from the fits through the
+    /// summaries (`hybrid-sim --fit-only`, to see what the raw samples change).
+    pub fn load_fit_only() -> Result<Self, String> {
+        let mut v: serde_json::Value = serde_json::from_str(SAMPLES_JSON).map_err(|e| format!("samples.json: {e}"))?;
+        strip_raw(&mut v);
+        Self::parse(&v.to_string())
     }
 
     pub fn parse(json: &str) -> Result<Self, String> {
@@ -329,15 +346,6 @@ mod tests {
         ServiceModel::parse(&v.to_string()).expect("edited samples parse")
     }
 
-    /// samples.json without its raw lists: the parametric fallback.
-    fn strip_raw(v: &mut serde_json::Value) {
-        for path in ["/thumbnail/jpeg", "/thumbnail/png", "/render", "/lambda_cold_start"] {
-            if let Some(serde_json::Value::Object(o)) = v.pointer_mut(path) {
-                o.retain(|k, _| !k.starts_with("raw_"));
-            }
-        }
-    }
-
     /// Distinctive raw samples no fit would produce.
     fn distinctive(v: &mut serde_json::Value) {
         v["thumbnail"]["jpeg"]["raw_ms"] = serde_json::json!([4242.0]);
@@ -368,7 +376,7 @@ mod tests {
         assert!(jpeg > 60 && png > 60, "both sets drawn: {jpeg} / {png}");
         assert_eq!(raw.sources()["thumbnail_jpeg"], "raw (1 samples)");
 
-        let fit = samples_with(strip_raw);
+        let fit = ServiceModel::load_fit_only().expect("fit-only model");
         for _ in 0..200 {
             let (ms, _) = fit.draw(Kind::Thumbnail, &mut rng);
             assert!(ms > 0.0 && ms < 600.0, "fit thumbnail {ms}");
