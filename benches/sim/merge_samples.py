@@ -51,7 +51,8 @@ def merge_thumbnail(doc, path):
     for name, ms in got.items():
         doc["thumbnail"][name]["raw_ms"] = positive(ms, f"thumbnail {name}")
     doc["thumbnail"]["raw_source"] = {
-        "command": src.get("command", "benches/thumbnail.sh"), "rows": "cores=1, kiln_run_ms (job timings.run_ms per image)",
+        "command": src.get("command", "benches/thumbnail.sh"), "date": src.get("date"),
+        "rows": "cores=1, kiln_run_ms (job timings.run_ms per image)",
         "kiln": facts.get("kiln"), "cpu": facts.get("cpu"), "load": [facts.get("load"), facts.get("load_end")],
         "samples": {k: len(v) for k, v in got.items()},
     }
