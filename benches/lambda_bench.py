@@ -11,7 +11,7 @@ Usage: benches/lambda_bench.py [--rounds 5] [--warm 50] [--bin target/release/ki
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHOTO = os.path.join(ROOT, "data/mate-backgrounds/usr/share/backgrounds/mate/nature/Dune.jpg")
+PHOTO = os.path.realpath(os.path.join(ROOT, "data/mate-backgrounds/usr/share/backgrounds/mate/nature/Dune.jpg"))
 
 
 def free_port():
@@ -76,7 +76,9 @@ def main():
     emu = subprocess.Popen([emu_bin, "lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", str(port)],
                            cwd=fn, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     invoke = f"http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
-    base_env = dict(os.environ, KILN_LOG="warn", KILN_STORE_URL=f"file://{work}/store/")
+    # kiln confines what lambda and serve jobs may read: allow the photo's folder.
+    base_env = dict(os.environ, KILN_LOG="warn", KILN_STORE_URL=f"file://{work}/store/",
+                    KILN_SOURCES_ALLOW=f"file://{os.path.dirname(PHOTO)}/")
     lam_env = dict(base_env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{port}/.rt", AWS_LAMBDA_FUNCTION_NAME="_",
                    AWS_LAMBDA_FUNCTION_VERSION="1", AWS_LAMBDA_FUNCTION_MEMORY_SIZE="2048")
     rows = {}
@@ -125,7 +127,10 @@ def main():
         print(f"warm lambda / warm http (p50): {statistics.median(lam_warm) / statistics.median(http_warm):.2f}x")
         if a.samples:
             with open(a.samples, "w") as f:
-                json.dump({"command": "benches/lambda_bench.py", "samples_ms": rows, "kiln_init_ms": init_ms}, f, indent=1)
+                json.dump({"command": " ".join(["benches/lambda_bench.py"] + sys.argv[1:]),
+                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           "load": "%.2f" % os.getloadavg()[0],
+                           "samples_ms": rows, "kiln_init_ms": init_ms}, f, indent=1)
             print(f"lambda bench: wrote samples to {a.samples}", file=sys.stderr)
     finally:
         emu.terminate(); emu.wait()

@@ -4,7 +4,7 @@
 # markdown table; with --write also replaces the "Render" section of benches/RESULTS.md.
 # The method is described in benches/render_bench.py.
 #
-#   benches/render.sh [--pages N] [--rounds N] [--backends cpu,gpu] [--label lavapipe] [--write]
+#   benches/render.sh [--pages N] [--rounds N] [--backends cpu,gpu] [--label lavapipe] [--write] [--samples FILE]
 #
 # Needs target/release/kiln (cargo build --release -p kiln-worker) or KILN_BIN, the photos
 # (scripts/fetch-photos.sh) and scripts/setup.sh's packages (mesa-vulkan-drivers, fonts).

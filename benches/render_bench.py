@@ -87,9 +87,11 @@ def main():
     ap.add_argument("--label", default="", help="where the gpu backend ran, e.g. 'lavapipe'")
     ap.add_argument("--command", default="benches/render.sh")
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--samples", help="also write every round's job run_ms as JSON here "
+                    "(raw input for the hybrid simulator: benches/sim/merge_samples.py)")
     a = ap.parse_args()
     backends = a.backends.split(",")
-    res = {b: {"run": [], "wall": [], "compositor": None, "bytes": 0} for b in backends}
+    res = {b: {"run": [], "wall": [], "run_ms": [], "compositor": None, "bytes": 0} for b in backends}
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as work:
         for r in range(a.rounds):
@@ -97,6 +99,7 @@ def main():
             for b in order:
                 run_s, wall, comp, size = run(a.kiln, work, a.pages, a.format, b)
                 res[b]["run"].append(a.pages / run_s)
+                res[b]["run_ms"].append(run_s * 1e3)
                 res[b]["wall"].append(a.pages / wall)
                 res[b]["compositor"], res[b]["bytes"] = comp, size
                 print(f"round {r + 1} {b}: {a.pages / run_s:.2f} pages/s (job), {a.pages / wall:.2f} (process)", file=sys.stderr)
@@ -126,6 +129,14 @@ def main():
     md.append(END)
     text = "\n".join(md)
     print(text)
+    if a.samples:
+        with open(a.samples, "w") as f:
+            json.dump({"command": a.command, "date": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+                       "cpu": cpu, "cores": len(os.sched_getaffinity(0)), "load": [load0, load1],
+                       "pages": a.pages, "format": a.format,
+                       "rounds": {b: {"compositor": res[b]["compositor"], "run_ms": res[b]["run_ms"]} for b in backends}},
+                      f, indent=1)
+        print(f"render bench: wrote samples to {a.samples}", file=sys.stderr)
     if a.write:
         path = os.path.join(ROOT, "benches/RESULTS.md")
         body = open(path).read()

@@ -201,7 +201,7 @@ def main():
     print(md)
     if a.samples:
         with open(a.samples, "w") as f:
-            json.dump({"command": a.command, "facts": facts,
+            json.dump({"command": a.command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "facts": facts,
                        "rows": [{"set": r["set"], "cores": r["cores"], "kiln_run_ms": r["kiln_run_ms"]} for r in rows]},
                       f, indent=1)
         print(f"thumbnail bench: wrote samples to {a.samples}", file=sys.stderr)

@@ -180,8 +180,9 @@ pub struct PolicyConfig {
     pub dual_share: f64,
     pub cold_start_override: ColdStartOverride,
     /// Batch and GPU requests whose best container worker would make them wait longer than
-    /// they run go to the pool's queue (`Target::container_queue`) instead of queueing
-    /// behind one worker's jobs (head-of-line blocking behind a long transcode).
+    /// they run, and batch requests whose best worker has no free slot, go to the pool's
+    /// queue (`Target::container_queue`) instead of queueing behind one worker's jobs
+    /// (head-of-line blocking behind a long transcode).
     pub pool_queue: bool,
     /// Sustained serverless traffic above the price crossing moves to containers with warm
     /// room (see [`crate::cost`]); off by default.

@@ -38,7 +38,9 @@
 //! 9. Dual routing: `dual: also {tier} (share {share})`.
 //! 10. Pool queue (`pool_queue`): a batch or GPU request bound for a container worker whose
 //!     predicted wait exceeds its run (every worker busy) goes to the pool's queue instead:
-//!     `pool queue: every container busy ({worker} wait {ms} ms > run {ms} ms)`.
+//!     `pool queue: every container busy ({worker} wait {ms} ms > run {ms} ms)`; a batch
+//!     request goes there as soon as its best worker has no free slot: `pool queue: batch,
+//!     {worker} has no free slot (wait {ms} ms, run {ms} ms)`.
 //!
 //! The container worker chosen is the ready, fresh one serving the kind (with a GPU when the
 //! request needs one) with the least predicted latency (wait + run); ties go to the lowest
@@ -436,6 +438,17 @@ pub fn decide(config: &PolicyConfig, version: u64, f: &RequestFeatures, snap: &S
                 to_pool = true;
                 reasons.push(format!(
                     "pool queue: every container busy ({} wait {wait:.0} ms > run {run:.0} ms)",
+                    c.worker_id
+                ));
+            } else if f.priority == Priority::Batch && wait > 0.0 {
+                // The predicted wait is the worker's p50 per job, but what a queued job
+                // really waits for is the rest of the jobs running there, unknown and, for
+                // long batch work, heavy-tailed (a 30 min transcode). The pool's queue is
+                // served by whichever slot frees first, so batch work never waits behind
+                // one named worker.
+                to_pool = true;
+                reasons.push(format!(
+                    "pool queue: batch, {} has no free slot (wait {wait:.0} ms, run {run:.0} ms)",
                     c.worker_id
                 ));
             }

@@ -312,6 +312,25 @@ fn batch_and_gpu_work_waits_in_the_pool_queue_rather_than_behind_one_worker() {
     // Off: the worker is named.
     let off = PolicyConfig { pool_queue: false, ..quiet() };
     assert_eq!(decide_now(&off, &r, &v, no_draw()).target, Target::worker("w"));
+    // A long batch job (30 min) behind one 1-slot GPU worker's job (p50 60 s): the predicted
+    // wait is shorter than its run, but the rest of the running job is unknown, so a batch
+    // job goes to the pool's queue as soon as the worker has no free slot (issue 18: the
+    // simulator's transcode init p95 was 10-40x container-only's without this).
+    let v = view(vec![gpu_worker("g", "transcode", 1, 1, 0, 60_000.0)]);
+    let mut long = feats("l", "transcode", 1_800_000.0);
+    long.needs_gpu = true;
+    long.priority = Priority::Batch;
+    let d = decide_now(&c, &long, &v, no_draw());
+    assert_eq!(d.target, Target::container_queue());
+    assert_eq!(d.reasons.last().unwrap(), "pool queue: batch, g has no free slot (wait 60000 ms, run 1800000 ms)");
+    assert_eq!(d.rule(), "pool queue");
+    // Interactive GPU work with a wait shorter than its run keeps the named worker.
+    long.priority = Priority::Interactive;
+    assert_eq!(decide_now(&c, &long, &v, no_draw()).target, Target::worker("g"));
+    // A free slot: named.
+    let v = view(vec![gpu_worker("g", "transcode", 2, 1, 0, 60_000.0)]);
+    long.priority = Priority::Batch;
+    assert_eq!(decide_now(&c, &long, &v, no_draw()).target, Target::worker("g"));
 }
 
 #[test]

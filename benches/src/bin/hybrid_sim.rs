@@ -5,9 +5,12 @@
 //!
 //! ```text
 //! cargo run --release -p kiln-benches --bin hybrid-sim -- --seed 1 [--json] [--plots DIR]
-//!     [--sweep sensitivity] [--quick]
-//! cargo run --release -p kiln-benches --bin hybrid-sim -- --seeds 5 [--json]
+//!     [--sweep sensitivity] [--quick] [--fit-only]
+//! cargo run --release -p kiln-benches --bin hybrid-sim -- --seeds 5 [--json] [--fit-only]
 //! ```
+//!
+//! `--fit-only` ignores samples.json's raw samples (the benches' `--samples` output) and draws
+//! every service time from the fits through the summaries copied from RESULTS.md.
 //!
 //! `--seeds K` runs the burst scenario (serverless, container, hybrid, hybrid without the cost
 //! rule) and the closed loop for seeds 1..=K and prints every metric as mean ± 95 % CI.
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
                 other => bail!("--sweep: unknown sweep {other:?} (known: sensitivity)"),
             },
             "--quick" => opts.quick = true,
+            "--fit-only" => opts.fit_only = true,
             "--seeds" => {
                 let k: u64 = args.next().context("--seeds needs a count")?.parse().context("--seeds: not a number")?;
                 if k == 0 {
@@ -42,7 +46,7 @@ fn main() -> Result<()> {
                 n_seeds = Some(k);
             }
             "-h" | "--help" => {
-                println!("hybrid-sim [--seed N] [--json] [--plots DIR] [--sweep sensitivity] [--quick] | --seeds K [--json]");
+                println!("hybrid-sim [--seed N] [--json] [--plots DIR] [--sweep sensitivity] [--quick] [--fit-only] | --seeds K [--json] [--fit-only]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?}"),
@@ -50,7 +54,8 @@ fn main() -> Result<()> {
     }
     let t0 = Instant::now();
     if let Some(k) = n_seeds {
-        let model = workload::ServiceModel::load().map_err(|e| anyhow!(e))?;
+        let model = if opts.fit_only { workload::ServiceModel::load_fit_only() } else { workload::ServiceModel::load() };
+        let model = model.map_err(|e| anyhow!(e))?;
         let list: Vec<u64> = (1..=k).collect();
         let s = seeds::run(&model, &list, constants::CLOSED_LOOP_S, constants::CLOSED_LOOP_SLOWDOWN_AT_S).map_err(|e| anyhow!(e))?;
         eprintln!("hybrid-sim: seeds 1..={k}, {:.1} s wall", t0.elapsed().as_secs_f64());

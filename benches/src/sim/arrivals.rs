@@ -68,6 +68,8 @@ impl Profile {
     pub fn generate(&self, model: &ServiceModel, seed: u64) -> Vec<Request> {
         let mut arr = SimRng::new(seed, 1);
         let mut svc = SimRng::new(seed, 2);
+        // Its own stream, so the service times do not depend on whether cold starts are raw.
+        let mut cold = SimRng::new(seed, 3);
         let lambda_max = self.max_rate();
         let mut out = Vec::new();
         if lambda_max <= 0.0 {
@@ -98,7 +100,8 @@ impl Profile {
                 pick -= r;
             }
             let (service_ms, first_unit_ms) = model.draw(kind, &mut svc);
-            out.push(Request { id: out.len() as u32, kind, arrival_s: t, service_ms, first_unit_ms, in_burst: self.in_burst(t) });
+            let kiln_cold_ms = model.draw_kiln_cold(&mut cold);
+            out.push(Request { id: out.len() as u32, kind, arrival_s: t, service_ms, first_unit_ms, in_burst: self.in_burst(t), kiln_cold_ms });
         }
         out
     }

@@ -104,6 +104,9 @@ pub struct Options {
     /// 600 s closed loop.
     pub quick: bool,
     pub sensitivity: bool,
+    /// Ignore samples.json's raw samples: every service time from the fits through the
+    /// summaries copied from RESULTS.md (`--fit-only`).
+    pub fit_only: bool,
 }
 
 /// Every experiment's results, plus the plots' inputs.
@@ -128,7 +131,7 @@ pub fn profile_for(opts: &Options) -> arrivals::Profile {
 
 /// Runs everything for `seed`. Deterministic: the same seed gives the same JSON.
 pub fn run_all(seed: u64, opts: &Options) -> Result<Output, String> {
-    let model = workload::ServiceModel::load()?;
+    let model = if opts.fit_only { workload::ServiceModel::load_fit_only()? } else { workload::ServiceModel::load()? };
     let profile = profile_for(opts);
     let mut cfg = Config::default();
     if opts.quick {
@@ -160,6 +163,7 @@ pub fn run_all(seed: u64, opts: &Options) -> Result<Output, String> {
         "strategies": pick(&["serverless", "container", "hybrid"]),
         "variants": pick(&["hybrid_no_cost", "hybrid_static_place", "hybrid_static_place_nodeadline", "hybrid_static_place_pull", "serverless_pc", "hybrid_pc"]),
         "policy_config": serde_json::to_value(policy::policy_config(&cfg)).unwrap_or(serde_json::Value::Null),
+        "service_time_sources": model.sources(),
         "seed_table3": {
             "serverless": {"p95_ms": 476, "p999_ms": 2150, "cost": 1.00, "time_to_scale_s": "<1"},
             "container": {"p95_ms": 188, "p999_ms": 470, "cost": 0.84, "time_to_scale_s": 45},

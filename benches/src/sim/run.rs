@@ -371,8 +371,8 @@ impl<'a> Sim<'a> {
             Acquire::Warm(i) => (i, 0.0),
             Acquire::Cold(i) => {
                 let platform = self.rng.lognormal(self.cfg.platform_cold_p50_ms, self.cfg.platform_cold_p99_ms, super::engine::Z99, 2.0);
-                let kiln = self.rng.lognormal(c::KILN_COLD_P50_MS, c::KILN_COLD_P99_MS, super::engine::Z99, 2.0);
-                (i, platform + kiln)
+                // kiln's share: drawn with the request (samples.json's raw cold starts, or the fit).
+                (i, platform + req.kiln_cold_ms)
             }
         };
         if let Some(router) = self.router.as_mut() {

@@ -55,6 +55,8 @@ pub type Table = BTreeMap<String, BTreeMap<&'static str, Estimate>>;
 #[derive(Debug, Clone, Serialize)]
 pub struct Seeds {
     pub seeds: Vec<u64>,
+    /// Where each workload's service times come from (raw samples or the fallback fit).
+    pub service_time_sources: serde_json::Value,
     pub table3: Table,
     pub closed_loop: Table,
 }
@@ -103,7 +105,7 @@ pub fn run(model: &ServiceModel, seeds: &[u64], horizon_s: f64, slowdown_at_s: f
             push(&mut cl, l.name, "moved_within_s", Some(l.moved_within_s.unwrap_or(horizon_s - slowdown_at_s)));
         }
     }
-    Ok(Seeds { seeds: seeds.to_vec(), table3: estimates(t3), closed_loop: estimates(cl) })
+    Ok(Seeds { seeds: seeds.to_vec(), service_time_sources: model.sources(), table3: estimates(t3), closed_loop: estimates(cl) })
 }
 
 /// "mean ± ci (min–max)" with `d` decimals.
