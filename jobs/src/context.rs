@@ -49,6 +49,11 @@ pub struct Limits {
     pub max_page_pixels: u64,
     /// Most layers on one render page.
     pub max_layers_per_page: usize,
+
+    // ---- memory ----
+    /// Memory (MiB) that large image decodes may hold at once in this process
+    /// ([`crate::decode_budget`]); 0 = 32 MiB per core.
+    pub decode_memory_mb: u64,
 }
 
 impl Default for Limits {
@@ -64,6 +69,7 @@ impl Default for Limits {
             max_render_pages: 1000,
             max_page_pixels: 25_000_000,
             max_layers_per_page: 256,
+            decode_memory_mb: 0,
         }
     }
 }

@@ -22,6 +22,7 @@
 pub mod checkpoint;
 pub mod context;
 pub mod convert;
+pub mod decode_budget;
 pub mod envelope;
 pub mod error;
 pub mod infer;

@@ -535,6 +535,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("MAX_RENDER_PAGES", "limits.max_render_pages"),
     ("MAX_PAGE_PIXELS", "limits.max_page_pixels"),
     ("MAX_LAYERS_PER_PAGE", "limits.max_layers_per_page"),
+    ("DECODE_MEMORY_MB", "limits.decode_memory_mb"),
     ("SHUTDOWN_GRACE_MS", "shutdown.grace_ms"),
     ("LOG", "log.level"),
     ("LOG_FORMAT", "log.format"),

@@ -24,7 +24,10 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     let plans: Vec<Plan> = job.outputs.iter().map(|o| fit::plan(src, o.width, o.height, o.fit)).collect();
     let need = plans.iter().map(|p| p.min_source(src)).fold((1, 1), |a, b| (a.0.max(b.0), a.1.max(b.1)));
 
+    // A large decode waits (without its CPU slot) while others hold the decode memory.
+    let reserved = crate::decode_budget::reserve(ctx, crate::decode_budget::estimate(&data, &info, need))?;
     let decoded = img::decode(&data, &DecodeOptions { max_pixels, min_size: Some(need) }).context("source")?;
+    drop(reserved);
     drop(data);
     let mut image = orient::apply(decoded.image, info.orientation).context("source")?;
     let decode_ms = started.elapsed().as_secs_f64() * 1e3;
