@@ -384,7 +384,8 @@ mod tests {
             let (ms, _) = fit.draw(Kind::Thumbnail, &mut rng);
             assert!(ms > 0.0 && ms < 600.0, "fit thumbnail {ms}");
             let (_, page) = fit.draw(Kind::Render, &mut rng);
-            assert!(page > 130.0 && page < 145.0, "fit page {page}");
+            // One thread at 14.36-14.58 pages/s: 68.6-69.6 ms a page.
+            assert!(page > 68.5 && page < 69.7, "fit page {page}");
             let k = fit.draw_kiln_cold(&mut rng);
             assert!(k > 0.0 && k <= 2.0 * c::KILN_COLD_P99_MS, "fit kiln cold {k}");
         }
