@@ -10,7 +10,7 @@
 # (scripts/fetch-photos.sh) and scripts/setup.sh's packages (mesa-vulkan-drivers, fonts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmdline="benches/render.sh${*:+ $*}"
+cmdline="${KILN_BIN:+KILN_BIN=$KILN_BIN }benches/render.sh${*:+ $*}"
 KILN=${KILN_BIN:-target/release/kiln}
 [ -x "$KILN" ] || { echo "render bench: $KILN is missing: run \`cargo build --release -p kiln-worker\`" >&2; exit 2; }
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}

@@ -10,7 +10,7 @@
 # scripts/setup.sh's packages (libvips-tools, time, util-linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmdline="benches/thumbnail.sh${*:+ $*}"
+cmdline="${KILN_BIN:+KILN_BIN=$KILN_BIN }benches/thumbnail.sh${*:+ $*}"
 
 KILN=${KILN_BIN:-target/release/kiln}
 [ -x "$KILN" ] || { echo "thumbnail bench: $KILN is missing: run \`cargo build --release -p kiln-worker\`" >&2; exit 2; }
