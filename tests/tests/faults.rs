@@ -627,7 +627,7 @@ fn recorded_units(store: &Path, id: &str) -> usize {
 }
 
 /// SIGTERM on a Kafka-consuming `kiln serve` with a backlog of real jobs accepted: twelve
-/// AVIF thumbnails of a 3840×2160 photo and a 20-page render (checkpointed per page), two CPU
+/// AVIF thumbnails of a 3840×2160 photo and a 60-page render (checkpointed per page), two CPU
 /// slots, a queue of four, a 1.5 s grace. The worker stops taking messages, finishes what it
 /// can within the grace, and what it cannot (the render, mid-document) is neither answered
 /// nor acknowledged: its pages stay recorded and its offset uncommitted. It exits 0 within
@@ -638,6 +638,9 @@ fn recorded_units(store: &Path, id: &str) -> usize {
 /// handed-back render on its partition, redelivered, its stored result published again).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_kafka_load_finishes_or_hands_back_every_job() {
+    // Enough pages that the render outlasts the grace even with its pages on both cores
+    // (render jobs borrow idle CPU slots).
+    const RENDER_PAGES: usize = 60;
     let mate = kiln_tests::data_dir().join("mate-backgrounds/usr/share/backgrounds/mate");
     let (big, page_photo) = (mate.join("abstract/Elephants_3840x2160.jpg"), mate.join("nature/Dune.jpg"));
     assert!(big.exists() && page_photo.exists(), "photos missing under {} (scripts/fetch-photos.sh)", mate.display());
@@ -670,7 +673,7 @@ async fn sigterm_under_kafka_load_finishes_or_hands_back_every_job() {
     let p = broker.producer();
     let mut ids = Vec::new();
     let render = json!({"id": "doc", "kind": "render",
-        "input": {"format": "pdf+png", "accel": "cpu", "pages": (0..20).map(|i| heavy_page(&page_photo, i)).collect::<Vec<_>>()}});
+        "input": {"format": "pdf+png", "accel": "cpu", "pages": (0..RENDER_PAGES).map(|i| heavy_page(&page_photo, i)).collect::<Vec<_>>()}});
     broker.produce(&p, "doc", render.to_string().as_bytes()).await;
     ids.push("doc".to_owned());
     for i in 0..12 {
@@ -699,7 +702,7 @@ async fn sigterm_under_kafka_load_finishes_or_hands_back_every_job() {
     let status = status.unwrap_or_else(|| panic!("the worker still ran {exit_took:?} after SIGTERM (grace {grace:?})"));
     assert_eq!(status.code(), Some(0), "a drain exits 0");
     let recorded = recorded_units(store.path(), "doc");
-    assert!(recorded < 20, "the render finished within the grace: the SIGTERM did not land mid-job");
+    assert!(recorded < RENDER_PAGES, "the render finished within the grace: the SIGTERM did not land mid-job");
     let on_first = broker.read_all("kiln.results").await;
     for (_, v, _) in &on_first {
         let r: Value = serde_json::from_slice(v).unwrap();
@@ -738,7 +741,7 @@ async fn sigterm_under_kafka_load_finishes_or_hands_back_every_job() {
     let dead_letters = broker.read_all("kiln.dlq").await.len();
     eprintln!(
         "sigterm under load: exited {exit_took:?} after SIGTERM (grace {grace:?}); produced {} jobs, answered by the first worker {answered_first} \
-         (at the signal: results stored {stored_before}, jobs started {started}, queued {queued}), render pages recorded {recorded}/20; \
+         (at the signal: results stored {stored_before}, jobs started {started}, queued {queued}), render pages recorded {recorded}/{RENDER_PAGES}; \
          results {} duplicates {duplicates} lost {lost} dead letters {dead_letters}",
         ids.len(),
         all.len()
