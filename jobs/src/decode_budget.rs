@@ -88,39 +88,11 @@ impl Default for Budget {
 /// The process's budget.
 static DECODES: Budget = Budget::new();
 
-/// Whether a JPEG is progressive (its frame header is SOF2, SOF6, SOF10 or SOF14).
-fn progressive_jpeg(data: &[u8]) -> bool {
-    let mut i = 2;
-    while i + 4 <= data.len() {
-        if data[i] != 0xFF {
-            return false;
-        }
-        let m = data[i + 1];
-        if m == 0xFF {
-            i += 1;
-            continue;
-        }
-        if m == 0x01 || (0xD0..=0xD7).contains(&m) {
-            i += 2;
-            continue;
-        }
-        if (0xC0..=0xCF).contains(&m) && m != 0xC4 && m != 0xC8 && m != 0xCC {
-            return matches!(m, 0xC2 | 0xC6 | 0xCA | 0xCE);
-        }
-        let len = u16::from_be_bytes([data[i + 2], data[i + 3]]) as usize;
-        if m == 0xDA || len < 2 {
-            return false;
-        }
-        i += 2 + len;
-    }
-    false
-}
-
 /// The memory a decode of `data` (probed as `info`) at no less than `need` pixels holds.
 pub fn estimate(data: &[u8], info: &ImageInfo, need: (u32, u32)) -> u64 {
     let (w, h) = (info.width as u64, info.height as u64);
     match info.format {
-        Format::Jpeg if progressive_jpeg(data) => w * h * 3,
+        Format::Jpeg if crate::jpeg_frame::progressive(data) => w * h * 3,
         Format::Jpeg => {
             // The output at the smallest of libjpeg's n/8 scales that still covers `need`
             // (in either orientation).
@@ -181,7 +153,7 @@ mod tests {
         use kiln_kernels::image::{jpeg, Image, Orientation, PixelKind};
         let rgb = Image::new(64, 32, PixelKind::Rgb8, vec![100; 64 * 32 * 3]).unwrap();
         let data = jpeg::encode_rgb(&rgb, 80).unwrap();
-        assert!(!progressive_jpeg(&data));
+        assert!(!crate::jpeg_frame::progressive(&data));
         let info = |format, has_alpha| ImageInfo { format, width: 4000, height: 3000, orientation: Orientation::Normal, has_alpha };
         // Baseline JPEG: the output at the 1/8 scale for a small thumbnail, full size for a big one.
         assert_eq!(estimate(&data, &info(Format::Jpeg, false), (256, 256)), 500 * 375 * 3);
@@ -190,7 +162,7 @@ mod tests {
         let mut prog = data.to_vec();
         let sof = prog.windows(2).position(|w| w == [0xFF, 0xC0]).expect("SOF0");
         prog[sof + 1] = 0xC2;
-        assert!(progressive_jpeg(&prog));
+        assert!(crate::jpeg_frame::progressive(&prog));
         assert_eq!(estimate(&prog, &info(Format::Jpeg, false), (256, 256)), 4000 * 3000 * 3);
         assert_eq!(estimate(b"", &info(Format::Png, true), (256, 256)), 4000 * 3000 * 4);
     }

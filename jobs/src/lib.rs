@@ -26,6 +26,7 @@ pub mod decode_budget;
 pub mod envelope;
 pub mod error;
 pub mod infer;
+pub mod jpeg_frame;
 pub mod kind;
 pub mod layout;
 pub mod render;

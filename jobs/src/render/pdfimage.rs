@@ -44,34 +44,6 @@ impl Default for PdfImages {
     }
 }
 
-/// Components of a JPEG's frame (SOFn), `None` when not found.
-fn jpeg_components(data: &[u8]) -> Option<u8> {
-    let mut i = 2;
-    while i + 4 <= data.len() {
-        if data[i] != 0xFF {
-            return None;
-        }
-        let m = data[i + 1];
-        if m == 0xFF {
-            i += 1;
-            continue;
-        }
-        if m == 0x01 || (0xD0..=0xD7).contains(&m) {
-            i += 2;
-            continue;
-        }
-        let len = u16::from_be_bytes([data[i + 2], data[i + 3]]) as usize;
-        if (0xC0..=0xCF).contains(&m) && m != 0xC4 && m != 0xC8 && m != 0xCC {
-            return data.get(i + 9).copied();
-        }
-        if m == 0xDA || len < 2 {
-            return None;
-        }
-        i += 2 + len;
-    }
-    None
-}
-
 /// Whether a JPEG can go into the PDF byte for byte: what a PDF reader shows is then what
 /// the PNG path decodes.
 fn passthrough(data: &[u8]) -> Option<&'static str> {
@@ -80,7 +52,7 @@ fn passthrough(data: &[u8]) -> Option<&'static str> {
     if header.cmyk || header.lossless || meta.adobe || meta.icc.as_deref().is_some_and(|p| !img::color::is_srgb(p)) {
         return None;
     }
-    match jpeg_components(data)? {
+    match crate::jpeg_frame::components(data)? {
         1 => Some("DeviceGray"),
         3 => Some("DeviceRGB"),
         _ => None,
@@ -163,9 +135,9 @@ mod tests {
     fn jpeg_frames_are_read_for_their_components() {
         let rgb = Image::new(16, 8, PixelKind::Rgb8, vec![120; 16 * 8 * 3]).unwrap();
         let data = jpeg::encode_rgb(&rgb, 80).unwrap();
-        assert_eq!(jpeg_components(&data), Some(3));
+        assert_eq!(crate::jpeg_frame::components(&data), Some(3));
         assert_eq!(passthrough(&data), Some("DeviceRGB"));
-        assert_eq!(jpeg_components(b"\xff\xd8\xff"), None);
-        assert_eq!(jpeg_components(b"\xff\xd8\xff\xe0\x00\x02"), None);
+        assert_eq!(crate::jpeg_frame::components(b"\xff\xd8\xff"), None);
+        assert_eq!(crate::jpeg_frame::components(b"\xff\xd8\xff\xe0\x00\x02"), None);
     }
 }
