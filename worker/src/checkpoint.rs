@@ -259,10 +259,12 @@ impl Lease {
                 }
                 // Either another worker took the lease, or an earlier try of ours was applied
                 // but its answer lost (a dropped connection, an SDK retry): the owner field
-                // tells which.
+                // tells which. Ours: adopt the stored state itself, not only its version, so
+                // a later write (a renewal, the release) never drops a unit whose record was
+                // applied but answered with an error.
                 Err(StoreError::Conflict(_)) => match read_state(self.spec.store.as_ref(), &self.spec.uri).await {
                     Ok(Some((found, version))) if found.owner == self.spec.owner => {
-                        cur.1 = version;
+                        *cur = (found, version);
                         continue;
                     }
                     Ok(_) => {
