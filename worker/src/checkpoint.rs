@@ -364,6 +364,69 @@ mod tests {
         }
     }
 
+    /// The filesystem store, except that one armed conditional write is applied and then
+    /// answered with an error (the connection dropped after the store took it).
+    struct LostAnswer {
+        fs: FsStore,
+        armed: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for LostAnswer {
+        async fn get(&self, uri: &Url, limit: u64) -> Result<Bytes, StoreError> {
+            self.fs.get(uri, limit).await
+        }
+        async fn open(&self, uri: &Url) -> Result<kiln_jobs::store::ByteStream, StoreError> {
+            self.fs.open(uri).await
+        }
+        async fn head(&self, uri: &Url) -> Result<Option<kiln_jobs::ObjectMeta>, StoreError> {
+            self.fs.head(uri).await
+        }
+        async fn put(&self, uri: &Url, data: Bytes, content_type: &str) -> Result<(), StoreError> {
+            self.fs.put(uri, data, content_type).await
+        }
+        async fn put_file(&self, uri: &Url, path: &std::path::Path, content_type: &str) -> Result<(), StoreError> {
+            self.fs.put_file(uri, path, content_type).await
+        }
+        async fn put_if_absent(&self, uri: &Url, data: Bytes, content_type: &str) -> Result<bool, StoreError> {
+            self.fs.put_if_absent(uri, data, content_type).await
+        }
+        async fn delete(&self, uri: &Url) -> Result<(), StoreError> {
+            self.fs.delete(uri).await
+        }
+        async fn get_versioned(&self, uri: &Url, limit: u64) -> Result<(Bytes, Version), StoreError> {
+            self.fs.get_versioned(uri, limit).await
+        }
+        async fn put_if_version(&self, uri: &Url, data: Bytes, content_type: &str, expected: Option<&Version>) -> Result<Version, StoreError> {
+            let v = self.fs.put_if_version(uri, data, content_type, expected).await?;
+            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the answer was lost".into()));
+            }
+            Ok(v)
+        }
+        async fn list(&self, prefix: &Url) -> Result<Vec<kiln_jobs::ObjectMeta>, StoreError> {
+            self.fs.list(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unit_whose_record_was_applied_but_answered_with_an_error_survives_the_release() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(LostAnswer { fs: FsStore, armed: false.into() });
+        let mut s = spec(d.path(), "w1/a", "h", 60_000);
+        s.store = store.clone();
+        let a = mine(acquire(s).await.unwrap());
+        a.record("page-0001", unit("p1")).await.unwrap();
+        store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Stored, but the attempt sees an error (and, with no store wait, fails).
+        assert!(a.record("page-0002", unit("p2")).await.is_err());
+        // The release meets our own newer write: it must keep page 2.
+        a.release().await;
+        let b = mine(acquire(spec(d.path(), "w2/b", "h", 60_000)).await.unwrap());
+        assert_eq!(b.restored_count(), 2, "the release rewrote the older state");
+        assert_eq!(b.restored("page-0002"), Some(unit("p2")));
+    }
+
     #[test]
     fn spec_hash_ignores_key_order_but_not_values() {
         let out = Url::parse("file:///o/").unwrap();
