@@ -52,11 +52,16 @@ impl Budget {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `take` more bytes fit: within the budget, or alone.
+    fn fits(used: u64, take: u64, budget: u64) -> bool {
+        used == 0 || used + take <= budget
+    }
+
     /// Reserves `bytes` (at most `budget`) when they fit now, or when nothing is reserved.
     pub fn try_reserve(&self, bytes: u64, budget: u64) -> Option<Reserved<'_>> {
         let take = bytes.min(budget);
         let mut used = self.lock();
-        (*used == 0 || *used + take <= budget).then(|| {
+        Self::fits(*used, take, budget).then(|| {
             *used += take;
             Reserved { budget: self, bytes: take }
         })
@@ -65,17 +70,14 @@ impl Budget {
     /// Like [`Budget::try_reserve`], waiting for room; `stop` is asked between waits and
     /// ends the wait with its error.
     pub fn reserve(&self, bytes: u64, budget: u64, stop: impl Fn() -> Result<(), JobError>) -> Result<Reserved<'_>, JobError> {
-        loop {
-            if let Some(r) = self.try_reserve(bytes, budget) {
-                return Ok(r);
-            }
+        let take = bytes.min(budget);
+        let mut used = self.lock();
+        while !Self::fits(*used, take, budget) {
             stop()?;
-            let used = self.lock();
-            let take = bytes.min(budget);
-            if *used != 0 && *used + take > budget {
-                drop(self.freed.wait_timeout(used, CANCEL_POLL).unwrap_or_else(|p| p.into_inner()));
-            }
+            used = self.freed.wait_timeout(used, CANCEL_POLL).unwrap_or_else(|p| p.into_inner()).0;
         }
+        *used += take;
+        Ok(Reserved { budget: self, bytes: take })
     }
 }
 
@@ -95,9 +97,9 @@ pub fn estimate(data: &[u8], info: &ImageInfo, need: (u32, u32)) -> u64 {
         Format::Jpeg if crate::jpeg_frame::progressive(data) => w * h * 3,
         Format::Jpeg => {
             // The output at the smallest of libjpeg's n/8 scales that still covers `need`
-            // (in either orientation).
-            let (nw, nh) = (need.0.max(need.1) as u64, need.0.max(need.1) as u64);
-            let eighths = (1..=8u64).find(|n| w * n / 8 >= nw.min(w) && h * n / 8 >= nh.min(h)).unwrap_or(8);
+            // (its longer side, in either orientation).
+            let n = need.0.max(need.1) as u64;
+            let eighths = (1..=8u64).find(|e| w * e / 8 >= n.min(w) && h * e / 8 >= n.min(h)).unwrap_or(8);
             (w * eighths).div_ceil(8) * (h * eighths).div_ceil(8) * 3
         }
         _ => w * h * if info.has_alpha { 4 } else { 3 },

@@ -28,7 +28,6 @@ fn version_of(data: &[u8]) -> Version {
 /// The compare-and-swap of `put_if_version`, run on a blocking thread under the sidecar lock.
 fn swap_locked(uri: &Url, dest: &Path, data: &[u8], expected: Option<&Version>) -> Result<Version, StoreError> {
     use rustix::fs::{flock, FlockOperation};
-    use std::io::Write;
     let parent = dest.parent().ok_or_else(|| StoreError::UnsupportedUri(uri.to_string()))?;
     std::fs::create_dir_all(parent).map_err(|e| StoreError::io(uri, e))?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
@@ -48,17 +47,7 @@ fn swap_locked(uri: &Url, dest: &Path, data: &[u8], expected: Option<&Version>) 
     if current.as_ref() != expected {
         return Err(StoreError::Conflict(uri.to_string()));
     }
-    let tmp = tmp_path(dest);
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, dest)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(StoreError::io(uri, e));
-    }
+    place(uri, dest, data, false)?;
     Ok(version_of(data))
 }
 
@@ -84,45 +73,49 @@ async fn ensure_parent(uri: &Url, path: &Path) -> Result<(), StoreError> {
 }
 
 /// Writes `data` to a fresh temporary file beside `dest`, flushed to disk, then moves it to
-/// `dest` (`link`: only when `dest` does not exist yet; returns whether it was placed). All
-/// on one blocking thread: one hand-off per object instead of one per file operation (and
-/// no copy through tokio's file buffer), which for a render job's 100 page parts was a
-/// tenth of its CPU time.
+/// `dest` (`link`: only when `dest` does not exist yet; returns whether it was placed). A
+/// blocking call: the conditional write runs it under its lock, the async writes on one
+/// blocking thread ([`write_and_place`]).
+fn place(uri: &Url, dest: &Path, data: &[u8], link: bool) -> Result<bool, StoreError> {
+    use std::io::Write;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::io(uri, e))?;
+    }
+    let tmp = tmp_path(dest);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::io(uri, e));
+    }
+    if link {
+        // link(2) fails with EEXIST when the destination exists: an atomic create-if-absent.
+        let linked = std::fs::hard_link(&tmp, dest);
+        let _ = std::fs::remove_file(&tmp);
+        return match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StoreError::io(uri, e)),
+        };
+    }
+    if let Err(e) = std::fs::rename(&tmp, dest) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::io(uri, e));
+    }
+    Ok(true)
+}
+
+/// [`place`] on one blocking thread: one hand-off per object instead of one per file
+/// operation (and no copy through tokio's file buffer), which for a render job's 100 page
+/// parts was a tenth of its CPU time.
 async fn write_and_place(uri: &Url, dest: PathBuf, data: Bytes, link: bool) -> Result<bool, StoreError> {
     let u = uri.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::io(&u, e))?;
-        }
-        let tmp = tmp_path(&dest);
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_data()
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::io(&u, e));
-        }
-        if link {
-            // link(2) fails with EEXIST when the destination exists: an atomic create-if-absent.
-            let linked = std::fs::hard_link(&tmp, &dest);
-            let _ = std::fs::remove_file(&tmp);
-            return match linked {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(StoreError::io(&u, e)),
-            };
-        }
-        if let Err(e) = std::fs::rename(&tmp, &dest) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::io(&u, e));
-        }
-        Ok(true)
-    })
-    .await
-    .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
+    tokio::task::spawn_blocking(move || place(&u, &dest, &data, link))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
 }
 
 #[async_trait]
