@@ -8,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -65,9 +66,12 @@ impl Broker {
         self.proc = proc;
     }
 
+    /// Creates kiln's topics. A broker that has just started listening may not answer its
+    /// first admin request (seen on a loaded 2-core CI host: the request hung until the
+    /// client's 60 s default), so each attempt has a 10 s limit and a fresh client, and a
+    /// topic an earlier attempt already created counts as created. Bounded: 6 attempts.
     async fn create_topics(&self) {
         let partitions = self.partitions;
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let topics = [
             NewTopic::new("kiln.jobs", partitions, TopicReplication::Fixed(1)),
             // A pool's own jobs topic (k8s/: kiln.jobs.cpu, kiln.jobs.gpu).
@@ -76,9 +80,26 @@ impl Broker {
             NewTopic::new("kiln.events", 1, TopicReplication::Fixed(1)),
             NewTopic::new("kiln.dlq", 1, TopicReplication::Fixed(1)),
         ];
-        for r in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
-            r.unwrap();
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let mut last = String::new();
+        for _ in 0..6 {
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+            match admin.create_topics(&topics, &opts).await {
+                Ok(results) => {
+                    let failed: Vec<_> = results
+                        .into_iter()
+                        .filter_map(Result::err)
+                        .filter(|(_, code)| *code != RDKafkaErrorCode::TopicAlreadyExists)
+                        .collect();
+                    if failed.is_empty() {
+                        return;
+                    }
+                    last = format!("{failed:?}");
+                }
+                Err(e) => last = e.to_string(),
+            }
         }
+        panic!("could not create kiln's topics on {}: {last}", self.addr);
     }
 
     /// Kills the broker (SIGKILL): everything it held is gone.
