@@ -18,6 +18,10 @@ pub fn check_image(data: &[u8], format: Format) {
         if let Ok(d) = decode(data, &DecodeOptions { max_pixels: MAX_PIXELS, min_size }) {
             assert!(d.image.width as u64 * d.image.height as u64 <= MAX_PIXELS);
             assert!(d.image.width <= info.width.max(1) && d.image.height <= info.height.max(1), "decoded larger than the header said");
+            if let (Format::Png, Some(need)) = (format, min_size) {
+                let planned = kiln_kernels::image::png_shrink::decoded_dims(data, &info, need);
+                assert_eq!((d.image.width, d.image.height), planned, "PNG shrink-on-load gave another size than planned");
+            }
         }
     }
 }

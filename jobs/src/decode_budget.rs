@@ -2,8 +2,8 @@
 //!
 //! A decode's memory is mostly known from the header before it starts: a progressive JPEG
 //! keeps every DCT coefficient of the whole image (about 3 bytes a pixel at 4:2:0, whatever
-//! the scale it is decoded at), a baseline JPEG only its (shrunk) output, a PNG or any other
-//! format its full-size pixels. Two large decodes at once on a small host are what lifted
+//! the scale it is decoded at), a baseline JPEG only its (shrunk) output, a PNG its output
+//! shrunk on load (full size when interlaced), any other format its full-size pixels. Two large decodes at once on a small host are what lifted
 //! kiln's peak memory above libvips' (which thumbnails one file at a time): so a decode
 //! estimated at [`LARGE`] or more reserves its estimate from a process-wide budget
 //! (`limits.decode_memory_mb`, default 32 MiB per core) first, and waits — without its CPU slot, so small jobs go on
@@ -102,6 +102,11 @@ pub fn estimate(data: &[u8], info: &ImageInfo, need: (u32, u32)) -> u64 {
             let eighths = (1..=8u64).find(|e| w * e / 8 >= n.min(w) && h * e / 8 >= n.min(h)).unwrap_or(8);
             (w * eighths).div_ceil(8) * (h * eighths).div_ceil(8) * 3
         }
+        Format::Png => {
+            // Shrunk on load by a box factor, unless interlaced (`png_shrink`).
+            let (dw, dh) = kiln_kernels::image::png_shrink::decoded_dims(data, info, need);
+            dw as u64 * dh as u64 * if info.has_alpha { 4 } else { 3 }
+        }
         _ => w * h * if info.has_alpha { 4 } else { 3 },
     }
 }
@@ -166,6 +171,13 @@ mod tests {
         prog[sof + 1] = 0xC2;
         assert!(crate::jpeg_frame::progressive(&prog));
         assert_eq!(estimate(&prog, &info(Format::Jpeg, false), (256, 256)), 4000 * 3000 * 3);
+        // PNG: shrunk on load to at least twice the need (3000 / 256 / 2 → boxes of 5×5 pixels),
+        // whole when interlaced (the IHDR's last byte) or when the header is not there.
+        let mut ihdr = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        ihdr.extend_from_slice(&[0, 0, 0x0f, 0xa0, 0, 0, 0x0b, 0xb8, 8, 6, 0, 0, 0]);
+        assert_eq!(estimate(&ihdr, &info(Format::Png, true), (256, 256)), 800 * 600 * 4);
+        *ihdr.last_mut().unwrap() = 1;
+        assert_eq!(estimate(&ihdr, &info(Format::Png, true), (256, 256)), 4000 * 3000 * 4);
         assert_eq!(estimate(b"", &info(Format::Png, true), (256, 256)), 4000 * 3000 * 4);
     }
 }

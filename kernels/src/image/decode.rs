@@ -1,4 +1,5 @@
-//! Probe and decode: JPEG through libjpeg-turbo with shrink-on-load, PNG/WebP/GIF (first
+//! Probe and decode: JPEG through libjpeg-turbo with shrink-on-load, PNG row by row with
+//! shrink-on-load ([`super::png_shrink`]; interlaced ones whole), PNG/WebP/GIF (first
 //! frame)/TIFF through the `image` crate. The pixel limit is checked from the header before
 //! any pixel buffer exists.
 
@@ -16,7 +17,7 @@ pub struct DecodeOptions {
     /// Refuse images with more pixels (width × height, from the header).
     pub max_pixels: u64,
     /// The smallest size, in display (oriented) coordinates, the caller needs: decoders that
-    /// can shrink while decoding (JPEG) stop at or above it. `None`: full size.
+    /// can shrink while decoding (JPEG, PNG) stop at or above it. `None`: full size.
     pub min_size: Option<(u32, u32)>,
 }
 
@@ -62,6 +63,11 @@ pub fn decode(data: &[u8], opts: &DecodeOptions) -> Result<Decoded, ImageError> 
     }
     guarded(|| {
         let (info, mut dec) = open_other(format, data, opts.max_pixels)?;
+        if let (Format::Png, Some(need)) = (format, opts.min_size) {
+            if let Some((image, icc)) = super::png_shrink::decode(data, &info, need)? {
+                return Ok(Decoded { info, image, icc });
+            }
+        }
         let icc = dec.icc_profile().ok().flatten();
         let image = read_other(dec, &info, opts.max_pixels)?;
         Ok(Decoded { info, image, icc: icc.filter(|p| p.get(16..20) == Some(b"RGB ")) })

@@ -15,6 +15,7 @@ pub mod encode;
 pub mod fit;
 pub mod jpeg;
 pub mod orient;
+pub mod png_shrink;
 pub mod progressive;
 pub mod resize;
 pub mod sniff;
