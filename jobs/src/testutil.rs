@@ -23,6 +23,10 @@ impl MemStore {
     pub fn object(&self, uri: &str) -> Option<(Bytes, String)> {
         self.objects.lock().unwrap().get(uri).cloned()
     }
+    /// The URIs stored under `prefix`, in order.
+    pub fn uris_under(&self, prefix: &str) -> Vec<String> {
+        self.objects.lock().unwrap().keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+    }
 }
 
 #[async_trait]

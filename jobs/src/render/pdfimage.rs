@@ -10,18 +10,21 @@
 //! lossless Flate for other formats; alpha becomes a Flate soft mask.
 //!
 //! Built images are cached for the job by (source, crop, size), so a photo on many pages is
-//! encoded once, whichever page thread needs it first (and the assembler stores it once).
-//! The cache is bounded by [`CACHE_BYTES`].
+//! encoded once, whichever page thread needs it first. The cache is bounded by
+//! [`CACHE_BYTES`]. Each built image is also stored once beside the parts (parts only name
+//! it, see [`super::pdf::PdfImage`]) and kept by id until the assembler has written it.
 
 use super::cache::Cache;
 use super::page::{box_size, ensure_crop};
-use super::pdf::{deflate, PdfImage};
+use super::pdf::{deflate, image_blob_name, PdfImage};
 use super::spec::Crop;
 use crate::context::JobContext;
 use crate::convert::Context;
 use crate::error::JobError;
 use kiln_kernels::image::{self as img, fit::CropRect, jpeg, DecodeOptions, Format, Image, Orientation, PixelKind, SrgbTransform};
-use std::sync::Arc;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Most encoded bytes the per-job cache holds before it is emptied.
 pub const CACHE_BYTES: u64 = 64 << 20;
@@ -36,11 +39,15 @@ pub struct Placed {
 
 type Key = (String, Option<[u64; 4]>, (Option<u32>, Option<u32>));
 
-pub struct PdfImages(Cache<Key, Placed>);
+pub struct PdfImages {
+    cache: Cache<Key, Placed>,
+    /// Images built by this attempt that the assembler has not written yet, by id.
+    unwritten: Mutex<HashMap<String, Arc<PdfImage>>>,
+}
 
 impl Default for PdfImages {
     fn default() -> Self {
-        PdfImages(Cache::new(CACHE_BYTES))
+        PdfImages { cache: Cache::new(CACHE_BYTES), unwritten: Mutex::default() }
     }
 }
 
@@ -63,7 +70,23 @@ impl PdfImages {
     pub fn get(&self, ctx: &JobContext, uri: &str, size: (Option<u32>, Option<u32>), crop: Option<&Crop>, quality: u8) -> Result<Placed, JobError> {
         let key = (uri.to_owned(), crop.map(|c| [c.x.to_bits(), c.y.to_bits(), c.width.to_bits(), c.height.to_bits()]), size);
         let cost = |p: &Placed| (p.image.data.len() + p.image.smask.as_ref().map_or(0, Vec::len)) as u64;
-        self.0.get(&key, cost, || build(ctx, uri, size, crop, quality))
+        self.cache.get(&key, cost, || {
+            let placed = build(ctx, uri, size, crop, quality)?;
+            let im = &placed.image;
+            ctx.store_output(&image_blob_name(&im.id), Bytes::from(im.to_blob()), "application/octet-stream", None)?;
+            self.unwritten.lock().unwrap_or_else(|p| p.into_inner()).insert(im.id.clone(), im.clone());
+            Ok(placed)
+        })
+    }
+
+    /// The image `id` for the assembler, which writes it once: built by this attempt (and
+    /// forgotten here), or read back from the store (an earlier attempt built it).
+    pub fn for_document(&self, ctx: &JobContext, id: &str) -> Result<Arc<PdfImage>, JobError> {
+        if let Some(im) = self.unwritten.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+            return Ok(im);
+        }
+        let blob = super::run::read_part(ctx, &image_blob_name(id))?;
+        Ok(Arc::new(PdfImage::from_blob(&blob, id)?))
     }
 }
 
@@ -88,7 +111,7 @@ fn build(ctx: &JobContext, uri: &str, size: (Option<u32>, Option<u32>), crop: Op
 
     if info.format == Format::Jpeg && crop.is_none() && info.orientation == Orientation::Normal && target == (ow, oh) {
         if let Some(cs) = passthrough(&data) {
-            return Ok(placed(PdfImage { width: ow, height: oh, color_space: cs, filter: "DCTDecode", data: data.to_vec(), smask: None }));
+            return Ok(placed(PdfImage::new(ow, oh, cs, "DCTDecode", data.to_vec(), None)));
         }
     }
     // Decode at the target size when nothing is cropped (JPEG shrink-on-load); a crop is in
@@ -109,7 +132,7 @@ fn build(ctx: &JobContext, uri: &str, size: (Option<u32>, Option<u32>), crop: Op
     } else {
         ("FlateDecode", deflate(&rgb.data)?)
     };
-    Ok(placed(PdfImage { width: rgb.width, height: rgb.height, color_space: "DeviceRGB", filter, data, smask }))
+    Ok(placed(PdfImage::new(rgb.width, rgb.height, "DeviceRGB", filter, data, smask)))
 }
 
 /// RGB samples and, when some pixel is not opaque, the alpha plane.

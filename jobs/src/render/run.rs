@@ -137,7 +137,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
                 }
             };
             if let (Some((asm, _)), Some(part), Some(name)) = (asm.as_mut(), part, name) {
-                asm.add_part(&part, &name)?;
+                asm.add_part(&part, &name, &mut |id| shared.pdf_images.for_document(ctx, id))?;
             }
             ctx.progress(i as u64 + 1, total, &page_key(i));
             Ok(())
@@ -216,8 +216,8 @@ fn work(job: &Resolved, ctx: &JobContext, shared: &Shared, i: usize) -> Result<U
     Ok(Unit::Rendered { png, part, record })
 }
 
-/// A stored PDF part, read back.
-fn read_part(ctx: &JobContext, name: &str) -> Result<Bytes, JobError> {
+/// A stored PDF part (or image blob), read back.
+pub(super) fn read_part(ctx: &JobContext, name: &str) -> Result<Bytes, JobError> {
     let uri = join_output(&ctx.output_prefix, name)?;
     ctx.block_on(ctx.store().get(&uri, u64::MAX))
         .map_err(|e| JobError::internal(format!("reading stored part {name}: {e}")).retryable(e.is_retryable()))

@@ -301,6 +301,11 @@ fn an_interrupted_200_page_job_resumes_and_assembles_the_same_pdf() {
     assert!(h.store.object(&format!("{OUT}document.pdf")).is_none());
     let records = first.records.lock().unwrap().clone();
     assert_eq!(records.len(), 120);
+    // The photo (on every tenth page) is stored once beside the parts; the parts only name it.
+    let blobs = h.store.uris_under(&format!("{OUT}.parts/image-"));
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let part = h.output(".parts/page-0001.pdf");
+    assert!(part.len() < 4096 && part.windows(9).any(|w| w == b"KilnImage"), "page 1's part names its image ({} bytes)", part.len());
 
     // Resumed by another attempt with the stored records: only the 80 missing pages render.
     let second = Arc::new(MemCheckpoint { records: Mutex::new(records), ..Default::default() });
@@ -310,6 +315,7 @@ fn an_interrupted_200_page_job_resumes_and_assembles_the_same_pdf() {
     assert_eq!(second.calls.load(Ordering::SeqCst), 80);
     let resumed = h.output("document.pdf");
     assert!(resumed == reference, "resumed document.pdf differs from the uninterrupted one");
+    assert_eq!(images_of(&resumed).len(), 1, "the photo written once");
     assert_eq!(out.outputs.len(), 201, "200 PNGs (restored ones included) and the PDF");
     for i in [0usize, 119, 120, 199] {
         let name = format!("page-{:04}.png", i + 1);

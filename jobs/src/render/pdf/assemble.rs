@@ -7,15 +7,19 @@
 //! a photo placed on 100 pages, or the font program of a source PDF merged page by page, is
 //! stored once. Font placeholders ([`super::font`]) are not written at all: each font name
 //! gets one object number on first sight, collects the glyphs of every page, and is written,
-//! subset, in [`Assembler::finish`].
+//! subset, in [`Assembler::finish`]. Image placeholders ([`super::image_placeholder`]) name
+//! images stored once per job beside the parts: each id is written at its first use, from
+//! memory when the image was built by this attempt, read back from the store otherwise, and
+//! referenced afterwards.
 
 use super::font::{self, DocFont};
-use super::{catalog_dict, pages_dict, renumber, serialise, ObjWriter};
+use super::{catalog_dict, pages_dict, read_image_placeholder, renumber, serialise, ObjWriter, PdfImage};
 use crate::error::JobError;
 use lopdf::{Document, Object, ObjectId};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
+use std::sync::Arc;
 
 /// Writes the final document part by part.
 pub struct Assembler<W: Write> {
@@ -25,6 +29,8 @@ pub struct Assembler<W: Write> {
     kids: Vec<u32>,
     /// Content hash of every shared object written → its object number.
     shared: HashMap<[u8; 32], u32>,
+    /// Image id → its object number, for every image written.
+    images: HashMap<String, u32>,
     fonts: Vec<DocFont>,
 }
 
@@ -57,7 +63,7 @@ impl<W: Write> Assembler<W> {
     pub fn new(out: W) -> Result<Self, JobError> {
         let mut out = ObjWriter::new(out)?;
         let (catalog, pages) = (out.alloc(), out.alloc());
-        Ok(Assembler { out, catalog, pages, kids: Vec::new(), shared: HashMap::new(), fonts: Vec::new() })
+        Ok(Assembler { out, catalog, pages, kids: Vec::new(), shared: HashMap::new(), images: HashMap::new(), fonts: Vec::new() })
     }
 
     fn font_id(&mut self, name: String, glyphs: Vec<(u16, String)>) -> u32 {
@@ -74,8 +80,8 @@ impl<W: Write> Assembler<W> {
     }
 
     /// Appends the page of a part (as written by [`super::vector_part`] or
-    /// [`super::extract_part`]).
-    pub fn add_part(&mut self, part: &[u8], what: &str) -> Result<(), JobError> {
+    /// [`super::extract_part`]); `image` gives the image of an id the part names.
+    pub fn add_part(&mut self, part: &[u8], what: &str, image: &mut dyn FnMut(&str) -> Result<Arc<PdfImage>, JobError>) -> Result<(), JobError> {
         let bad = |e: lopdf::Error| JobError::internal(format!("{what}: stored part: {e}"));
         let doc = Document::load_mem(part).map_err(bad)?;
         let page_id = *doc.get_pages().get(&1).ok_or_else(|| JobError::internal(format!("{what}: stored part has no page")))?;
@@ -99,6 +105,20 @@ impl<W: Write> Assembler<W> {
                         continue;
                     }
                     let Ok(obj) = doc.get_object(id) else { continue };
+                    if let Some(image_id) = read_image_placeholder(obj) {
+                        let n = match self.images.get(&image_id) {
+                            Some(n) => *n,
+                            None => {
+                                let im = image(&image_id)?;
+                                let n = self.out.alloc();
+                                im.write(&mut self.out, n)?;
+                                self.images.insert(image_id, n);
+                                n
+                            }
+                        };
+                        map.insert(id, n);
+                        continue;
+                    }
                     if let Some((name, glyphs)) = font::read_placeholder(obj) {
                         let n = self.font_id(name, glyphs);
                         map.insert(id, n);

@@ -24,6 +24,7 @@ pub use assemble::Assembler;
 use crate::error::JobError;
 use lopdf::{Dictionary, Document, Object, ObjectId, Stream, Writer};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use sha2::{Digest, Sha256};
 use std::io::Write;
 
 fn pdf_err(what: &str, e: impl std::fmt::Display) -> JobError {
@@ -68,6 +69,16 @@ impl<W: Write> ObjWriter<W> {
         self.raw(b"\nendobj\n")
     }
 
+    /// Writes a stream object from its serialised dictionary and its raw data.
+    fn stream(&mut self, id: u32, dict: &[u8], data: &[u8]) -> Result<(), JobError> {
+        self.offsets[id as usize] = self.pos;
+        self.raw(format!("{id} 0 obj\n").as_bytes())?;
+        self.raw(dict)?;
+        self.raw(b"\nstream\n")?;
+        self.raw(data)?;
+        self.raw(b"\nendstream\nendobj\n")
+    }
+
     fn finish(mut self, root: u32) -> Result<W, JobError> {
         let xref = self.pos;
         let mut table = format!("xref\n0 {}\n0000000000 65535 f \n", self.offsets.len());
@@ -92,7 +103,11 @@ pub(crate) fn real(v: f64) -> Object {
 }
 
 /// An image XObject ready to place: its samples encoded (`DCTDecode` or `FlateDecode`), an
-/// optional soft mask (8-bit alpha, Flate).
+/// optional soft mask (8-bit alpha, Flate), and its content id.
+///
+/// Parts do not carry images: a part names each image by its id ([`image_placeholder`]) and
+/// the image itself is stored once per job beside the parts ([`PdfImage::to_blob`], under
+/// [`image_blob_name`]); the assembler writes it into the document at its first use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PdfImage {
     pub width: u32,
@@ -104,9 +119,75 @@ pub struct PdfImage {
     pub data: Vec<u8>,
     /// Flate-compressed alpha, `width × height` bytes before compression.
     pub smask: Option<Vec<u8>>,
+    /// SHA-256 of everything above, in hex: equal ids are the same image.
+    pub id: String,
+}
+
+/// The first line of a stored image blob.
+const BLOB_MAGIC: &[u8] = b"kiln-pdf-image 1\n";
+
+/// The stored name of image `id`, beside the parts.
+pub fn image_blob_name(id: &str) -> String {
+    format!(".parts/image-{id}.bin")
 }
 
 impl PdfImage {
+    pub fn new(width: u32, height: u32, color_space: &'static str, filter: &'static str, data: Vec<u8>, smask: Option<Vec<u8>>) -> Self {
+        let mut h = Sha256::new();
+        h.update(format!("{width} {height} {color_space} {filter} {} {:?}\n", data.len(), smask.as_ref().map(Vec::len)));
+        h.update(&data);
+        if let Some(m) = &smask {
+            h.update(m);
+        }
+        let id = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        PdfImage { width, height, color_space, filter, data, smask, id }
+    }
+
+    /// The stored form: a header line (magic), a line of
+    /// `width height colour-space filter data-length smask-length`, the data, the mask.
+    pub fn to_blob(&self) -> Vec<u8> {
+        let mask = self.smask.as_deref().unwrap_or_default();
+        let mut b = BLOB_MAGIC.to_vec();
+        let line = format!("{} {} {} {} {} {}\n", self.width, self.height, self.color_space, self.filter, self.data.len(), self.smask.as_ref().map_or(-1, |m| m.len() as i64));
+        b.extend_from_slice(line.as_bytes());
+        b.extend_from_slice(&self.data);
+        b.extend_from_slice(mask);
+        b
+    }
+
+    /// Reads a stored blob back; `id` must be what it hashes to.
+    pub fn from_blob(blob: &[u8], id: &str) -> Result<Self, JobError> {
+        let bad = |why: &str| JobError::internal(format!("stored image {id}: {why}"));
+        let rest = blob.strip_prefix(BLOB_MAGIC).ok_or_else(|| bad("not an image blob"))?;
+        let nl = rest.iter().position(|b| *b == b'\n').ok_or_else(|| bad("no header"))?;
+        let header = std::str::from_utf8(&rest[..nl]).map_err(|_| bad("header is not text"))?;
+        let f: Vec<&str> = header.split(' ').collect();
+        let [w, h, cs, filter, n, m] = f[..] else { return Err(bad("header fields")) };
+        let num = |v: &str| v.parse::<i64>().map_err(|_| bad("header numbers"));
+        let (w, h, n, m) = (num(w)?, num(h)?, num(n)?, num(m)?);
+        let color_space = match cs {
+            "DeviceRGB" => "DeviceRGB",
+            "DeviceGray" => "DeviceGray",
+            _ => return Err(bad("colour space")),
+        };
+        let filter = match filter {
+            "DCTDecode" => "DCTDecode",
+            "FlateDecode" => "FlateDecode",
+            _ => return Err(bad("filter")),
+        };
+        let body = &rest[nl + 1..];
+        let (n, mask_len) = (usize::try_from(n).map_err(|_| bad("data length"))?, usize::try_from(m.max(0)).unwrap_or(0));
+        if body.len() != n + mask_len || w <= 0 || h <= 0 || w > u32::MAX as i64 || h > u32::MAX as i64 {
+            return Err(bad("lengths"));
+        }
+        let smask = (m >= 0).then(|| body[n..].to_vec());
+        let image = PdfImage::new(w as u32, h as u32, color_space, filter, body[..n].to_vec(), smask);
+        if image.id != id {
+            return Err(bad("content does not match its id"));
+        }
+        Ok(image)
+    }
+
     fn objects(&self) -> (Dictionary, Option<Stream>) {
         let dict = |w: u32, h: u32, cs: &str, filter: &str| {
             let mut d = Dictionary::new();
@@ -122,6 +203,36 @@ impl PdfImage {
         let smask = self.smask.as_ref().map(|a| Stream::new(dict(self.width, self.height, "DeviceGray", "FlateDecode"), a.clone()));
         (dict(self.width, self.height, self.color_space, self.filter), smask)
     }
+
+    /// Writes the image (its soft mask first) into a document as object `id`.
+    fn write<W: Write>(&self, out: &mut ObjWriter<W>, id: u32) -> Result<(), JobError> {
+        let (mut dict, smask) = self.objects();
+        if let Some(s) = smask {
+            let sid = out.alloc();
+            dict.set("SMask", Object::Reference((sid, 0)));
+            out.object(sid, &Object::Stream(s))?;
+        }
+        // The samples are written as they are, without building a stream object around a
+        // copy of them.
+        let mut head = Vec::new();
+        dict.set("Length", self.data.len() as i64);
+        Writer::write_object(&mut head, &Object::Dictionary(dict)).map_err(|e| pdf_err("serialise", e))?;
+        out.stream(id, &head, &self.data)
+    }
+}
+
+/// The part's stand-in for an image stored beside the parts: `<< /KilnImage (id) >>`.
+pub fn image_placeholder(id: &str) -> Dictionary {
+    let mut d = Dictionary::new();
+    d.set("KilnImage", Object::string_literal(id.as_bytes().to_vec()));
+    d
+}
+
+/// The image id a placeholder names.
+pub fn read_image_placeholder(obj: &Object) -> Option<String> {
+    let d = obj.as_dict().ok()?;
+    let id = d.get(b"KilnImage").ok()?.as_str().ok()?;
+    (d.len() == 1).then(|| String::from_utf8_lossy(id).into_owned())
 }
 
 /// A transparency group drawn as a form XObject: `content` in the page's user space, clipped
@@ -178,14 +289,14 @@ pub fn vector_part(size_pt: (f64, f64), content: &[u8], res: &Resources) -> Resu
     out.object(catalog, &catalog_dict(pages))?;
     out.object(pages, &pages_dict(&[page]))?;
     let fonts: Vec<u32> = res.fonts.iter().map(|_| out.alloc()).collect();
-    let images: Vec<(u32, Option<u32>)> = res.images.iter().map(|i| (out.alloc(), i.smask.as_ref().map(|_| out.alloc()))).collect();
+    let images: Vec<u32> = res.images.iter().map(|_| out.alloc()).collect();
     let forms: Vec<u32> = res.forms.iter().map(|_| out.alloc()).collect();
 
     let mut resources = Dictionary::new();
     if !fonts.is_empty() {
         resources.set("Font", named("F", &fonts));
     }
-    let mut xobjects = named("Im", &images.iter().map(|i| i.0).collect::<Vec<_>>());
+    let mut xobjects = named("Im", &images);
     for (k, v) in named("Fm", &forms).into_iter() {
         xobjects.set(k, v);
     }
@@ -206,13 +317,8 @@ pub fn vector_part(size_pt: (f64, f64), content: &[u8], res: &Resources) -> Resu
     for ((name, glyphs), id) in res.fonts.iter().zip(&fonts) {
         out.object(*id, &Object::Dictionary(font::placeholder(name, glyphs)))?;
     }
-    for (im, (id, smask_id)) in res.images.iter().zip(&images) {
-        let (mut dict, smask) = im.objects();
-        if let (Some(s), Some(sid)) = (smask, smask_id) {
-            dict.set("SMask", Object::Reference((*sid, 0)));
-            out.object(*sid, &Object::Stream(s))?;
-        }
-        out.object(*id, &Object::Stream(Stream::new(dict, im.data.clone())))?;
+    for (im, id) in res.images.iter().zip(&images) {
+        out.object(*id, &Object::Dictionary(image_placeholder(&im.id)))?;
     }
     for (f, id) in res.forms.iter().zip(&forms) {
         let mut d = Dictionary::new();
@@ -386,3 +492,62 @@ fn renumber_dict(d: &Dictionary, map: &BTreeMap<ObjectId, u32>) -> Dictionary {
     out
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_blobs_round_trip_and_refuse_what_is_not_theirs() {
+        let with_mask = PdfImage::new(3, 2, "DeviceRGB", "FlateDecode", deflate(&[7; 18]).unwrap(), Some(deflate(&[0, 255, 9, 9, 9, 9]).unwrap()));
+        let plain = PdfImage::new(3, 2, "DeviceGray", "DCTDecode", vec![1, 2, 3], None);
+        for im in [&with_mask, &plain] {
+            assert_eq!(&PdfImage::from_blob(&im.to_blob(), &im.id).unwrap(), im);
+        }
+        assert_ne!(with_mask.id, plain.id);
+        // The same samples without their mask, or with an empty one, are other images.
+        let no_mask = PdfImage::new(3, 2, "DeviceRGB", "FlateDecode", with_mask.data.clone(), None);
+        let empty_mask = PdfImage::new(3, 2, "DeviceRGB", "FlateDecode", with_mask.data.clone(), Some(Vec::new()));
+        assert_ne!(no_mask.id, with_mask.id);
+        assert_ne!(no_mask.id, empty_mask.id);
+        assert_eq!(PdfImage::from_blob(&empty_mask.to_blob(), &empty_mask.id).unwrap(), empty_mask);
+        // Another id, a flipped byte, a cut blob, a bad header: errors, not images.
+        let blob = with_mask.to_blob();
+        assert!(PdfImage::from_blob(&blob, &plain.id).is_err());
+        let mut flipped = blob.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(PdfImage::from_blob(&flipped, &with_mask.id).is_err());
+        assert!(PdfImage::from_blob(&blob[..blob.len() - 1], &with_mask.id).is_err());
+        assert!(PdfImage::from_blob(b"kiln-pdf-image 1\n3 2 DeviceCMYK DCTDecode 0 -1\n", &plain.id).is_err());
+        assert!(PdfImage::from_blob(b"", &plain.id).is_err());
+    }
+
+    #[test]
+    fn a_part_names_its_image_and_the_assembler_writes_it_once() {
+        let im = std::sync::Arc::new(PdfImage::new(2, 1, "DeviceRGB", "FlateDecode", deflate(&[1, 2, 3, 4, 5, 6]).unwrap(), None));
+        let res = Resources { images: vec![im.clone()], ..Default::default() };
+        let part = vector_part((10.0, 10.0), b"q /Im0 Do Q", &res).unwrap();
+        let doc = Document::load_mem(&part).unwrap();
+        let placeholders: Vec<String> = doc.objects.values().filter_map(read_image_placeholder).collect();
+        assert_eq!(placeholders, vec![im.id.clone()]);
+        let mut asked = Vec::new();
+        let mut asm = Assembler::new(Vec::new()).unwrap();
+        for _ in 0..3 {
+            asm.add_part(&part, "part", &mut |id| {
+                asked.push(id.to_owned());
+                Ok(im.clone())
+            })
+            .unwrap();
+        }
+        assert_eq!(asked, vec![im.id.clone()], "asked for once");
+        let pdf = Document::load_mem(&asm.finish().unwrap()).unwrap();
+        assert_eq!(pdf.get_pages().len(), 3);
+        let images: Vec<_> = pdf.objects.values().filter_map(|o| o.as_stream().ok()).filter(|s| s.dict.get(b"Subtype").and_then(Object::as_name).ok() == Some(b"Image")).collect();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].content, im.data);
+        assert_eq!(images[0].dict.get(b"Length").and_then(Object::as_i64).unwrap(), im.data.len() as i64);
+        // An image the provider cannot give fails the assembly.
+        let mut asm = Assembler::new(Vec::new()).unwrap();
+        assert!(asm.add_part(&part, "part", &mut |_| Err(JobError::internal("gone"))).is_err());
+    }
+}
