@@ -11,8 +11,11 @@ use std::io::Cursor;
 /// `need` (stored coordinates): 1 means decode at full size.
 pub fn factor(width: u32, height: u32, need: (u32, u32)) -> u32 {
     let ratio = |have: u32, want: u32| have / want.max(1);
-    (ratio(width, need.0).min(ratio(height, need.1)) / 2).max(1)
+    (ratio(width, need.0).min(ratio(height, need.1)) / 2).clamp(1, MOST_FACTOR)
 }
+
+/// The tallest box: an 8-bit column of it is summed in `u32` (255 × 255 per pixel).
+const MOST_FACTOR: u32 = 65_536;
 
 /// The size a PNG decodes to when the caller needs `need` (display coordinates): shrunk on load,
 /// or full size when it cannot be (an interlaced file, or a need too close to the size).
@@ -77,22 +80,26 @@ pub fn decode(data: &[u8], info: &ImageInfo, need: (u32, u32)) -> Result<Option<
     Ok(Some((image, icc.filter(|p| p.get(16..20) == Some(b"RGB ")))))
 }
 
-/// One band of s rows being averaged: per output column the sums of red, green, blue (each
-/// weighted by alpha when there is alpha) and alpha, in the file's sample units.
+/// One band of s rows being averaged. Rows are first summed per source column (red, green,
+/// blue — each times alpha when there is alpha, grey in red only — and alpha): a plain loop
+/// over the row that the compiler vectorises. Each s×s box is summed from its columns once per
+/// band. 8-bit columns sum in `u32` (s × 255 × 255 fits while s ≤ [`MOST_FACTOR`]).
 struct Boxes {
     width: u32,
     s: u32,
     channels: usize,
     wide: bool,
     kind: PixelKind,
-    sums: Vec<u64>,
+    cols8: Vec<u32>,
+    cols16: Vec<u64>,
     rows: u32,
 }
 
 impl Boxes {
     fn new(width: u32, s: u32, channels: usize, wide: bool, kind: PixelKind) -> Self {
-        let sums = vec![0; width.div_ceil(s) as usize * 4];
-        Boxes { width, s, channels, wide, kind, sums, rows: 0 }
+        let n = width as usize * 4;
+        let (cols8, cols16) = if wide { (Vec::new(), vec![0; n]) } else { (vec![0; n], Vec::new()) };
+        Boxes { width, s, channels, wide, kind, cols8, cols16, rows: 0 }
     }
 
     /// Adds one decoded row (expanded to 8- or 16-bit grey, grey+alpha, RGB or RGBA).
@@ -100,39 +107,15 @@ impl Boxes {
         let bytes = if self.wide { 2 } else { 1 };
         let need = self.width as usize * self.channels * bytes;
         let row = row.get(..need).ok_or_else(|| ImageError::Corrupt("PNG: a short row".into()))?;
-        let sample = |i: usize| -> u64 {
-            if self.wide {
-                u16::from_be_bytes([row[2 * i], row[2 * i + 1]]) as u64
-            } else {
-                row[i] as u64
-            }
-        };
-        let ch = self.channels;
-        for (ox, sum) in self.sums.chunks_exact_mut(4).enumerate() {
-            let x0 = ox * self.s as usize;
-            let x1 = (x0 + self.s as usize).min(self.width as usize);
-            for x in x0..x1 {
-                let p = x * ch;
-                let (r, g, b, a) = match ch {
-                    1 => (sample(p), sample(p), sample(p), None),
-                    2 => (sample(p), sample(p), sample(p), Some(sample(p + 1))),
-                    3 => (sample(p), sample(p + 1), sample(p + 2), None),
-                    _ => (sample(p), sample(p + 1), sample(p + 2), Some(sample(p + 3))),
-                };
-                match a {
-                    Some(a) => {
-                        sum[0] += r * a;
-                        sum[1] += g * a;
-                        sum[2] += b * a;
-                        sum[3] += a;
-                    }
-                    None => {
-                        sum[0] += r;
-                        sum[1] += g;
-                        sum[2] += b;
-                    }
-                }
-            }
+        match (self.channels, self.wide) {
+            (1, false) => add8::<1>(&mut self.cols8, row),
+            (2, false) => add8::<2>(&mut self.cols8, row),
+            (3, false) => add8::<3>(&mut self.cols8, row),
+            (4, false) => add8::<4>(&mut self.cols8, row),
+            (1, true) => add16::<1>(&mut self.cols16, row),
+            (2, true) => add16::<2>(&mut self.cols16, row),
+            (3, true) => add16::<3>(&mut self.cols16, row),
+            _ => add16::<4>(&mut self.cols16, row),
         }
         self.rows += 1;
         Ok(())
@@ -141,12 +124,39 @@ impl Boxes {
     /// Appends the band's averaged pixels (8-bit, rounded) to `out` and starts a new band.
     fn flush(&mut self, out: &mut Vec<u8>) {
         let alpha_in = self.channels.is_multiple_of(2);
-        let max = if self.wide { 65535u64 } else { 255 };
-        // Rounds `num / den` (in sample units) to 8 bits.
-        let to8 = |num: u64, den: u64| -> u8 { ((num * 255 * 2 + den * max) / (den * max * 2)).min(255) as u8 };
-        for (ox, sum) in self.sums.chunks_exact_mut(4).enumerate() {
-            let bw = (self.width - ox as u32 * self.s).min(self.s) as u64;
-            let count = bw * self.rows as u64;
+        let grey = self.channels <= 2;
+        let wide = self.wide;
+        // Rounds `num / den` (in sample units) to 8 bits. 8-bit sums stay below 2^50, where
+        // an f64 quotient lands on the same side of every k + ½ as the exact one (they differ
+        // from it by at least 1 / 2·den) and is far cheaper than an integer division; 16-bit
+        // ones take `u128`.
+        let to8 = |num: u64, den: u64| -> u8 {
+            if wide {
+                let (num, den) = (num as u128, den as u128);
+                ((num * 255 * 2 + den * 65535) / (den * 65535 * 2)).min(255) as u8
+            } else {
+                (num as f64 / den as f64 + 0.5).min(255.0) as u8
+            }
+        };
+        let s = self.s as usize;
+        for ox in 0..self.width.div_ceil(self.s) as usize {
+            let x0 = ox * s * 4;
+            let x1 = ((ox + 1) * s).min(self.width as usize) * 4;
+            let mut sum = [0u64; 4];
+            if self.wide {
+                for c in self.cols16[x0..x1].chunks_exact(4) {
+                    sum.iter_mut().zip(c).for_each(|(s, v)| *s += v);
+                }
+            } else {
+                for c in self.cols8[x0..x1].chunks_exact(4) {
+                    sum.iter_mut().zip(c).for_each(|(s, v)| *s += *v as u64);
+                }
+            }
+            if grey {
+                sum[1] = sum[0];
+                sum[2] = sum[0];
+            }
+            let count = ((x1 - x0) / 4) as u64 * self.rows as u64;
             let (rgb, a) = if alpha_in {
                 let a = sum[3];
                 // Colour weighted by alpha; a fully transparent box keeps black.
@@ -159,9 +169,62 @@ impl Boxes {
             if self.kind == PixelKind::Rgba8 {
                 out.push(a);
             }
-            sum.fill(0);
         }
+        self.cols8.fill(0);
+        self.cols16.fill(0);
         self.rows = 0;
+    }
+}
+
+/// Adds an 8-bit row of `C` samples a pixel to the column sums.
+fn add8<const C: usize>(cols: &mut [u32], row: &[u8]) {
+    let (cols, _) = cols.as_chunks_mut::<4>();
+    let (row, _) = row.as_chunks::<C>();
+    for (c, p) in cols.iter_mut().zip(row) {
+        match C {
+            1 => c[0] += p[0] as u32,
+            2 => {
+                let a = p[1] as u32;
+                c[0] += p[0] as u32 * a;
+                c[3] += a;
+            }
+            3 => {
+                c[0] += p[0] as u32;
+                c[1] += p[1] as u32;
+                c[2] += p[2] as u32;
+            }
+            _ => {
+                let a = p[3] as u32;
+                *c = [c[0] + p[0] as u32 * a, c[1] + p[1] as u32 * a, c[2] + p[2] as u32 * a, c[3] + a];
+            }
+        }
+    }
+}
+
+/// Adds a 16-bit (big-endian) row of `C` samples a pixel to the column sums.
+fn add16<const C: usize>(cols: &mut [u64], row: &[u8]) {
+    for (c, p) in cols.chunks_exact_mut(4).zip(row.chunks_exact(2 * C)) {
+        let v = |i: usize| u16::from_be_bytes([p[2 * i], p[2 * i + 1]]) as u64;
+        match C {
+            1 => c[0] += v(0),
+            2 => {
+                let a = v(1);
+                c[0] += v(0) * a;
+                c[3] += a;
+            }
+            3 => {
+                c[0] += v(0);
+                c[1] += v(1);
+                c[2] += v(2);
+            }
+            _ => {
+                let a = v(3);
+                c[0] += v(0) * a;
+                c[1] += v(1) * a;
+                c[2] += v(2) * a;
+                c[3] += a;
+            }
+        }
     }
 }
 
