@@ -424,6 +424,14 @@ impl JobContext {
         Ok(output_info(name, &uri, content_type, bytes, dims))
     }
 
+    /// Reads back an output this job (or an earlier attempt of it) stored: a unit's
+    /// intermediate, such as a render page's PDF part.
+    pub fn read_stored_output(&self, name: &str) -> Result<Bytes, JobError> {
+        let uri = join_output(&self.output_prefix, name)?;
+        self.block_on(self.store.get(&uri, u64::MAX))
+            .map_err(|e| JobError::internal(format!("reading stored {name}: {e}")).retryable(e.is_retryable()))
+    }
+
     /// Announces an already-stored output as an `output` event.
     pub fn announce_output(&self, output: &OutputInfo) {
         self.events.emit(Event::Output { id: self.job_id.clone(), output: output.clone() });

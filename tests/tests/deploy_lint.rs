@@ -382,4 +382,19 @@ fn the_function_runs_the_same_entrypoint_with_a_config_kiln_accepts() {
         assert!(resources.contains(&"arn:aws:s3:::kiln-store-prod/*".to_owned()), "{resources:?}");
         assert_eq!(resources.len(), 2 + allowed.len() - 1, "{resources:?}");
     }
+
+    // kiln route's side. The prod policy invokes this template's function (its default name,
+    // the live alias); the router's managed policy may invoke that alias and nothing else; the
+    // function trusts the tenant the router names (only IAM principals can invoke it).
+    let name = t["Parameters"]["FunctionName"]["Default"].as_str().expect("a default function name");
+    assert_eq!(f["FunctionName"], json!({"Ref": "FunctionName"}));
+    let route_policy = std::fs::read_to_string(workspace_root().join("k8s/overlays/prod/route-policy.toml")).unwrap();
+    assert!(route_policy.lines().any(|l| l.trim() == format!("function = \"{name}:live\"")), "route-policy.toml does not invoke {name}:live");
+    let invoke = &t["Resources"]["RouterInvokePolicy"]["Properties"]["PolicyDocument"]["Statement"];
+    assert_eq!(invoke.as_array().map(Vec::len), Some(1), "{invoke}");
+    assert_eq!(invoke[0]["Effect"], "Allow");
+    assert_eq!(invoke[0]["Action"], json!(["lambda:InvokeFunction", "lambda:InvokeWithResponseStream"]));
+    assert_eq!(invoke[0]["Resource"], json!({"Ref": "FunctionAliaslive"}), "the live alias only");
+    assert_eq!(f["Environment"]["Variables"]["KILN_LAMBDA_TRUST_TENANT_HEADER"], "true");
+    assert_eq!(f["FunctionUrlConfig"]["AuthType"], "AWS_IAM", "a trusted tenant header needs IAM-only invocation");
 }

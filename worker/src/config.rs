@@ -333,6 +333,11 @@ pub struct LambdaConfig {
     /// Least free scratch space to start a job; a job with a source needs at least twice the
     /// source's size (staged input and output) on top of nothing less than this.
     pub min_scratch_bytes: u64,
+    /// Whether an invocation's `x-kiln-tenant` header names its job's tenant (set by `kiln
+    /// route`). Only for a function that nobody but the router (and trusted callers) may
+    /// invoke: the header is not authenticated here. Without it the function's jobs are
+    /// nobody's.
+    pub trust_tenant_header: bool,
 }
 
 impl Default for Config {
@@ -387,6 +392,7 @@ impl Default for Config {
                 min_remaining_ms: 1000,
                 scratch_dir: String::new(),
                 min_scratch_bytes: 16 * 1024 * 1024,
+                trust_tenant_header: false,
             },
             sources: SourcesConfig::default(),
             outputs: AllowConfig::default(),
@@ -562,6 +568,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("LAMBDA_KINDS", "lambda.kinds"),
     ("LAMBDA_SCRATCH_DIR", "lambda.scratch_dir"),
     ("LAMBDA_MIN_SCRATCH_BYTES", "lambda.min_scratch_bytes"),
+    ("LAMBDA_TRUST_TENANT_HEADER", "lambda.trust_tenant_header"),
     ("ORT_DYLIB", "infer.ort_dylib"),
     ("INFER_HOST_MEMORY_MB", "infer.host_memory_mb"),
     ("INFER_GPU_MEMORY_MB", "infer.gpu_memory_mb"),

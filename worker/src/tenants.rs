@@ -26,6 +26,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// The header of a Lambda invocation event naming the tenant `kiln route` authenticated
+/// (read by the function when `lambda.trust_tenant_header`).
+pub const LAMBDA_HEADER: &str = "x-kiln-tenant";
+
 /// The result field naming the job's tenant.
 pub const RESULT_FIELD: &str = "tenant";
 

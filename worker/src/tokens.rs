@@ -14,7 +14,7 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub enum TokenError {
     #[error("{0:?} is not tenant:token")]
     Shape(String),
-    #[error("tenant {0:?}: use letters, digits, '.', '_' or '-'")]
+    #[error("tenant {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
     Tenant(String),
     #[error("the token of tenant {0:?} is shorter than {MIN_TOKEN_LEN} characters or holds whitespace")]
     Weak(String),
@@ -43,11 +43,17 @@ fn digest(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
 }
 
+/// Whether `t` is a tenant name: 1 to 64 ASCII letters, digits, `.`, `_` or `-` (what a
+/// token file may name, and what a trusted Kafka or Lambda header may carry).
+pub fn valid_tenant(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Parses one `tenant:token`.
 pub fn parse_pair(s: &str) -> Result<(String, String), TokenError> {
     let s = s.trim();
     let (tenant, token) = s.split_once(':').ok_or_else(|| TokenError::Shape(redact(s)))?;
-    if tenant.is_empty() || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if !valid_tenant(tenant) {
         return Err(TokenError::Tenant(tenant.to_owned()));
     }
     if token.chars().count() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c == ',') {

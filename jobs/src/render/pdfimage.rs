@@ -85,7 +85,7 @@ impl PdfImages {
         if let Some(im) = self.unwritten.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
             return Ok(im);
         }
-        let blob = super::run::read_part(ctx, &image_blob_name(id))?;
+        let blob = ctx.read_stored_output(&image_blob_name(id))?;
         Ok(Arc::new(PdfImage::from_blob(&blob, id)?))
     }
 }

@@ -14,7 +14,6 @@ use crate::convert::Context;
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
 use crate::kind::JobOutput;
-use crate::store::join_output;
 use bytes::Bytes;
 use kiln_kernels::image::{self as img, EncodeOptions, OutputFormat};
 use kiln_kernels::render::{self as render, Compositor};
@@ -177,7 +176,7 @@ fn work(job: &Resolved, ctx: &JobContext, shared: &Shared, i: usize) -> Result<U
             .map_err(|e| JobError::internal(format!("{key}: checkpoint record unreadable: {e}")))?;
         let part = if job.pdf {
             let name = record.part.as_deref().ok_or_else(|| JobError::internal(format!("{key}: checkpoint has no PDF part")))?;
-            Some(read_part(ctx, name)?)
+            Some(ctx.read_stored_output(name)?)
         } else {
             None
         };
@@ -214,11 +213,4 @@ fn work(job: &Resolved, ctx: &JobContext, shared: &Shared, i: usize) -> Result<U
     };
     let record = PageRecord { part: part.as_ref().map(|_| part_name(i)), width_pt: size.0, height_pt: size.1 };
     Ok(Unit::Rendered { png, part, record })
-}
-
-/// A stored PDF part (or image blob), read back.
-pub(super) fn read_part(ctx: &JobContext, name: &str) -> Result<Bytes, JobError> {
-    let uri = join_output(&ctx.output_prefix, name)?;
-    ctx.block_on(ctx.store().get(&uri, u64::MAX))
-        .map_err(|e| JobError::internal(format!("reading stored part {name}: {e}")).retryable(e.is_retryable()))
 }

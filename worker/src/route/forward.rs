@@ -106,6 +106,9 @@ struct Job {
     sse: bool,
     asynchronous: bool,
     started: Instant,
+    /// The tenant whose token authenticated the request: the function is told it
+    /// (`x-kiln-tenant`), a container worker learns it from the token passed on.
+    tenant: Option<String>,
 }
 
 /// `POST /v1/jobs` through the router.
@@ -171,6 +174,7 @@ pub async fn submit(st: Arc<RouteState>, headers: HeaderMap, body: Bytes) -> Res
         gpu,
         function,
         started,
+        tenant: crate::auth::current_tenant(),
     };
     if decision.dual {
         send_shadow(&st, &job, &decision, span.clone());
@@ -380,7 +384,8 @@ fn finish(
 /// One invocation of the job's function. `Ok`: the final answer and the instance that gave
 /// it; `Err`: why the other tier should try, and the answer to give if none is left. The
 /// caller's trace context and `route` (the decision) travel as headers of an HTTP-shaped
-/// event ([`serverless::http_event`]), as they do to a container worker.
+/// event ([`serverless::http_event`]), as they do to a container worker, and so does the
+/// authenticated tenant (the function trusts it with `lambda.trust_tenant_header`).
 async fn invoke(st: &RouteState, invoker: &Invoker, job: &Job, route: &str) -> Result<(Response, String), (&'static str, Option<Response>)> {
     lock(&st.view).invocation_started(&job.function);
     let timeout = Duration::from_millis(st.cfg.forward_timeout_ms);
@@ -388,6 +393,9 @@ async fn invoke(st: &RouteState, invoker: &Invoker, job: &Job, route: &str) -> R
     let mut headers = vec![("x-kiln-route", route)];
     if let Some(tp) = traceparent.as_deref() {
         headers.push(("traceparent", tp));
+    }
+    if let Some(t) = job.tenant.as_deref() {
+        headers.push((crate::tenants::LAMBDA_HEADER, t));
     }
     let payload = serverless::http_event(&job.body, &headers);
     let invoked = match invoker.invoke(&job.function, &payload, timeout).await {

@@ -9,7 +9,9 @@
 //! format 2.0: [`http_event`]) whose headers pass on what a container worker gets as HTTP
 //! headers: the caller's `traceparent` and the routing decision (`x-kiln-route`). Lambda's
 //! own carriers do not survive the local emulator (cargo-lambda drops `X-Amz-Client-Context`
-//! and replaces `X-Amzn-Trace-Id`), the payload does, there and on AWS. The function answers
+//! and replaces `X-Amzn-Trace-Id`), the payload does, there and on AWS. The tenant whose
+//! token the router accepted goes along too (`tenants::LAMBDA_HEADER`), so the function stamps its
+//! result with the owner a container worker would have. The function answers
 //! such an event with an HTTP-shaped response, unwrapped by [`parse_answer`]. The function's answer is kiln's result with its `lambda` facts
 //! (`cold_start`, `init_ms`, `invocation`, `instance_id`), which [`observation`] turns into
 //! the [`InvocationObservation`] that keeps the router's view of the warm pool. A function

@@ -220,7 +220,11 @@ impl LambdaSource {
         let (trace, route) = invocation_context(&payload, ctx.xray_trace_id.as_deref());
         // The first invocation of this instance waited for its cold start.
         let caller = Caller { route, cold_start_ms: (n == 1).then_some(self.init_ms) };
-        let (entry, http) = with_caller(caller, self.start(&payload, remaining, trace.as_ref())).await;
+        let start = with_caller(caller, self.start(&payload, remaining, trace.as_ref()));
+        let (entry, http) = match invocation_tenant(&payload, self.rt.config().lambda.trust_tenant_header) {
+            Some(tenant) => crate::auth::with_tenant(tenant, start).await,
+            None => start.await,
+        };
         info!(request_id = %ctx.request_id, job_id = %entry.id, cold_start = n == 1, "invocation");
         if self.rt.config().lambda.response == "stream" {
             if self.report.is_some() {
@@ -252,6 +256,16 @@ fn invocation_context(payload: &Value, xray: Option<&str>) -> (Option<TraceConte
     let trace = header("traceparent").and_then(TraceContext::child_of).or_else(|| xray.and_then(TraceContext::from_xray));
     let route = header("x-kiln-route").and_then(|v| route_value(v.as_bytes()));
     (trace, route)
+}
+
+/// The invocation's tenant: an HTTP event's `x-kiln-tenant` header (what `kiln route` sends
+/// for the tenant whose token it accepted), when `trusted` and a valid tenant name.
+fn invocation_tenant(payload: &Value, trusted: bool) -> Option<String> {
+    if !trusted {
+        return None;
+    }
+    let t = payload.get("headers")?.get(crate::tenants::LAMBDA_HEADER)?.as_str()?;
+    crate::tokens::valid_tenant(t).then(|| t.to_owned())
 }
 
 /// Time left in the invocation. The Runtime API gives the deadline in epoch milliseconds;
@@ -287,6 +301,17 @@ mod tests {
         assert_eq!(remaining_time(1_795_428_875_000, now), Duration::from_secs(2));
         assert_eq!(remaining_time(1_795_428_870_000, now), Duration::ZERO);
         assert_eq!(remaining_time(600_000, now), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_tenant_header_counts_only_when_trusted_and_valid() {
+        let ev = |t: &str| serde_json::json!({"headers": {"x-kiln-tenant": t}, "body": "{}"});
+        assert_eq!(invocation_tenant(&ev("acme"), true).as_deref(), Some("acme"));
+        assert_eq!(invocation_tenant(&ev("acme"), false), None, "not trusted: nobody's");
+        for bad in ["", "a b", "acme/../x", &"x".repeat(65)] {
+            assert_eq!(invocation_tenant(&ev(bad), true), None, "{bad:?}");
+        }
+        assert_eq!(invocation_tenant(&serde_json::json!({"id": "j", "kind": "debug"}), true), None, "a plain envelope has no headers");
     }
 
     #[test]

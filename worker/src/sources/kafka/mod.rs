@@ -344,6 +344,5 @@ impl KafkaSource {
 fn tenant_header(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
     let v = m.headers()?.iter().find(|h| h.key == "kiln-tenant")?.value?;
     let t = std::str::from_utf8(v).ok()?;
-    let ok = !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    ok.then(|| t.to_owned())
+    crate::tokens::valid_tenant(t).then(|| t.to_owned())
 }
