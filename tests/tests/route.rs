@@ -263,6 +263,18 @@ fn photo(name: &str) -> std::path::PathBuf {
     p
 }
 
+/// The router's environment for invoking the function under the emulator at `endpoint` (the
+/// emulator ignores signatures, the SDK still wants credentials).
+fn lambda_env(endpoint: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("KILN_ROUTE_LAMBDA", endpoint),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
 fn thumb(id: &str, photo: &Path) -> String {
     json!({"id": id, "kind": "thumbnail", "input": {"source": photo,
         "outputs": [{"name": "128.jpg", "width": 128, "height": 128, "fit": "inside", "format": "jpeg"}]}})
@@ -290,14 +302,7 @@ fn both_tiers_through_kiln_route() {
     )
     .unwrap();
     let endpoint = function.endpoint();
-    let aws = [
-        ("KILN_ROUTE_LAMBDA", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
-    let (_router, rbase) = start_router(dir.path(), &policy, &aws);
+    let (_router, rbase) = start_router(dir.path(), &policy, &lambda_env(&endpoint));
     // With a serverless tier the router is ready before any worker reports.
     wait_ready(&rbase, Duration::from_secs(30));
     let c = Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
@@ -596,14 +601,8 @@ fn the_function_runs_a_tenants_job_as_that_tenants() {
     let other = "other-token-000000003";
     let tokens = format!("acme:{TOKEN},other:{other},pool:{WORKER_TOKEN}");
     let endpoint = function.endpoint();
-    let env = [
-        ("KILN_HTTP_TOKENS", tokens.as_str()),
-        ("KILN_ROUTE_LAMBDA", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
+    let mut env = lambda_env(&endpoint);
+    env.push(("KILN_HTTP_TOKENS", tokens.as_str()));
     let (_router, rbase) = start_router(dir.path(), &policy, &env);
     wait_ready(&rbase, Duration::from_secs(30));
     let c = Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
