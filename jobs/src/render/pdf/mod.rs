@@ -63,20 +63,22 @@ impl<W: Write> ObjWriter<W> {
 
     /// Writes an already serialised object body as object `id`.
     fn body(&mut self, id: u32, body: &[u8]) -> Result<(), JobError> {
-        self.offsets[id as usize] = self.pos;
-        self.raw(format!("{id} 0 obj\n").as_bytes())?;
-        self.raw(body)?;
-        self.raw(b"\nendobj\n")
+        self.pieces(id, &[body])
     }
 
     /// Writes a stream object from its serialised dictionary and its raw data.
     fn stream(&mut self, id: u32, dict: &[u8], data: &[u8]) -> Result<(), JobError> {
+        self.pieces(id, &[dict, b"\nstream\n", data, b"\nendstream"])
+    }
+
+    /// Writes object `id` whose body is `pieces` one after another, recording its offset.
+    fn pieces(&mut self, id: u32, pieces: &[&[u8]]) -> Result<(), JobError> {
         self.offsets[id as usize] = self.pos;
         self.raw(format!("{id} 0 obj\n").as_bytes())?;
-        self.raw(dict)?;
-        self.raw(b"\nstream\n")?;
-        self.raw(data)?;
-        self.raw(b"\nendstream\nendobj\n")
+        for p in pieces {
+            self.raw(p)?;
+        }
+        self.raw(b"\nendobj\n")
     }
 
     fn finish(mut self, root: u32) -> Result<W, JobError> {
@@ -139,7 +141,7 @@ impl PdfImage {
         if let Some(m) = &smask {
             h.update(m);
         }
-        let id = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let id = hex::encode(h.finalize());
         PdfImage { width, height, color_space, filter, data, smask, id }
     }
 
