@@ -100,9 +100,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 fn jobs_through_kiln_route() {
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    let (store_dir, store) = file_store(dir.path());
     let policy = dir.path().join("policy.json");
     std::fs::write(
         &policy,
@@ -263,6 +261,15 @@ fn photo(name: &str) -> std::path::PathBuf {
     p
 }
 
+/// A store directory `store/` under `dir` that the router's workers and functions share: its
+/// path and its `file://` URL.
+fn file_store(dir: &Path) -> (std::path::PathBuf, String) {
+    let store_dir = dir.join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    (store_dir, store)
+}
+
 /// The router's environment for invoking the function under the emulator at `endpoint` (the
 /// emulator ignores signatures, the SDK still wants credentials).
 fn lambda_env(endpoint: &str) -> Vec<(&str, &str)> {
@@ -284,9 +291,7 @@ fn thumb(id: &str, photo: &Path) -> String {
 #[test]
 fn both_tiers_through_kiln_route() {
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    let (store_dir, store) = file_store(dir.path());
     let data = format!("file://{}/data/", kiln_tests::workspace_root().display());
     // Garden.jpg (265 kB) fits the function; Dune.jpg (1 MB) does not.
     let (small, big) = (photo("Garden.jpg"), photo("Dune.jpg"));
@@ -423,9 +428,7 @@ fn capacity_topic_and_the_kafka_queue() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let broker = rt.block_on(Broker::start(1));
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    let (store_dir, store) = file_store(dir.path());
     let policy = dir.path().join("policy.json");
     std::fs::write(&policy, r#"{"exercise_share": 0.0, "dual_share": 0.0, "kinds": {"debug": {"primary": "container", "fallback": null}}}"#)
         .unwrap();
@@ -509,9 +512,7 @@ const WORKER_TOKEN: &str = "pool-token-0000000002";
 #[test]
 fn route_authenticates_like_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    let (_, store) = file_store(dir.path());
     let policy = dir.path().join("policy.json");
     std::fs::write(
         &policy,
@@ -585,9 +586,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn the_function_runs_a_tenants_job_as_that_tenants() {
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let store = url::Url::from_directory_path(&store_dir).unwrap().to_string();
+    let (store_dir, store) = file_store(dir.path());
     let function = Function::start(&[("KILN_STORE_URL", store.as_str()), ("KILN_LAMBDA_TRUST_TENANT_HEADER", "true")]);
     let policy = dir.path().join("policy.json");
     std::fs::write(
