@@ -179,7 +179,7 @@ impl PdfImage {
         };
         let body = &rest[nl + 1..];
         let (n, mask_len) = (usize::try_from(n).map_err(|_| bad("data length"))?, usize::try_from(m.max(0)).unwrap_or(0));
-        if body.len() != n + mask_len || w <= 0 || h <= 0 || w > u32::MAX as i64 || h > u32::MAX as i64 {
+        if n.checked_add(mask_len) != Some(body.len()) || w <= 0 || h <= 0 || w > u32::MAX as i64 || h > u32::MAX as i64 {
             return Err(bad("lengths"));
         }
         let smask = (m >= 0).then(|| body[n..].to_vec());
