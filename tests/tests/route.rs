@@ -25,6 +25,13 @@
 //! instance with `router.url` posts its capacity report after an invocation the router did
 //! not make, a dual-routed thumbnail's shadow copy runs on the container (answer discarded,
 //! latency recorded, one stored result), and with the emulator gone the container answers.
+//!
+//! `sse_through_the_router_streams_the_functions_events`: an SSE request placed
+//! on a streaming function (`lambda.response = stream`) is invoked with
+//! response streaming (the emulator's Invoke answer read as it arrives,
+//! `route.lambda_streaming = emulator`); its first event reaches the client while the job
+//! still holds, the prelude names the instance, the rest follow, and the result feeds the
+//! router's warm pool.
 
 use kiln_tests::broker::Broker;
 use kiln_tests::lambda::Function;
@@ -271,10 +278,12 @@ fn file_store(dir: &Path) -> (std::path::PathBuf, String) {
 }
 
 /// The router's environment for invoking the function under the emulator at `endpoint` (the
-/// emulator ignores signatures, the SDK still wants credentials).
+/// emulator ignores signatures, the SDK still wants credentials; SSE requests read its Invoke
+/// answer as it arrives: `route.lambda_streaming = emulator`).
 fn lambda_env(endpoint: &str) -> Vec<(&str, &str)> {
     vec![
         ("KILN_ROUTE_LAMBDA", endpoint),
+        ("KILN_ROUTE_LAMBDA_STREAMING", "emulator"),
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_REGION", "us-east-1"),
@@ -632,4 +641,90 @@ fn the_function_runs_a_tenants_job_as_that_tenants() {
     let status = r.status().as_u16();
     let text = r.text().unwrap();
     assert!(matches!(status, 403 | 404) && !text.contains("succeeded"), "another tenant's job: {status} {text}");
+}
+
+/// The SSE events of a response body (`event: name` / `data: json` blocks), read until the
+/// `result` event or the end (or, with `one`, the first event).
+fn sse_events(reader: &mut impl std::io::BufRead, one: bool) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut name = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            return out;
+        }
+        let l = line.trim_end();
+        if let Some(n) = l.strip_prefix("event:") {
+            name = n.trim().to_owned();
+        } else if let Some(d) = l.strip_prefix("data:") {
+            let v: Value = serde_json::from_str(d.trim()).unwrap();
+            out.push((std::mem::take(&mut name), v));
+            if one || out.last().is_some_and(|(n, _)| n == "result") {
+                return out;
+            }
+        }
+    }
+}
+
+#[test]
+fn sse_through_the_router_streams_the_functions_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store_dir, store) = file_store(dir.path());
+    let function = Function::start(&[("KILN_STORE_URL", store.as_str()), ("KILN_LAMBDA_RESPONSE", "stream")]);
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"exercise_share": 0.0, "dual_share": 0.0, "cold_start_override": {"enabled": false},
+            "serverless": {"function": "_"},
+            "kinds": {"debug": {"primary": "serverless", "fallback": "container"}},
+            "durations": {"kinds": {"debug": {"base_ms": 10.0, "per_unit_ms": 0.0}}}}"#,
+    )
+    .unwrap();
+    let endpoint = function.endpoint();
+    let (_router, rbase) = start_router(dir.path(), &policy, &lambda_env(&endpoint));
+    wait_ready(&rbase, Duration::from_secs(30));
+    let c = Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+
+    // The job holds until the gate opens: its first event reaches the client through the
+    // router while it still runs on the function.
+    let gate = dir.path().join("gate");
+    let body = json!({"id": "streamed-1", "kind": "debug", "input": {"hold_until": gate, "output": "o.txt"}}).to_string();
+    let r = c.post(format!("{rbase}/v1/jobs")).header("accept", "text/event-stream").body(body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let route = route_of(r.headers());
+    assert_eq!((field(&route, "tier"), field(&route, "placed")), ("serverless", "serverless"), "{route}");
+    let instance = field(&route, "worker").to_owned();
+    assert!(!instance.is_empty() && instance != "_", "the prelude named the instance: {route}");
+    let mut reader = std::io::BufReader::new(r);
+    let first = sse_events(&mut reader, true);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!((first[0].0.as_str(), first[0].1["id"].as_str()), ("progress", Some("streamed-1")), "{first:?}");
+    std::fs::write(&gate, b"open").unwrap();
+    let rest = sse_events(&mut reader, false);
+    let names: Vec<&str> = rest.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["output", "progress", "result"], "{rest:?}");
+    assert_eq!(rest[0].1["name"], "o.txt", "{rest:?}");
+    assert_eq!(rest[2].1["status"], "succeeded", "{rest:?}");
+    assert_eq!(rest[2].1["worker"]["tier"], "serverless", "{rest:?}");
+
+    // The stream's result fed the warm pool: the same instance answers warm, and one cold
+    // start was seen.
+    let body = json!({"id": "buffered-1", "kind": "debug", "input": {"hold_ms": 1}}).to_string();
+    let (status, route, text) = post(&c, &rbase, &body, &[]);
+    assert_eq!(status, 200, "{route} {text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["lambda"]["instance_id"].as_str(), Some(instance.as_str()), "{v}");
+    assert_eq!(v["lambda"]["cold_start"], false, "{v}");
+    let m = c.get(format!("{rbase}/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(metric(&m, "kiln_route_cold_starts_total"), 1.0, "{m}");
+
+    // A job the function refuses at once (a bad spec) is one result event: the refusal.
+    let body = json!({"id": "refused-1", "kind": "debug", "input": {"hold_ms": "not a number"}}).to_string();
+    let r = c.post(format!("{rbase}/v1/jobs")).header("accept", "text/event-stream").body(body).send().unwrap();
+    let route = route_of(r.headers());
+    let events = sse_events(&mut std::io::BufReader::new(r), false);
+    assert_eq!(events.len(), 1, "{events:?} {route}");
+    assert_eq!((events[0].0.as_str(), events[0].1["status"].as_str()), ("result", Some("failed")), "{events:?}");
+    assert_eq!(events[0].1["error"]["code"], "invalid_spec", "{events:?}");
 }

@@ -484,6 +484,11 @@ pub struct RouteConfig {
     pub lambda: Option<String>,
     /// Region of the Lambda Invoke API (default: the AWS chain's, else us-east-1).
     pub lambda_region: Option<String>,
+    /// How an SSE request's invocation streams: `aws`, `InvokeWithResponseStream` (the AWS
+    /// API); `emulator`, the Invoke endpoint of cargo-lambda's emulator read as its body
+    /// arrives (the emulator serves `InvokeWithResponseStream` under another path, in frames
+    /// the SDK refuses and only once the function is done: cargo-lambda issue #898).
+    pub lambda_streaming: String,
 }
 
 impl Default for RouteConfig {
@@ -498,6 +503,7 @@ impl Default for RouteConfig {
             advertise_url: None,
             lambda: None,
             lambda_region: None,
+            lambda_streaming: "aws".into(),
         }
     }
 }
@@ -587,6 +593,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_TRUST_TENANT_HEADER", "kafka.trust_tenant_header"),
     ("ROUTE_LAMBDA", "route.lambda"),
     ("ROUTE_LAMBDA_REGION", "route.lambda_region"),
+    ("ROUTE_LAMBDA_STREAMING", "route.lambda_streaming"),
 ];
 
 impl Config {
@@ -701,6 +708,12 @@ impl Config {
             if !ok {
                 return Err(invalid("route.lambda", format!("{l:?} is neither `aws` nor an http(s):// endpoint")));
             }
+        }
+        if !matches!(self.route.lambda_streaming.as_str(), "aws" | "emulator") {
+            return Err(invalid("route.lambda_streaming", "aws or emulator"));
+        }
+        if self.route.lambda_streaming == "emulator" && self.route.lambda.as_deref().is_none_or(|l| l == "aws") {
+            return Err(invalid("route.lambda_streaming", "emulator needs route.lambda to be the emulator's endpoint"));
         }
         if self.checkpoint.lease_ms < 1000 {
             return Err(invalid("checkpoint.lease_ms", "at least 1000"));
@@ -828,6 +841,14 @@ mod tests {
         }
         let e = Config::load_from(None, &vars(&[("KILN_ROUTE_LAMBDA", "lambda.local")])).unwrap_err().to_string();
         assert!(e.contains("route.lambda"), "{e}");
+        // Streaming through the emulator's Invoke answer needs the emulator's endpoint.
+        assert_eq!(Config::default().route.lambda_streaming, "aws");
+        let emu = [("KILN_ROUTE_LAMBDA", "http://127.0.0.1:9000"), ("KILN_ROUTE_LAMBDA_STREAMING", "emulator")];
+        assert_eq!(Config::load_from(None, &vars(&emu)).unwrap().route.lambda_streaming, "emulator");
+        for bad in [&[("KILN_ROUTE_LAMBDA", "aws"), ("KILN_ROUTE_LAMBDA_STREAMING", "emulator")][..], &[("KILN_ROUTE_LAMBDA_STREAMING", "live")]] {
+            let e = Config::load_from(None, &vars(bad)).unwrap_err().to_string();
+            assert!(e.contains("route.lambda_streaming"), "{e}");
+        }
         let c = Config::load_from(None, &vars(&[("KILN_KAFKA_CAPACITY_TOPIC", "caps")])).unwrap();
         assert_eq!(c.kafka.topics.capacity, "caps");
         assert_eq!(Config::default().kafka.topics.capacity, "kiln.capacity");

@@ -22,15 +22,19 @@
 //!
 //! SSE (`Accept: text/event-stream`) and `Prefer: respond-async` answers of a container are
 //! passed through as they come; they are retried only when the worker fails before
-//! answering. On the serverless tier the Invoke API answers once the job is done: an SSE
-//! request gets the result as its one event, and an async request tries a container first.
+//! answering. On the serverless tier an SSE request is invoked with response streaming
+//! (`InvokeWithResponseStream`) and the function's events are passed on as they come, under
+//! the same rule (retried only before the first one); the Invoke API answers an async request
+//! only once the job is done, so it tries a container first.
 
-use super::serverless::{self, Invoker};
+use super::serverless::{self, InvokeFailure, Invoked, Invoker};
+use super::streamed::{self, Piece};
 use super::{lock, now_ms, RouteState};
 use crate::tracectx::TraceContext;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use kiln_jobs::{ErrorCode, Event, JobError, JobResult, WorkerInfo};
 use kiln_router_client::decision::other;
 use kiln_router_client::{Decision, RequestFeatures, Tier};
@@ -373,7 +377,9 @@ fn finish(
     let latency = job.started.elapsed();
     st.metrics.latency.with_label_values(&[tier.as_str()]).observe(latency.as_secs_f64());
     st.metrics.jobs.with_label_values(&[tier.as_str(), status_class(resp.status())]).inc();
-    let measured = tier == Tier::Serverless || !(job.sse || job.asynchronous);
+    // A streamed answer (SSE, and async on a container) starts before the job ends: its
+    // latency here is not the job's.
+    let measured = !job.sse && (tier == Tier::Serverless || !job.asynchronous);
     if resp.status().is_success() && measured && decision.target.tier == tier {
         lock(&st.policy).observe(tier, &job.kind, latency.as_secs_f64() * 1e3, decision.predicted_ms);
     }
@@ -385,8 +391,9 @@ fn finish(
 /// it; `Err`: why the other tier should try, and the answer to give if none is left. The
 /// caller's trace context and `route` (the decision) travel as headers of an HTTP-shaped
 /// event ([`serverless::http_event`]), as they do to a container worker, and so does the
-/// authenticated tenant (the function trusts it with `lambda.trust_tenant_header`).
-async fn invoke(st: &RouteState, invoker: &Invoker, job: &Job, route: &str) -> Result<(Response, String), (&'static str, Option<Response>)> {
+/// authenticated tenant (the function trusts it with `lambda.trust_tenant_header`). An SSE
+/// request is invoked with response streaming ([`invoke_streamed`]).
+async fn invoke(st: &Arc<RouteState>, invoker: &Invoker, job: &Job, route: &str) -> Result<(Response, String), (&'static str, Option<Response>)> {
     lock(&st.view).invocation_started(&job.function);
     let timeout = Duration::from_millis(st.cfg.forward_timeout_ms);
     let traceparent = job.trace.as_ref().map(TraceContext::header);
@@ -398,22 +405,94 @@ async fn invoke(st: &RouteState, invoker: &Invoker, job: &Job, route: &str) -> R
         headers.push((crate::tenants::LAMBDA_HEADER, t));
     }
     let payload = serverless::http_event(&job.body, &headers);
-    let invoked = match invoker.invoke(&job.function, &payload, timeout).await {
-        Ok(i) => i,
-        Err(e) => {
-            lock(&st.view).invocation_failed(&job.function);
-            warn!(function = %job.function, error = %e, "invocation failed");
-            return Err((e.label(), None));
-        }
+    if job.sse {
+        return invoke_streamed(st, invoker, job, &payload, timeout).await;
+    }
+    match invoker.invoke(&job.function, &payload, timeout).await {
+        Ok(invoked) => answered(st, job, invoked),
+        Err(e) => Err(invocation_failed(st, &job.function, &e)),
+    }
+}
+
+/// An SSE request on the serverless tier: the function's events are passed on as they come
+/// (`InvokeWithResponseStream`, [`streamed`]). Until the first piece arrives a failure is
+/// retried on the other tier, and a result that comes first (a refusal, a short job, a
+/// buffered function) is answered as in [`answered`]. After it the job is running there: a
+/// stream that breaks off ends with a failed result (`internal`) and is not retried here —
+/// the job may finish and store its result under its id, which a client's retry finds.
+async fn invoke_streamed(
+    st: &Arc<RouteState>,
+    invoker: &Invoker,
+    job: &Job,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<(Response, String), (&'static str, Option<Response>)> {
+    let mut answer = match streamed::invoke(invoker, &job.function, payload, timeout).await {
+        Ok(a) => a,
+        Err(e) => return Err(invocation_failed(st, &job.function, &e)),
     };
-    lock(&st.view).observe_invocation(&serverless::observation(&job.function, &invoked, now_ms()));
+    let first = match answer.next().await {
+        Some(Ok(Piece::Event(ev))) => ev,
+        Some(Ok(Piece::Done(invoked))) => return answered(st, job, invoked),
+        Some(Err(e)) => return Err(invocation_failed(st, &job.function, &e)),
+        None => return Err(invocation_failed(st, &job.function, &InvokeFailure::Function("the answer ended without a result".into()))),
+    };
+    let instance = answer.instance().unwrap_or(&job.function).to_owned();
+    let rest = Rest { answer, st: st.clone(), function: job.function.clone(), id: job.id.clone(), kind: job.kind.clone() };
+    let rest = futures_util::stream::unfold(Some(rest), |rest| async move {
+        let mut rest = rest?;
+        let failed = match rest.answer.next().await {
+            Some(Ok(Piece::Event(ev))) => return Some((ev, Some(rest))),
+            Some(Ok(Piece::Done(invoked))) => {
+                observed(&rest.st, &rest.function, &invoked);
+                return Some((Event::Result(invoked.result), None));
+            }
+            Some(Err(e)) => e,
+            None => InvokeFailure::Function("the answer ended without a result".into()),
+        };
+        invocation_failed(&rest.st, &rest.function, &failed);
+        let why = format!("the function's answer broke off: {failed}; the job may still finish under its id");
+        let r = JobResult::failed(rest.id, rest.kind, &JobError::new(ErrorCode::Internal, why), router_worker());
+        Some((Event::Result(r), None))
+    });
+    let events = futures_util::stream::once(std::future::ready(first)).chain(rest);
+    Ok((crate::sinks::http::sse(events), instance))
+}
+
+/// What the rest of a streamed answer needs once the request handler has answered.
+struct Rest {
+    answer: streamed::Streamed,
+    st: Arc<RouteState>,
+    function: String,
+    id: String,
+    kind: String,
+}
+
+/// An invocation that brought no usable answer: the view counts it, the label says why.
+fn invocation_failed(st: &RouteState, function: &str, e: &InvokeFailure) -> (&'static str, Option<Response>) {
+    lock(&st.view).invocation_failed(function);
+    warn!(function, error = %e, "invocation failed");
+    (e.label(), None)
+}
+
+/// A finished invocation: the instance and its cold start into the view's warm pool.
+fn observed(st: &RouteState, function: &str, invoked: &Invoked) {
+    lock(&st.view).observe_invocation(&serverless::observation(function, invoked, now_ms()));
     if invoked.cold_start() {
         st.metrics.cold_starts.inc();
     }
+}
+
+/// The answer to a job the function finished (or refused): its result, as one JSON body or
+/// as the one event of an SSE answer. `too_long_for_tier` and `overloaded` go to the other
+/// tier.
+#[allow(clippy::result_large_err)] // the Err carries the answer to give when no tier is left
+fn answered(st: &RouteState, job: &Job, invoked: Invoked) -> Result<(Response, String), (&'static str, Option<Response>)> {
+    observed(st, &job.function, &invoked);
     let instance = invoked.instance_id();
     let code = invoked.result.error_code();
     let resp = if job.sse {
-        crate::sinks::http::sse(futures_util::stream::once(std::future::ready(Event::Result(invoked.result.clone()))))
+        crate::sinks::http::sse(futures_util::stream::once(std::future::ready(Event::Result(invoked.result))))
     } else {
         let status = crate::sinks::status_for(&invoked.result);
         let mut resp = (status, axum::Json(invoked.body)).into_response();

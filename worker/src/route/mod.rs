@@ -10,6 +10,7 @@
 //! - [`server`]: the HTTP API (axum) and the process's lifecycle ([`run`]).
 //! - [`forward`]: one job's placement, attempts on both tiers, retries and answer.
 //! - [`serverless`]: the Lambda Invoke API client and what an invocation's answer says.
+//! - [`streamed`]: an SSE request's invocation (`InvokeWithResponseStream`), read as it comes.
 //! - [`capacity`]: capacity reports in, the worker address book and the job id → worker map.
 //! - [`capacity_topic`]: capacity reports in from the compacted `kiln.capacity` topic.
 //! - [`queue`]: the container pool's Kafka queue, for jobs no worker can take now.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod queue;
 pub mod server;
 pub mod serverless;
+pub mod streamed;
 
 pub use server::run;
 

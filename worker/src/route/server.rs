@@ -79,7 +79,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = cfg.http.addr.clone();
     crate::auth::check_exposure(&cfg.http, &crate::auth::Tokens::from_config(&cfg.http)?)?;
     let invoker = match cfg.route.lambda.as_deref() {
-        Some(target) => Some(super::serverless::Invoker::connect(target, cfg.route.lambda_region.as_deref()).await),
+        Some(target) => Some(super::serverless::Invoker::connect(target, cfg.route.lambda_region.as_deref(), &cfg.route.lambda_streaming).await),
         None => None,
     };
     let queue = super::queue::JobQueue::from_config(&cfg.kafka).map_err(|e| anyhow::anyhow!("kafka producer: {e}"))?;

@@ -16,7 +16,8 @@
 //! (`cold_start`, `init_ms`, `invocation`, `instance_id`), which [`observation`] turns into
 //! the [`InvocationObservation`] that keeps the router's view of the warm pool. A function
 //! configured to stream (`lambda.response = stream`) answers NDJSON; its last line is the
-//! result.
+//! result. An SSE request invokes with `InvokeWithResponseStream` instead
+//! ([`super::streamed::invoke`]), whose answer is read as it comes ([`super::streamed`]).
 //!
 //! The SDK does not retry (one attempt): the router retries on the other tier instead.
 
@@ -24,8 +25,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_lambda::error::SdkError;
-use aws_sdk_lambda::operation::invoke::InvokeError;
+use aws_sdk_lambda::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 use aws_sdk_lambda::Client;
@@ -163,12 +163,16 @@ fn parse_result(payload: &[u8]) -> Result<Invoked, InvokeFailure> {
 /// The Lambda Invoke API client.
 pub struct Invoker {
     client: Client,
+    /// `route.lambda_streaming = emulator`: the emulator's endpoint, whose Invoke answer is
+    /// read as it arrives for SSE requests ([`super::streamed`]).
+    emulator: Option<String>,
+    http: reqwest::Client,
 }
 
 impl Invoker {
-    /// A client for `route.lambda` (`aws` or an endpoint URL) and `route.lambda_region`.
-    /// Sends no request.
-    pub async fn connect(target: &str, region: Option<&str>) -> Invoker {
+    /// A client for `route.lambda` (`aws` or an endpoint URL), `route.lambda_region` and
+    /// `route.lambda_streaming`. Sends no request.
+    pub async fn connect(target: &str, region: Option<&str>, streaming: &str) -> Invoker {
         let region = RegionProviderChain::first_try(region.filter(|r| !r.is_empty()).map(|r| Region::new(r.to_owned())))
             .or_default_provider()
             .or_else(Region::from_static("us-east-1"));
@@ -182,7 +186,11 @@ impl Invoker {
         if target != "aws" {
             b = b.endpoint_url(target);
         }
-        Invoker { client: Client::from_conf(b.build()) }
+        let emulator = match (streaming, target) {
+            ("emulator", endpoint) if endpoint != "aws" => Some(endpoint.trim_end_matches('/').to_owned()),
+            _ => None,
+        };
+        Invoker { client: Client::from_conf(b.build()), emulator, http: reqwest::Client::new() }
     }
 
     /// Invokes `function` with `payload` and waits at most `timeout` for its answer.
@@ -206,18 +214,37 @@ impl Invoker {
         }
         parse_answer(bytes)
     }
+
+    /// The Invoke API client ([`super::streamed::invoke`] uses it too).
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The emulator's endpoint and an HTTP client for it, with `route.lambda_streaming =
+    /// emulator`.
+    pub(super) fn emulator(&self) -> Option<(&str, &reqwest::Client)> {
+        self.emulator.as_deref().map(|e| (e, &self.http))
+    }
 }
 
-fn classify(e: SdkError<InvokeError>) -> InvokeFailure {
+/// Why the Invoke API refused a call: throttling (`TooManyRequestsException`) or anything else
+/// (the function missing, not ready, the endpoint gone), or no answer in time.
+pub(super) fn classify<E, R>(e: SdkError<E, R>) -> InvokeFailure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
     match &e {
         SdkError::TimeoutError(_) => InvokeFailure::Timeout(0),
-        SdkError::ServiceError(s) => match s.err() {
-            InvokeError::TooManyRequestsException(t) => InvokeFailure::Throttled(t.to_string()),
-            InvokeError::ServiceException(_) | InvokeError::ResourceNotReadyException(_) => {
-                InvokeFailure::Unreachable(s.err().to_string())
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            let text = format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or_default());
+            if err.code() == Some("TooManyRequestsException") {
+                InvokeFailure::Throttled(text)
+            } else {
+                InvokeFailure::Unreachable(text)
             }
-            other => InvokeFailure::Unreachable(format!("{other}")),
-        },
+        }
         _ => InvokeFailure::Unreachable(aws_sdk_lambda::error::DisplayErrorContext(&e).to_string()),
     }
 }

@@ -50,10 +50,12 @@ pub fn buffered(result: &JobResult, inv: Invocation, http: bool) -> FunctionResp
     FunctionResponse::BufferedResponse(body)
 }
 
-/// The streamed answer: one JSON line per event, the annotated result last. A caller that goes
-/// away cancels the job rather than let it work for nobody.
+/// The streamed answer: one JSON line per event, the annotated result last; its metadata
+/// prelude names the instance (`x-kiln-instance`). A caller that goes away cancels the job
+/// rather than let it work for nobody.
 pub fn stream(entry: Arc<JobEntry>, inv: Invocation) -> FunctionResponse<Value, Body> {
     let (mut tx, rx) = channel();
+    let instance = inv.instance_id.clone();
     tokio::spawn(async move {
         let mut events = std::pin::pin!(entry.events());
         while let Some(ev) = events.next().await {
@@ -77,6 +79,11 @@ pub fn stream(entry: Arc<JobEntry>, inv: Invocation) -> FunctionResponse<Value, 
         }
     });
     let mut resp = StreamResponse::from(rx);
-    resp.metadata_prelude.headers.insert("content-type", axum::http::HeaderValue::from_static("application/x-ndjson"));
+    let headers = &mut resp.metadata_prelude.headers;
+    headers.insert("content-type", axum::http::HeaderValue::from_static("application/x-ndjson"));
+    // The router names the instance before the result arrives (route/streamed.rs).
+    if let Ok(v) = axum::http::HeaderValue::from_str(&instance) {
+        headers.insert("x-kiln-instance", v);
+    }
     FunctionResponse::StreamingResponse(resp)
 }
