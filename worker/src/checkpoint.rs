@@ -9,6 +9,11 @@
 //! ([`Acquired::Held`]); an expired or released lease is taken over, and the units it records
 //! are skipped by the new attempt. A different spec under the same id is refused.
 //!
+//! Units are recorded by group commit: a unit completed while a write of the state is in
+//! flight waits for the next write, which carries every unit waiting by then, so concurrent
+//! pages share one conditional write (and one `fdatasync` on the filesystem) instead of one
+//! each. A unit's `record` still returns only once a write carrying it landed.
+//!
 //! Leases are wall-clock times (epoch ms): workers' clocks must agree to well within the
 //! lease length (NTP does this; the default lease is 30 s).
 
@@ -17,7 +22,7 @@ use kiln_jobs::{Checkpointer, ErrorCode, JobError, ObjectStore, StoreError, Unit
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use crate::store::patient::Backoff;
@@ -190,6 +195,17 @@ pub struct Lease {
     /// Released: no more writes from this attempt.
     closed: AtomicBool,
     recorded: AtomicU64,
+    /// Units waiting for a write of the state (group commit).
+    queue: std::sync::Mutex<Queue>,
+}
+
+/// The group commit's queue: tickets in arrival order.
+#[derive(Default)]
+struct Queue {
+    next: u64,
+    waiting: Vec<(u64, String, UnitRecord)>,
+    /// The seq each unit written by another caller's write got, until its caller takes it.
+    written: HashMap<u64, u64>,
 }
 
 impl Lease {
@@ -202,7 +218,12 @@ impl Lease {
             lost: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             recorded: AtomicU64::new(0),
+            queue: std::sync::Mutex::default(),
         }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether earlier attempts completed units this one skips.
@@ -239,6 +260,11 @@ impl Lease {
     /// the store is unavailable the write is retried with backoff for up to `store_wait`.
     async fn write(&self, change: impl Fn(&mut State)) -> Result<u64, JobError> {
         let mut cur = self.current.lock().await;
+        self.write_locked(&mut cur, change).await
+    }
+
+    /// [`Lease::write`] with the state's lock held by the caller.
+    async fn write_locked(&self, cur: &mut (State, Version), change: impl Fn(&mut State)) -> Result<u64, JobError> {
         let mut backoff = Backoff::new(self.spec.store_wait);
         loop {
             if self.is_lost() {
@@ -312,15 +338,53 @@ impl Checkpointer for Lease {
         self.restored.get(key).cloned()
     }
 
+    /// Group commit: the unit joins the queue; the first caller to hold the state's lock
+    /// writes every unit waiting then, each with its own seq. A caller whose unit another's
+    /// write carried takes its seq and returns. On a failed write the others' units go back
+    /// to the queue for their own callers to write.
     async fn record(&self, key: &str, unit: UnitRecord) -> Result<u64, JobError> {
-        let seq = self
-            .write(|s| {
-                s.units.insert(key.to_owned(), unit.clone());
-                s.seq += 1;
+        let ticket = {
+            let mut q = self.queue();
+            let t = q.next;
+            q.next += 1;
+            q.waiting.push((t, key.to_owned(), unit));
+            t
+        };
+        let mut cur = self.current.lock().await;
+        if let Some(seq) = self.queue().written.remove(&ticket) {
+            self.recorded.fetch_add(1, Ordering::SeqCst);
+            return Ok(seq);
+        }
+        let batch = std::mem::take(&mut self.queue().waiting);
+        let written = self
+            .write_locked(&mut cur, |s| {
+                for (_, key, unit) in &batch {
+                    s.units.insert(key.clone(), unit.clone());
+                    s.seq += 1;
+                }
             })
-            .await?;
-        self.recorded.fetch_add(1, Ordering::SeqCst);
-        Ok(seq)
+            .await;
+        let mut q = self.queue();
+        match written {
+            Ok(last) => {
+                let first = last + 1 - batch.len() as u64;
+                let mut mine = last;
+                for (i, (t, _, _)) in batch.iter().enumerate() {
+                    if *t == ticket {
+                        mine = first + i as u64;
+                    } else {
+                        q.written.insert(*t, first + i as u64);
+                    }
+                }
+                self.recorded.fetch_add(1, Ordering::SeqCst);
+                Ok(mine)
+            }
+            Err(e) => {
+                let others: Vec<_> = batch.into_iter().filter(|(t, _, _)| *t != ticket).collect();
+                q.waiting.splice(0..0, others);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -369,6 +433,8 @@ mod tests {
     struct LostAnswer {
         fs: FsStore,
         armed: std::sync::atomic::AtomicBool,
+        /// Conditional writes made.
+        writes: AtomicU64,
     }
 
     #[async_trait::async_trait]
@@ -398,6 +464,7 @@ mod tests {
             self.fs.get_versioned(uri, limit).await
         }
         async fn put_if_version(&self, uri: &Url, data: Bytes, content_type: &str, expected: Option<&Version>) -> Result<Version, StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
             let v = self.fs.put_if_version(uri, data, content_type, expected).await?;
             if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("the answer was lost".into()));
@@ -412,7 +479,7 @@ mod tests {
     #[tokio::test]
     async fn a_unit_whose_record_was_applied_but_answered_with_an_error_survives_the_release() {
         let d = tempfile::tempdir().unwrap();
-        let store = Arc::new(LostAnswer { fs: FsStore, armed: false.into() });
+        let store = Arc::new(LostAnswer { fs: FsStore, armed: false.into(), writes: AtomicU64::new(0) });
         let mut s = spec(d.path(), "w1/a", "h", 60_000);
         s.store = store.clone();
         let a = mine(acquire(s).await.unwrap());
@@ -425,6 +492,33 @@ mod tests {
         let b = mine(acquire(spec(d.path(), "w2/b", "h", 60_000)).await.unwrap());
         assert_eq!(b.restored_count(), 2, "the release rewrote the older state");
         assert_eq!(b.restored("page-0002"), Some(unit("p2")));
+    }
+
+    #[tokio::test]
+    async fn concurrent_units_share_writes_and_each_gets_its_own_seq() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(LostAnswer { fs: FsStore, armed: false.into(), writes: AtomicU64::new(0) });
+        let mut s = spec(d.path(), "w1/a", "h", 60_000);
+        s.store = store.clone();
+        let a = mine(acquire(s).await.unwrap());
+        let before = store.writes.load(Ordering::SeqCst);
+        let names: Vec<String> = (1..=8).map(|i| format!("page-{i:04}")).collect();
+        let seqs = futures_util::future::join_all(names.iter().map(|n| a.record(n, unit(n)))).await;
+        let mut seqs: Vec<u64> = seqs.into_iter().map(Result::unwrap).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=8).collect::<Vec<u64>>(), "one seq per unit");
+        let writes = store.writes.load(Ordering::SeqCst) - before;
+        assert!(writes < 8, "units waiting on a write share the next one: {writes} writes");
+        assert_eq!(a.recorded_count(), 8);
+        // A failed write leaves the others' units for their own callers.
+        store.armed.store(true, Ordering::SeqCst);
+        let (x, y) = tokio::join!(a.record("page-0009", unit("p9")), a.record("page-0010", unit("p10")));
+        assert!(x.is_err(), "the failed write's caller sees the error");
+        assert!(y.is_ok(), "the other unit was written by its own caller: {y:?}");
+        a.release().await;
+        let b = mine(acquire(spec(d.path(), "w2/b", "h", 60_000)).await.unwrap());
+        assert_eq!(b.restored_count(), 10, "every unit is in the state (page 9's write was applied, its answer lost)");
+        assert_eq!(b.restored("page-0010"), Some(unit("p10")));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::convert::Context;
 use crate::error::JobError;
 use kiln_kernels::image::{self as img, fit::CropRect, jpeg, DecodeOptions, Format, Image, Orientation, PixelKind, SrgbTransform};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// Most encoded bytes the per-job cache holds before it is emptied.
@@ -43,11 +43,14 @@ pub struct PdfImages {
     cache: Cache<Key, Placed>,
     /// Images built by this attempt that the assembler has not written yet, by id.
     unwritten: Mutex<HashMap<String, Arc<PdfImage>>>,
+    /// Ids this attempt stored: an image built again after the cache evicted it is neither
+    /// stored again nor kept for the assembler (which has it, or reads it from the store).
+    stored: Mutex<HashSet<String>>,
 }
 
 impl Default for PdfImages {
     fn default() -> Self {
-        PdfImages { cache: Cache::new(CACHE_BYTES), unwritten: Mutex::default() }
+        PdfImages { cache: Cache::new(CACHE_BYTES), unwritten: Mutex::default(), stored: Mutex::default() }
     }
 }
 
@@ -73,7 +76,11 @@ impl PdfImages {
         self.cache.get(&key, cost, || {
             let placed = build(ctx, uri, size, crop, quality)?;
             let im = &placed.image;
+            if self.stored.lock().unwrap_or_else(|p| p.into_inner()).contains(&im.id) {
+                return Ok(placed);
+            }
             ctx.store_output(&image_blob_name(&im.id), Bytes::from(im.to_blob()), "application/octet-stream", None)?;
+            self.stored.lock().unwrap_or_else(|p| p.into_inner()).insert(im.id.clone());
             self.unwritten.lock().unwrap_or_else(|p| p.into_inner()).insert(im.id.clone(), im.clone());
             Ok(placed)
         })
