@@ -589,15 +589,10 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The tenant whose token the router accepted reaches the function (`x-kiln-tenant`, trusted
-/// with `lambda.trust_tenant_header`): the function's result is stamped with it, stored so,
-/// and a container worker sharing the store shows it to that tenant only.
-#[test]
-fn the_function_runs_a_tenants_job_as_that_tenants() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store_dir, store) = file_store(dir.path());
-    let function = Function::start(&[("KILN_STORE_URL", store.as_str()), ("KILN_LAMBDA_TRUST_TENANT_HEADER", "true")]);
-    let policy = dir.path().join("policy.json");
+/// A policy file in `dir` that places `debug` jobs on the function `_` (the emulator's), a
+/// container as the fallback, with nothing left to chance (no exercised or dual share).
+fn serverless_debug_policy(dir: &Path) -> std::path::PathBuf {
+    let policy = dir.join("policy.json");
     std::fs::write(
         &policy,
         r#"{"exercise_share": 0.0, "dual_share": 0.0, "cold_start_override": {"enabled": false},
@@ -606,6 +601,18 @@ fn the_function_runs_a_tenants_job_as_that_tenants() {
             "durations": {"kinds": {"debug": {"base_ms": 10.0, "per_unit_ms": 0.0}}}}"#,
     )
     .unwrap();
+    policy
+}
+
+/// The tenant whose token the router accepted reaches the function (`x-kiln-tenant`, trusted
+/// with `lambda.trust_tenant_header`): the function's result is stamped with it, stored so,
+/// and a container worker sharing the store shows it to that tenant only.
+#[test]
+fn the_function_runs_a_tenants_job_as_that_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store_dir, store) = file_store(dir.path());
+    let function = Function::start(&[("KILN_STORE_URL", store.as_str()), ("KILN_LAMBDA_TRUST_TENANT_HEADER", "true")]);
+    let policy = serverless_debug_policy(dir.path());
     let other = "other-token-000000003";
     let tokens = format!("acme:{TOKEN},other:{other},pool:{WORKER_TOKEN}");
     let endpoint = function.endpoint();
@@ -672,15 +679,7 @@ fn sse_through_the_router_streams_the_functions_events() {
     let dir = tempfile::tempdir().unwrap();
     let (_store_dir, store) = file_store(dir.path());
     let function = Function::start(&[("KILN_STORE_URL", store.as_str()), ("KILN_LAMBDA_RESPONSE", "stream")]);
-    let policy = dir.path().join("policy.json");
-    std::fs::write(
-        &policy,
-        r#"{"exercise_share": 0.0, "dual_share": 0.0, "cold_start_override": {"enabled": false},
-            "serverless": {"function": "_"},
-            "kinds": {"debug": {"primary": "serverless", "fallback": "container"}},
-            "durations": {"kinds": {"debug": {"base_ms": 10.0, "per_unit_ms": 0.0}}}}"#,
-    )
-    .unwrap();
+    let policy = serverless_debug_policy(dir.path());
     let endpoint = function.endpoint();
     let (_router, rbase) = start_router(dir.path(), &policy, &lambda_env(&endpoint));
     wait_ready(&rbase, Duration::from_secs(30));
