@@ -437,6 +437,12 @@ mod tests {
         writes: AtomicU64,
     }
 
+    impl LostAnswer {
+        fn new() -> Arc<LostAnswer> {
+            Arc::new(LostAnswer { fs: FsStore, armed: false.into(), writes: AtomicU64::new(0) })
+        }
+    }
+
     #[async_trait::async_trait]
     impl ObjectStore for LostAnswer {
         async fn get(&self, uri: &Url, limit: u64) -> Result<Bytes, StoreError> {
@@ -479,7 +485,7 @@ mod tests {
     #[tokio::test]
     async fn a_unit_whose_record_was_applied_but_answered_with_an_error_survives_the_release() {
         let d = tempfile::tempdir().unwrap();
-        let store = Arc::new(LostAnswer { fs: FsStore, armed: false.into(), writes: AtomicU64::new(0) });
+        let store = LostAnswer::new();
         let mut s = spec(d.path(), "w1/a", "h", 60_000);
         s.store = store.clone();
         let a = mine(acquire(s).await.unwrap());
@@ -497,7 +503,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_units_share_writes_and_each_gets_its_own_seq() {
         let d = tempfile::tempdir().unwrap();
-        let store = Arc::new(LostAnswer { fs: FsStore, armed: false.into(), writes: AtomicU64::new(0) });
+        let store = LostAnswer::new();
         let mut s = spec(d.path(), "w1/a", "h", 60_000);
         s.store = store.clone();
         let a = mine(acquire(s).await.unwrap());

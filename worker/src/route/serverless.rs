@@ -164,9 +164,8 @@ fn parse_result(payload: &[u8]) -> Result<Invoked, InvokeFailure> {
 pub struct Invoker {
     client: Client,
     /// `route.lambda_streaming = emulator`: the emulator's endpoint, whose Invoke answer is
-    /// read as it arrives for SSE requests ([`super::streamed`]).
-    emulator: Option<String>,
-    http: reqwest::Client,
+    /// read as it arrives for SSE requests ([`super::streamed`]), and an HTTP client for it.
+    emulator: Option<(String, reqwest::Client)>,
 }
 
 impl Invoker {
@@ -187,10 +186,10 @@ impl Invoker {
             b = b.endpoint_url(target);
         }
         let emulator = match (streaming, target) {
-            ("emulator", endpoint) if endpoint != "aws" => Some(endpoint.trim_end_matches('/').to_owned()),
+            ("emulator", endpoint) if endpoint != "aws" => Some((endpoint.trim_end_matches('/').to_owned(), reqwest::Client::new())),
             _ => None,
         };
-        Invoker { client: Client::from_conf(b.build()), emulator, http: reqwest::Client::new() }
+        Invoker { client: Client::from_conf(b.build()), emulator }
     }
 
     /// Invokes `function` with `payload` and waits at most `timeout` for its answer.
@@ -223,7 +222,7 @@ impl Invoker {
     /// The emulator's endpoint and an HTTP client for it, with `route.lambda_streaming =
     /// emulator`.
     pub(super) fn emulator(&self) -> Option<(&str, &reqwest::Client)> {
-        self.emulator.as_deref().map(|e| (e, &self.http))
+        self.emulator.as_ref().map(|(e, http)| (e.as_str(), http))
     }
 }
 

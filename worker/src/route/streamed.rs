@@ -39,6 +39,9 @@ pub enum Piece {
 #[derive(Debug, Default)]
 pub struct Lines {
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no newline (a long line arriving in many chunks is
+    /// scanned once, not once per chunk).
+    scanned: usize,
     /// The metadata prelude, once seen.
     prelude: Option<Value>,
     done: bool,
@@ -53,7 +56,8 @@ impl Lines {
             return Ok(out);
         }
         self.buf.extend_from_slice(chunk);
-        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+        while let Some(nl) = self.buf[self.scanned..].iter().position(|b| *b == b'\n').map(|at| self.scanned + at) {
+            self.scanned = 0;
             let line: Vec<u8> = self.buf.drain(..=nl).collect();
             let line = self.after_prelude(&line[..nl]);
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -68,6 +72,7 @@ impl Lines {
                 break;
             }
         }
+        self.scanned = self.buf.len();
         if self.buf.len() > MAX_LINE {
             return Err(InvokeFailure::Function(format!("the answer has a line over {MAX_LINE} bytes")));
         }
