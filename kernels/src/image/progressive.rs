@@ -16,7 +16,12 @@
 //! table has a zero among its first coefficients, so the copy zeroes the first AC entry of the
 //! dropped components' tables; it multiplies only AC coefficients those components no longer
 //! have. A table shared with a component that keeps its AC scans is left alone, and then
-//! nothing is dropped.
+//! nothing is dropped. Turning smoothing off only keeps the pixels when the original does not
+//! smooth either: libjpeg smooths when some component's low AC coefficients (1 to 9) are
+//! missing or short of their last refinement, and then estimates a component's DC too when it
+//! has no AC at all. So the copy is made only when the original's scans complete
+//! coefficients 1 to 9 of every component (any real encoder's progression does;
+//! fuzz/regressions/progressive-1a9cbf35.jpg does not).
 //!
 //! Anything unexpected (not progressive Huffman, a truncated file, a missing EOI, odd marker
 //! structure) gives `None` and the caller decodes the original, which judges the file.
@@ -25,6 +30,9 @@
 const MAX_SCANS: usize = 1000;
 
 struct Frame {
+    /// Every component's id, and the point transform (`Al`) its AC coefficients 1 to 9 were
+    /// last sent with (`None` until a scan sends them; `Some(0)` is complete).
+    coverage: Vec<(u8, [Option<u8>; 9])>,
     /// Component ids at full resolution (sampling factors equal to the maximum).
     full_res: Vec<u8>,
     /// Quant tables of full-resolution components, and of the others.
@@ -59,6 +67,9 @@ pub fn strip_for_eighth_scale(data: &[u8]) -> Option<Vec<u8>> {
             0xD9 => {
                 // EOI: the whole file was walked.
                 let f = frame.as_ref()?;
+                if !f.coverage.iter().all(|(_, bits)| bits.iter().all(|b| *b == Some(0))) {
+                    return None;
+                }
                 if dropped == 0 || f.full_res_tables.iter().any(|t| f.other_tables.contains(t)) {
                     return None;
                 }
@@ -89,7 +100,8 @@ pub fn strip_for_eighth_scale(data: &[u8]) -> Option<Vec<u8>> {
                 if scans > MAX_SCANS {
                     return None;
                 }
-                let f = frame.as_ref()?;
+                let f = frame.as_mut()?;
+                cover(body, f)?;
                 let scan_end = entropy_end(data, seg_end)?;
                 if needed(body, f)? {
                     out.extend_from_slice(&data[i..scan_end]);
@@ -115,6 +127,7 @@ fn parse_sof(body: &[u8]) -> Option<Frame> {
     let max_v = comps.chunks_exact(3).map(|c| samp(c).1).max()?;
     let (full, other): (Vec<&[u8]>, Vec<&[u8]>) = comps.chunks_exact(3).partition(|c| samp(c) == (max_h, max_v));
     Some(Frame {
+        coverage: comps.chunks_exact(3).map(|c| (c[0], [None; 9])).collect(),
         full_res: full.iter().map(|c| c[0]).collect(),
         full_res_tables: full.iter().map(|c| c[2]).collect(),
         other_tables: other.iter().map(|c| c[2]).collect(),
@@ -132,6 +145,27 @@ fn disable_smoothing(dqt: &mut [u8], tables: &[u8]) -> Option<()> {
             values[width..2 * width].fill(0);
         }
         i += 1 + 64 * width;
+    }
+    Some(())
+}
+
+/// Notes which of coefficients 1 to 9 an AC scan sends, and with which point transform.
+/// A scan that names no component of the frame or runs past coefficient 63 gives `None`.
+fn cover(sos: &[u8], frame: &mut Frame) -> Option<()> {
+    let ns = *sos.first()? as usize;
+    let comps = sos.get(1..1 + 2 * ns)?;
+    let (ss, se, approx) = (*sos.get(1 + 2 * ns)?, *sos.get(2 + 2 * ns)?, *sos.get(3 + 2 * ns)?);
+    if ss == 0 {
+        return Some(());
+    }
+    if se < ss || se > 63 {
+        return None;
+    }
+    for c in comps.chunks_exact(2) {
+        let (_, bits) = frame.coverage.iter_mut().find(|(id, _)| *id == c[0])?;
+        for k in ss.max(1)..=se.min(9) {
+            bits[usize::from(k) - 1] = Some(approx & 0x0F);
+        }
     }
     Some(())
 }
@@ -186,30 +220,41 @@ mod tests {
     }
 
     /// The fuzz finding of 2026-12-03 (`fuzz/regressions/progressive-2b0d82e9.jpg`): a
-    /// progressive JPEG with garbage inside an AC scan. libjpeg-turbo decodes the original with
-    /// a "Corrupt JPEG data" warning (which the thumbnailer accepts) and the garbage shifts a
-    /// few pixels of its 1/8 decode; the rewrite drops that scan and decodes cleanly. The
-    /// rewrite differs only where the original is corrupt.
+    /// progressive JPEG with garbage inside an AC scan, which libjpeg-turbo decodes with a
+    /// "Corrupt JPEG data" warning (the thumbnailer accepts it). The rewrite used to drop that
+    /// scan and decode to other pixels; the file also never sends its third component's AC
+    /// coefficients, so the original is smoothed, and it is now left alone.
     #[test]
-    fn a_corrupt_ac_scan_is_where_the_rewrite_differs_and_it_decodes_cleanly() {
+    fn a_corrupt_file_that_leaves_a_component_without_ac_is_left_alone() {
         use turbojpeg::{Decompressor, PixelFormat};
         let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/progressive-2b0d82e9.jpg");
         let data = std::fs::read(p).unwrap();
-        let slim = strip_for_eighth_scale(&data).expect("it is progressive with AC scans");
         let h = read_header(&data).unwrap();
-        let raw = |bytes: &[u8]| {
-            let mut d = Decompressor::new().unwrap();
-            d.set_scaling_factor(ScalingFactor::new(1, 8)).unwrap();
-            let (w, hh) = (ScalingFactor::new(1, 8).scale(h.width as usize), ScalingFactor::new(1, 8).scale(h.height as usize));
-            let mut buf = vec![0u8; w * hh * 3];
-            let r = d.decompress(bytes, turbojpeg::Image { pixels: buf.as_mut_slice(), width: w, pitch: w * 3, height: hh, format: PixelFormat::RGB });
-            r.map_err(|e| e.to_string())
-        };
-        let warning = raw(&data).expect_err("the original carries a corrupt-data warning");
+        let eighth = ScalingFactor::new(1, 8);
+        let mut d = Decompressor::new().unwrap();
+        d.set_scaling_factor(eighth).unwrap();
+        let (w, hh) = (eighth.scale(h.width as usize), eighth.scale(h.height as usize));
+        let mut buf = vec![0u8; w * hh * 3];
+        let image = turbojpeg::Image { pixels: buf.as_mut_slice(), width: w, pitch: w * 3, height: hh, format: PixelFormat::RGB };
+        let warning = d.decompress(&data, image).map_err(|e| e.to_string()).expect_err("the original carries a warning");
         assert!(warning.contains("Corrupt JPEG data"), "{warning}");
-        raw(&slim).expect("the rewrite decodes without a warning");
-        // Both still decode through kiln's path (the warning is a benign one there).
-        assert_eq!(decode_eighth(&data).len(), decode_eighth(&slim).len());
+        assert_eq!(strip_for_eighth_scale(&data), None);
+        // It still decodes through kiln's path (the warning is a benign one there).
+        assert_eq!(decode_eighth(&data).len(), w * hh * 3);
+    }
+
+    /// The fuzz finding of 2026-12-04 (`fuzz/regressions/progressive-1a9cbf35.jpg`): a clean
+    /// progressive JPEG whose only AC scan sends the first component's coefficients 1 to 5
+    /// short of their last bit, and the others' none. libjpeg smooths that file (estimating
+    /// the DC of the components without AC), which the rewrite's smoothing switch would have
+    /// turned off: it is left alone, and real encoders' progressions still are rewritten.
+    #[test]
+    fn a_progression_that_leaves_low_coefficients_incomplete_is_left_alone() {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/progressive-1a9cbf35.jpg");
+        let data = std::fs::read(p).unwrap();
+        assert_eq!(decode_eighth(&data).len(), 80 * 50 * 3, "the original decodes");
+        assert_eq!(strip_for_eighth_scale(&data), None);
+        assert!(strip_for_eighth_scale(&jpeg_progressive_bytes(256, 256)).is_some());
     }
 
     #[test]
