@@ -461,6 +461,15 @@ impl JobContext {
         Ok(())
     }
 
+    /// Where output `name` of this job is stored.
+    pub(crate) fn output_uri(&self, name: &str) -> Result<Url, JobError> {
+        join_output(&self.output_prefix, name)
+    }
+
+    pub(crate) fn checkpointer(&self) -> Option<&Arc<dyn Checkpointer>> {
+        self.checkpoint.as_ref()
+    }
+
     pub fn progress(&self, done: u64, total: u64, stage: &str) {
         self.events.emit(Event::Progress { id: self.job_id.clone(), done, total, stage: stage.to_owned() });
     }

@@ -11,6 +11,7 @@
 //! - [`context`]: [`JobContext`], [`Limits`], [`EventSink`].
 //! - [`resources`]: [`Resources`]: the CPU slot a job gives back while it waits, GPU grants.
 //! - [`kind`]: the [`JobKind`] trait and the [`Registry`] of kinds (filled by the binary).
+//! - [`recorder`]: [`recorder::Recorder`]: units' writes behind the job, events in order.
 //! - [`layout`]: the store keys of a job (`jobs/{id}/result.json`, `state.json`, `outputs/{id}/`).
 //! - [`convert`]: every mapping of a kernel or store error onto a [`JobError`].
 //! - [`spec_util`]: spec helpers shared by several kinds (colours).
@@ -29,6 +30,7 @@ pub mod infer;
 pub mod jpeg_frame;
 pub mod kind;
 pub mod layout;
+pub mod recorder;
 pub mod render;
 pub mod resources;
 pub mod spec_util;

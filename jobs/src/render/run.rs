@@ -1,7 +1,8 @@
 //! Running a render job: one checkpointed unit per page (render → store PNG and PDF part →
 //! record), pages rendered on every idle core and committed in order ([`ordered`]); the
 //! document is assembled from the parts as they are committed, into a temporary file that is
-//! streamed to the store at the end.
+//! streamed to the store at the end. A page's part and record are written behind the job
+//! ([`Recorder`]): the next pages render while they land.
 
 use super::ordered::ordered;
 use super::page::{self, ImageCache};
@@ -14,6 +15,7 @@ use crate::convert::Context;
 use crate::envelope::OutputInfo;
 use crate::error::JobError;
 use crate::kind::JobOutput;
+use crate::recorder::{Intermediate, Recorder};
 use bytes::Bytes;
 use kiln_kernels::image::{self as img, EncodeOptions, OutputFormat};
 use kiln_kernels::render::{self as render, Compositor};
@@ -52,7 +54,7 @@ pub fn part_name(i: usize) -> String {
 enum Unit {
     /// Done by an earlier attempt: its record, its outputs, and its PDF part read back.
     Restored { record: PageRecord, outputs: Vec<OutputInfo>, part: Option<Bytes> },
-    /// Rendered now, its outputs already stored: the PNG's info, the PDF part's bytes.
+    /// Rendered now: the PNG's info (stored), the PDF part's bytes (stored with the record).
     Rendered { png: Option<OutputInfo>, part: Option<Bytes>, record: PageRecord },
 }
 
@@ -113,8 +115,9 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
         None
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut recorder = Recorder::new(ctx);
 
-    ordered(
+    let committed = ordered(
         ctx,
         job.pages.len(),
         cores.saturating_sub(1).min(MOST_PAGE_THREADS),
@@ -129,7 +132,13 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
                 Unit::Rendered { png, part, record } => {
                     let data = serde_json::to_value(&record).map_err(|e| JobError::internal(e.to_string()))?;
                     let outputs: Vec<OutputInfo> = png.into_iter().collect();
-                    ctx.complete_unit(&page_key(i), &outputs, data)?;
+                    let parts = match (&part, &record.part) {
+                        (Some(data), Some(name)) => {
+                            vec![Intermediate { name: name.clone(), data: data.clone(), content_type: "application/pdf" }]
+                        }
+                        _ => Vec::new(),
+                    };
+                    recorder.complete(&page_key(i), parts, outputs.clone(), data)?;
                     pngs.extend(outputs);
                     rendered += 1;
                     (part, record.part)
@@ -138,10 +147,14 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
             if let (Some((asm, _)), Some(part), Some(name)) = (asm.as_mut(), part, name) {
                 asm.add_part(&part, &name, &mut |id| shared.pdf_images.for_document(ctx, id))?;
             }
-            ctx.progress(i as u64 + 1, total, &page_key(i));
+            recorder.progress(i as u64 + 1, total, &page_key(i));
             Ok(())
         },
-    )?;
+    );
+    // Every page's writes landed (or the first failure) before the job answers.
+    let recorded = recorder.finish();
+    committed?;
+    recorded?;
     let backend = shared.comp.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.backend().name());
     drop(shared);
 
@@ -203,14 +216,8 @@ fn work(job: &Resolved, ctx: &JobContext, shared: &Shared, i: usize) -> Result<U
             (None, Some(bytes), size)
         }
     };
-    let part = match part {
-        Some(bytes) => {
-            let bytes = Bytes::from(bytes);
-            ctx.store_output(&part_name(i), bytes.clone(), "application/pdf", None)?;
-            Some(bytes)
-        }
-        None => None,
-    };
+    // Stored behind the job, with the page's record ([`Recorder`]).
+    let part = part.map(Bytes::from);
     let record = PageRecord { part: part.as_ref().map(|_| part_name(i)), width_pt: size.0, height_pt: size.1 };
     Ok(Unit::Rendered { png, part, record })
 }

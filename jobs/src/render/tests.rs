@@ -31,7 +31,8 @@ impl Checkpointer for MemCheckpoint {
     }
     async fn record(&self, key: &str, unit: UnitRecord) -> Result<u64, JobError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if Some(n) == self.fail_at {
+        // A lost lease stays lost: every record from `fail_at` on fails.
+        if self.fail_at.is_some_and(|f| n >= f) {
             return Err(JobError::internal("lease lost"));
         }
         let mut r = self.records.lock().unwrap();

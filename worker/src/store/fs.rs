@@ -29,13 +29,9 @@ fn version_of(data: &[u8]) -> Version {
 fn swap_locked(uri: &Url, dest: &Path, data: &[u8], expected: Option<&Version>) -> Result<Version, StoreError> {
     use rustix::fs::{flock, FlockOperation};
     let parent = dest.parent().ok_or_else(|| StoreError::UnsupportedUri(uri.to_string()))?;
-    std::fs::create_dir_all(parent).map_err(|e| StoreError::io(uri, e))?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(parent.join(format!("{LOCK_PREFIX}{name}")))
+    let lock_path = parent.join(format!("{LOCK_PREFIX}{name}"));
+    let lock_file = in_dir(&lock_path, || std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path))
         .map_err(|e| StoreError::io(uri, e))?;
     // Released when `lock_file` is closed, on every return path.
     flock(&lock_file, FlockOperation::LockExclusive).map_err(|e| StoreError::io(uri, e.into()))?;
@@ -72,18 +68,30 @@ async fn ensure_parent(uri: &Url, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `create` (a file's creation at `path`), and once more after creating `path`'s directories
+/// when they are missing: most objects go into a directory that exists, so the common case
+/// costs no `mkdir` calls.
+fn in_dir<T>(path: &Path, create: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+    match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            create()
+        }
+        other => other,
+    }
+}
+
 /// Writes `data` to a fresh temporary file beside `dest`, flushed to disk, then moves it to
 /// `dest` (`link`: only when `dest` does not exist yet; returns whether it was placed). A
 /// blocking call: the conditional write runs it under its lock, the async writes on one
 /// blocking thread ([`write_and_place`]).
 fn place(uri: &Url, dest: &Path, data: &[u8], link: bool) -> Result<bool, StoreError> {
     use std::io::Write;
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| StoreError::io(uri, e))?;
-    }
     let tmp = tmp_path(dest);
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = in_dir(&tmp, || std::fs::File::create(&tmp))?;
         f.write_all(data)?;
         f.sync_data()
     })();
