@@ -162,3 +162,33 @@ fn logs_are_json_with_job_spans_when_stderr_is_not_a_terminal() {
     assert_eq!(done["span"]["job_id"], "logged", "{done}");
     assert_eq!(done["span"]["kind"], "debug");
 }
+
+/// FFmpeg (and the ~125 libraries it pulls in) is loaded on the first video call, not at start
+/// (kernels/build.rs): a command that touches no video never maps libavcodec, and `kiln probe`,
+/// which lists the codecs, loads it then. Read from the dynamic loader's own trace.
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn ffmpeg_is_loaded_on_first_video_use_not_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let loads = |args: &[&str]| {
+        let out = kiln_cmd()
+            .args(args)
+            .env("LD_DEBUG", "files")
+            .env("KILN_STORE_URL", format!("file://{}/store/", dir.path().display()))
+            .env_remove("KILN_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kiln {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let trace = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(trace.contains("file=libc.so.6"), "the loader's trace is there");
+        (trace.contains("file=libavcodec.so"), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (at_start, _) = loads(&["--version"]);
+    assert!(!at_start, "libavcodec was loaded by `kiln --version`");
+    let (when_used, probe) = loads(&["probe"]);
+    assert!(when_used, "`kiln probe` did not load libavcodec");
+    let probe: Value = serde_json::from_str(&probe).unwrap();
+    assert!(probe["video"]["libavcodec"].as_str().is_some_and(|v| !v.is_empty()), "{}", probe["video"]);
+    assert!(probe["video"]["encoders"].as_array().is_some_and(|e| e.iter().any(|c| c == "libx264")), "{}", probe["video"]);
+}
