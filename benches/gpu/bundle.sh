@@ -43,7 +43,17 @@ fi
 rm -rf "$STAGE" .gpu/c* .gpu/kiln.tar.xz
 mkdir -p "$STAGE/.gpu/lib" "$STAGE/.gpu/bin" "$STAGE/.tools/models" "$STAGE/data"
 strip -o "$STAGE/.gpu/bin/kiln" target/release/kiln
-ldd target/release/kiln | awk '/=>/ {print $3}' |
+# FFmpeg is loaded on first use (kernels/build.rs), so ldd of kiln no longer lists it: its five
+# libraries (by soname, as dlopen asks for them) and what they link are added here.
+ffmpeg_libs() {
+  for l in avutil swresample swscale avcodec avformat; do
+    dev="$(pkg-config --variable=libdir "lib$l")/lib$l.so"
+    so="$(dirname "$dev")/$(objdump -p "$dev" | awk '/SONAME/ {print $2}')"
+    echo "lib$l => $so (0)"
+    ldd "$so"
+  done
+}
+{ ldd target/release/kiln; ffmpeg_libs; } | awk '/=>/ {print $3}' | sort -u |
   grep -vE '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so' |
   while read -r lib; do cp -L "$lib" "$STAGE/.gpu/lib/"; done
 # The kernels crate's test binary: the CUDA agreement tests and cuda::bench (run.sh "kernels").
