@@ -225,6 +225,28 @@ fn store_streams_are_decoded_as_they_are_read() {
     assert_eq!(ck.recorded.lock().unwrap().len(), 3);
 }
 
+/// The fuzz finding of 2026-12-04 (`fuzz/regressions/video_open-71109926.mp4`): an MP4 whose
+/// next root atom lies ~1 GB past its end. Streamed from a store (not seekable), every read of
+/// the demuxer failed with `InvalidData` without moving, and the read loop retried it until the
+/// job's deadline; now a run of unreadable packets makes it `corrupt_input`.
+#[test]
+fn a_stream_whose_demuxer_never_moves_past_a_bad_packet_is_corrupt_not_a_spin() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = std::env::temp_dir().join("kiln-transcode-s3").join(format!("h{}", std::process::id()));
+    std::fs::create_dir_all(&bucket).unwrap();
+    let found = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/video_open-71109926.mp4");
+    std::fs::copy(found, bucket.join("past-end.mp4")).unwrap();
+    let uri = format!("s3://h{}/past-end.mp4", std::process::id());
+    let r = run_uri(&uri, dir.path(), "past-end", Arc::default(), Arc::default());
+    let _ = std::fs::remove_dir_all(&bucket);
+    let e = r.unwrap_err();
+    assert_eq!(e.code, ErrorCode::CorruptInput, "{e:?}");
+    assert!(e.message.contains("packets in a row"), "{e:?}");
+    // The same file as a local path (seekable) was already refused.
+    let e = run_job(Path::new(found), &dir.path().join("o2"), "past-end-2", Arc::default(), Arc::default()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::CorruptInput, "{e:?}");
+}
+
 /// A probe as the codec probe would report it on a host with these engines.
 fn probe_with(nvenc: bool, nvdec: bool, scale_cuda: bool) -> kiln_kernels::video::probe::CodecProbe {
     kiln_kernels::video::probe::CodecProbe {

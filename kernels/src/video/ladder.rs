@@ -242,15 +242,22 @@ fn decode(
     let mut packet = Packet::empty();
     let video_index = src.video_index;
     let audio_index = src.audio_index;
+    let mut unreadable_in_a_row = 0u32;
     loop {
         if stop() {
             return Err(VideoError::Stopped);
         }
         match packet.read(&mut src.input) {
-            Ok(()) => {}
+            Ok(()) => unreadable_in_a_row = 0,
             Err(ff::Error::Eof) => break,
             Err(ff::Error::InvalidData) => {
                 stats.corrupt_packets += 1;
+                unreadable_in_a_row += 1;
+                if unreadable_in_a_row >= super::MOST_UNREADABLE_IN_A_ROW {
+                    return Err(VideoError::Corrupt(format!(
+                        "the demuxer could not read {unreadable_in_a_row} packets in a row (a container that points past its end?)"
+                    )));
+                }
                 continue;
             }
             Err(e) => return Err(VideoError::Corrupt(format!("reading the source failed: {e}"))),

@@ -62,6 +62,12 @@ impl VideoError {
     }
 }
 
+/// Unreadable packets (`AVERROR_INVALIDDATA`) in a row after which a source is `Corrupt`. A
+/// demuxer resyncs past a damaged packet or a few, but one whose next root atom lies past the
+/// end of the file (fuzz/regressions/video_open-71109926.mp4) answers every read with the same
+/// error without moving: without a bound the read loop spun until the job's deadline.
+pub const MOST_UNREADABLE_IN_A_ROW: u32 = 100;
+
 /// Initialises FFmpeg once per process and quiets its logging (errors only).
 pub fn init() {
     static INIT: Once = Once::new();
