@@ -452,13 +452,18 @@ impl JobContext {
             Some(c) => Some(self.wait(c.record(key, UnitRecord { outputs: outputs.to_vec(), data }))??),
             None => None,
         };
+        self.announce_unit(outputs, seq);
+        Ok(())
+    }
+
+    /// Announces a recorded unit: its outputs, then its `checkpoint` event when it has a seq.
+    pub(crate) fn announce_unit(&self, outputs: &[OutputInfo], seq: Option<u64>) {
         for o in outputs {
             self.announce_output(o);
         }
         if let Some(seq) = seq {
             self.events.emit(Event::Checkpoint { id: self.job_id.clone(), seq });
         }
-        Ok(())
     }
 
     /// Where output `name` of this job is stored.

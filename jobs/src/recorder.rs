@@ -19,7 +19,7 @@
 //! unit before the job may answer.
 
 use crate::context::JobContext;
-use crate::envelope::{Event, OutputInfo};
+use crate::envelope::OutputInfo;
 use crate::error::JobError;
 use crate::checkpoint::UnitRecord;
 use bytes::Bytes;
@@ -83,9 +83,9 @@ impl<'a> Recorder<'a> {
         });
         self.pending.push_back(Pending::Unit { outputs, writes });
         self.units += 1;
-        self.settle(|_| false)?;
+        self.settle(false)?;
         while self.units > MOST_PENDING {
-            self.settle_one()?;
+            self.settle(true)?;
         }
         Ok(())
     }
@@ -103,22 +103,23 @@ impl<'a> Recorder<'a> {
     pub fn finish(mut self) -> Result<(), JobError> {
         let mut first = None;
         while !self.pending.is_empty() {
-            if let Err(e) = self.settle_one() {
+            if let Err(e) = self.settle(true) {
                 first.get_or_insert(e);
             }
         }
         first.map_or(Ok(()), Err)
     }
 
-    /// Announces the front items whose writes are done (or all of them, waiting, while
-    /// `wait` says so for the front unit).
-    fn settle(&mut self, wait: impl Fn(usize) -> bool) -> Result<(), JobError> {
-        loop {
-            match self.pending.front() {
-                None => return Ok(()),
-                Some(Pending::Progress { .. }) => {}
-                Some(Pending::Unit { writes, .. }) if writes.is_finished() || wait(self.units) => {}
-                Some(Pending::Unit { .. }) => return Ok(()),
+    /// Announces the front items whose writes are done, in order; with `wait_oldest`, first
+    /// waits for the oldest unit in flight.
+    fn settle(&mut self, wait_oldest: bool) -> Result<(), JobError> {
+        let mut wait = wait_oldest;
+        while let Some(front) = self.pending.front() {
+            if let Pending::Unit { writes, .. } = front {
+                if !(wait || writes.is_finished()) {
+                    return Ok(());
+                }
+                wait = false;
             }
             match self.pending.pop_front() {
                 Some(Pending::Progress { done, total, stage }) => self.ctx.progress(done, total, &stage),
@@ -128,23 +129,12 @@ impl<'a> Recorder<'a> {
                         .ctx
                         .wait(writes)?
                         .map_err(|e| JobError::internal(format!("a unit's writes stopped: {e}")))??;
-                    for o in &outputs {
-                        self.ctx.announce_output(o);
-                    }
-                    if let Some(seq) = seq {
-                        self.ctx.emit(Event::Checkpoint { id: self.ctx.job_id.clone(), seq });
-                    }
+                    self.ctx.announce_unit(&outputs, seq);
                 }
-                None => return Ok(()),
+                None => {}
             }
         }
-    }
-
-    /// Waits for the oldest unit in flight, then announces what follows it and is done.
-    fn settle_one(&mut self) -> Result<(), JobError> {
-        let target = self.units.saturating_sub(1);
-        self.settle(move |units| units > target)?;
-        self.settle(|_| false)
+        Ok(())
     }
 }
 
