@@ -19,7 +19,7 @@ use super::audio::AudioPipeline;
 use super::scale::ScaleEngine;
 use super::rung::{self, Msg, RungDone, RungSetup};
 use super::plan;
-use super::source::OpenedSource;
+use super::source::{read_packet, OpenedSource};
 use super::types::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 use super::{SharedFrame, VideoError};
 use ffmpeg_next as ff;
@@ -242,25 +242,12 @@ fn decode(
     let mut packet = Packet::empty();
     let video_index = src.video_index;
     let audio_index = src.audio_index;
-    let mut unreadable_in_a_row = 0u32;
     loop {
         if stop() {
             return Err(VideoError::Stopped);
         }
-        match packet.read(&mut src.input) {
-            Ok(()) => unreadable_in_a_row = 0,
-            Err(ff::Error::Eof) => break,
-            Err(ff::Error::InvalidData) => {
-                stats.corrupt_packets += 1;
-                unreadable_in_a_row += 1;
-                if unreadable_in_a_row >= super::MOST_UNREADABLE_IN_A_ROW {
-                    return Err(VideoError::Corrupt(format!(
-                        "the demuxer could not read {unreadable_in_a_row} packets in a row (a container that points past its end?)"
-                    )));
-                }
-                continue;
-            }
-            Err(e) => return Err(VideoError::Corrupt(format!("reading the source failed: {e}"))),
+        if !read_packet(&mut src.input, &mut packet, &mut stats.corrupt_packets)? {
+            break;
         }
         let si = packet.stream();
         if si == video_index {

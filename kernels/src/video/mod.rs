@@ -31,7 +31,7 @@ pub mod types;
 pub use ladder::{transcode, LadderConfig, LadderSummary};
 pub use scale::ScaleEngine;
 pub use rung::encoder_name as rung_encoder_name;
-pub use source::{open, OpenedSource, SourceInfo, SourceInput};
+pub use source::{open, read_packet, OpenedSource, SourceInfo, SourceInput};
 pub use types::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 
 use std::sync::Once;

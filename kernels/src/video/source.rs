@@ -107,6 +107,31 @@ pub fn open(src: SourceInput) -> Result<OpenedSource, VideoError> {
     Ok(OpenedSource { input, info, video_index, audio_index })
 }
 
+/// Reads the next packet of `input` into `packet`; `Ok(false)` at the end. A damaged packet
+/// (`InvalidData`, which a demuxer resyncs past) is skipped and counted in `corrupt`, but
+/// [`super::MOST_UNREADABLE_IN_A_ROW`] of them in a row make the source `Corrupt`: a demuxer
+/// that answers every read so without moving would otherwise be retried forever (ffmpeg-next's
+/// `packets()` does). Any other error is `Corrupt` at once.
+pub fn read_packet(input: &mut Input, packet: &mut ff::Packet, corrupt: &mut u64) -> Result<bool, VideoError> {
+    let mut in_a_row = 0;
+    loop {
+        match packet.read(input) {
+            Ok(()) => return Ok(true),
+            Err(ff::Error::Eof) => return Ok(false),
+            Err(ff::Error::InvalidData) => {
+                *corrupt += 1;
+                in_a_row += 1;
+                if in_a_row >= super::MOST_UNREADABLE_IN_A_ROW {
+                    return Err(VideoError::Corrupt(format!(
+                        "the demuxer could not read {in_a_row} packets in a row (a container that points past its end?)"
+                    )));
+                }
+            }
+            Err(e) => return Err(VideoError::Corrupt(format!("reading the source failed: {e}"))),
+        }
+    }
+}
+
 fn open_error(e: ff::Error) -> VideoError {
     VideoError::Corrupt(format!("not a readable video container: {e}"))
 }
