@@ -112,9 +112,15 @@ pub fn open(src: SourceInput) -> Result<OpenedSource, VideoError> {
 /// [`super::MOST_UNREADABLE_IN_A_ROW`] of them in a row make the source `Corrupt`: a demuxer
 /// that answers every read so without moving would otherwise be retried forever (ffmpeg-next's
 /// `packets()` does). Any other error is `Corrupt` at once.
+///
+/// The previous contents of `packet` are released first: FFmpeg 5.1's `av_read_frame` resets
+/// the packet it is given without unreferencing it, so reading into a reused packet leaked every
+/// packet's buffer (the whole compressed input of a transcode; the fuzzer's OOM of 2026-12-04).
 pub fn read_packet(input: &mut Input, packet: &mut ff::Packet, corrupt: &mut u64) -> Result<bool, VideoError> {
     let mut in_a_row = 0;
     loop {
+        // Dropping the old packet unreferences its buffer; an empty one costs no allocation.
+        *packet = ff::Packet::empty();
         match packet.read(input) {
             Ok(()) => return Ok(true),
             Err(ff::Error::Eof) => return Ok(false),
@@ -134,4 +140,51 @@ pub fn read_packet(input: &mut Input, packet: &mut ff::Packet, corrupt: &mut u64
 
 fn open_error(e: ff::Error) -> VideoError {
     VideoError::Corrupt(format!("not a readable video container: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ff::packet::Ref;
+
+    /// Reading into a reused packet must release the previous packet's buffer. An extra
+    /// reference to the first packet's buffer shows it: after the next read it must be the only
+    /// one left (before the fix FFmpeg overwrote the packet and that count stayed at 2, leaking
+    /// every packet read).
+    #[test]
+    fn reading_the_next_packet_releases_the_previous_ones_buffer() {
+        let dir = std::env::temp_dir().join(format!("kiln-read-packet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Matroska: readable as a stream too (an MP4 with its index at the end is not).
+        let clip = dir.join("clip.mkv");
+        let st = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=1"])
+            .args(["-c:v", "libx264", "-preset", "ultrafast"])
+            .arg(&clip)
+            .status()
+            .expect("ffmpeg CLI");
+        assert!(st.success());
+        for input in [SourceInput::Path(clip.clone()), SourceInput::Reader(Box::new(std::fs::File::open(&clip).expect("clip")))] {
+            let mut src = open(input).expect("open clip");
+            let (mut packet, mut corrupt) = (ff::Packet::empty(), 0);
+            let mut read = 0;
+            while read_packet(&mut src.input, &mut packet, &mut corrupt).expect("read") {
+                // SAFETY: the packet was just filled by av_read_frame; its buffer is
+                // reference-counted, and the extra reference taken here is released below.
+                let mut extra = unsafe { ff::ffi::av_buffer_ref((*packet.as_ptr()).buf) };
+                assert!(!extra.is_null(), "packet {read} has no reference-counted buffer");
+                let more = read_packet(&mut src.input, &mut packet, &mut corrupt).expect("read");
+                // SAFETY: `extra` is the live reference taken above.
+                let left = unsafe { ff::ffi::av_buffer_get_ref_count(extra) };
+                unsafe { ff::ffi::av_buffer_unref(&mut extra) };
+                assert_eq!(left, 1, "packet {read}'s buffer is still referenced after the next read (leaked)");
+                read += 2;
+                if !more {
+                    break;
+                }
+            }
+            assert!(read >= 24, "read only {read} packets of a 25-frame clip");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
