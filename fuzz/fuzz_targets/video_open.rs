@@ -7,7 +7,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let reader = std::io::Cursor::new(data.to_vec());
-    let Ok(mut src) = open(SourceInput::Reader(Box::new(reader))) else { return };
+    // The worker's default picture limit (limits.max_video_pixels).
+    let Ok(mut src) = open(SourceInput::Reader(Box::new(reader)), 3840 * 2160) else { return };
     let info = &src.info;
     assert!(info.width > 0 && info.height > 0, "opened a video without a size: {info:?}");
     // The transcoder's own read loop (ladder.rs): a demuxer stuck on InvalidData ends it.

@@ -47,7 +47,7 @@ pub fn run(job: &Resolved, ctx: &JobContext) -> Result<JobOutput, JobError> {
     let started = Instant::now();
     ctx.check()?;
     let input = open_input(&job.source, ctx)?;
-    let src = video::open(input)?;
+    let src = video::open(input, ctx.limits.max_video_pixels)?;
     let info = src.info.clone();
     let pixels = info.width as u64 * info.height as u64;
     if pixels > ctx.limits.max_video_pixels {

@@ -68,13 +68,26 @@ impl VideoError {
 /// error without moving: without a bound the read loop spun until the job's deadline.
 pub const MOST_UNREADABLE_IN_A_ROW: u32 = 100;
 
-/// Initialises FFmpeg once per process and quiets its logging (errors only).
+/// The largest single allocation FFmpeg may make in this process (`av_max_alloc`; FFmpeg's
+/// own default is 2 GiB). A container header can name any size, and some demuxers allocate
+/// what it says and read into it: a 3 KB MP4 (fuzz/regressions/video_open-oom-945a04ef.mp4)
+/// made the mov demuxer allocate 2 GiB, and a streamed source's reader (ffmpeg-next's
+/// `StreamIo` stages every read in a buffer of the requested size, zero-filled) then touched
+/// all of it: 2.1 GB of RSS from one hostile upload. Under this cap such an allocation fails
+/// and the source is `Corrupt`. 128 MiB is far above what a legitimate video needs at once: a
+/// decoded plane of an 8K frame at 16 bits is 66 MB, a packet a few MB.
+pub const MOST_FFMPEG_ALLOCATION: usize = 128 << 20;
+
+/// Initialises FFmpeg once per process, caps its allocations ([`MOST_FFMPEG_ALLOCATION`])
+/// and quiets its logging (errors only).
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         if let Err(e) = ffmpeg_next::init() {
             tracing::warn!(error = %e, "FFmpeg init failed");
         }
+        // SAFETY: av_max_alloc only stores the limit (an atomic in libavutil).
+        unsafe { ffmpeg_next::ffi::av_max_alloc(MOST_FFMPEG_ALLOCATION) };
         ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
     });
 }

@@ -229,7 +229,7 @@ mod tests {
             work_dir: dir.join("work"),
             max_duration_s: None,
         };
-        let src = open(SourceInput::Path(clip)).expect("open clip");
+        let src = open(SourceInput::Path(clip), 3840 * 2160).expect("open clip");
         let mut segments = 0;
         let summary = transcode(src, &cfg, &|| false, |_| {
             segments += 1;

@@ -49,19 +49,23 @@ pub struct OpenedSource {
     pub info: SourceInfo,
     pub video_index: usize,
     pub audio_index: Option<usize>,
+    /// The largest picture (width x height) a decoder of this source may allocate.
+    pub max_pixels: u64,
 }
 
 /// Opens a source and reads its header. Unreadable or truncated containers are `Corrupt`;
 /// a file without a video stream, or with a codec this FFmpeg cannot decode, is `Unsupported`.
-pub fn open(src: SourceInput) -> Result<OpenedSource, VideoError> {
+///
+/// `max_pixels` bounds the pictures FFmpeg's probing decoders may allocate (their
+/// `max_pixels` option) while it reads the streams' parameters: a 38-byte H.264 stream whose
+/// SPS says 1024x107296 made that probe allocate ~300 MB (fuzz/regressions/video_open-oom-f8d05054.h264).
+/// A larger picture is still opened and reported with its size, for the caller's limit check;
+/// it is never decoded at that size. The same bound goes to the transcoder's decoder
+/// ([`OpenedSource::max_pixels`]).
+pub fn open(src: SourceInput, max_pixels: u64) -> Result<OpenedSource, VideoError> {
     init();
-    let (input, seekable) = match src {
-        SourceInput::Path(p) => (ff::format::input(&p).map_err(open_error)?, true),
-        SourceInput::Reader(r) => {
-            let io = StreamIo::from_read(r).map_err(|e| VideoError::internal("stream reader", e))?;
-            (ff::format::input_from_stream(io, None, None).map_err(open_error)?, false)
-        }
-    };
+    let seekable = matches!(src, SourceInput::Path(_));
+    let input = open_input(src, max_pixels)?;
     let video = input
         .streams()
         .best(Type::Video)
@@ -104,7 +108,60 @@ pub fn open(src: SourceInput) -> Result<OpenedSource, VideoError> {
         audio_codec,
         seekable,
     };
-    Ok(OpenedSource { input, info, video_index, audio_index })
+    Ok(OpenedSource { input, info, video_index, audio_index, max_pixels })
+}
+
+/// `avformat_open_input` + `avformat_find_stream_info` (what `ffmpeg_next::format::input` and
+/// `input_from_stream` do), with `max_pixels` for the probing decoders, and without their
+/// panic on a path that is not UTF-8.
+fn open_input(src: SourceInput, max_pixels: u64) -> Result<Input, VideoError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::ptr;
+    let (path, mut custom_io) = match src {
+        SourceInput::Path(p) => {
+            let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| VideoError::Corrupt("a source path with a NUL byte".into()))?;
+            (Some(c), None)
+        }
+        SourceInput::Reader(r) => (None, Some(StreamIo::from_read(r).map_err(|e| VideoError::internal("stream reader", e))?)),
+    };
+    let limit = CString::new(max_pixels.min(i32::MAX as u64).to_string()).map_err(|e| VideoError::internal("max_pixels", e))?;
+    // SAFETY: the FFmpeg calls below follow ffmpeg-next's own `input_from_stream_impl`: the
+    // context is allocated here; with custom I/O `pb` is the StreamIo's context, which outlives
+    // the format context (the Input takes both, and closes the format context first); on a
+    // failed open FFmpeg frees the context itself; the option dictionaries are freed here.
+    unsafe {
+        let mut ps = ff::ffi::avformat_alloc_context();
+        if ps.is_null() {
+            return Err(VideoError::Internal("FFmpeg could not allocate a format context".into()));
+        }
+        if let Some(io) = custom_io.as_mut() {
+            (*ps).pb = io.as_mut_ptr();
+            (*ps).flags |= ff::ffi::AVFMT_FLAG_CUSTOM_IO;
+        }
+        let url = path.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        let r = ff::ffi::avformat_open_input(&mut ps, url, ptr::null(), ptr::null_mut());
+        if r < 0 {
+            return Err(open_error(ff::Error::from(r)));
+        }
+        let n = (*ps).nb_streams as usize;
+        let mut options: Vec<*mut ff::ffi::AVDictionary> = vec![ptr::null_mut(); n];
+        for o in options.iter_mut() {
+            ff::ffi::av_dict_set(o, c"max_pixels".as_ptr(), limit.as_ptr(), 0);
+        }
+        let r = ff::ffi::avformat_find_stream_info(ps, if n == 0 { ptr::null_mut() } else { options.as_mut_ptr() });
+        for o in options.iter_mut() {
+            ff::ffi::av_dict_free(o);
+        }
+        if r < 0 {
+            ff::ffi::avformat_close_input(&mut ps);
+            return Err(open_error(ff::Error::from(r)));
+        }
+        Ok(match custom_io {
+            Some(io) => Input::wrap_with_custom_io(ps, io),
+            None => Input::wrap(ps),
+        })
+    }
 }
 
 /// Reads the next packet of `input` into `packet`; `Ok(false)` at the end. A damaged packet
@@ -165,7 +222,7 @@ mod tests {
             .expect("ffmpeg CLI");
         assert!(st.success());
         for input in [SourceInput::Path(clip.clone()), SourceInput::Reader(Box::new(std::fs::File::open(&clip).expect("clip")))] {
-            let mut src = open(input).expect("open clip");
+            let mut src = open(input, 3840 * 2160).expect("open clip");
             let (mut packet, mut corrupt) = (ff::Packet::empty(), 0);
             let mut read = 0;
             while read_packet(&mut src.input, &mut packet, &mut corrupt).expect("read") {
@@ -186,5 +243,68 @@ mod tests {
             assert!(read >= 24, "read only {read} packets of a 25-frame clip");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Opens a regression input streamed (as from a store) in a child process running only
+    /// `test` (this test binary, `--exact`), and returns the child's peak RSS in kB, so that
+    /// other tests in this process do not count. `Ok` in the child means the open did not panic;
+    /// its result is returned as text.
+    fn peak_rss_of_streamed_open(test: &str, file: &str) -> (u64, String) {
+        if std::env::var_os("KILN_OPEN_CHILD").is_some() {
+            let data = std::fs::read(file).expect("regression input");
+            let r = open(SourceInput::Reader(Box::new(std::io::Cursor::new(data))), 3840 * 2160);
+            let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+            let peak = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap_or("?").trim().to_owned();
+            let what = match r {
+                Ok(s) => format!("opened {}x{}", s.info.width, s.info.height),
+                Err(e) => format!("{e:?}"),
+            };
+            println!("KILN_OPEN_RESULT peak={peak} result={what}");
+            return (0, String::new());
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("KILN_OPEN_CHILD", "1")
+            .output()
+            .expect("child test");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "the child failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let line = text.lines().find_map(|l| l.split_once("KILN_OPEN_RESULT ").map(|(_, r)| r)).expect("the child's result line");
+        let peak = line.strip_prefix("peak=").and_then(|r| r.split(" kB").next()).and_then(|v| v.trim().parse().ok()).expect("peak");
+        let result = line.split_once("result=").map(|(_, r)| r.to_owned()).unwrap_or_default();
+        (peak, result)
+    }
+
+    /// The fuzz finding of 2026-12-04 (`fuzz/regressions/video_open-oom-945a04ef.mp4`): a 3 KB
+    /// MP4 whose header made the mov demuxer allocate 2 GiB and read into it; streamed, the
+    /// reader's staging buffer was zero-filled to that size (2.1 GB of RSS). With FFmpeg's
+    /// allocations capped the source is refused as corrupt, in a few tens of MB.
+    #[test]
+    fn a_header_that_names_a_2_gib_atom_is_refused_without_touching_2_gib() {
+        let test = "video::source::tests::a_header_that_names_a_2_gib_atom_is_refused_without_touching_2_gib";
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/video_open-oom-945a04ef.mp4");
+        let (peak_kb, result) = peak_rss_of_streamed_open(test, file);
+        if std::env::var_os("KILN_OPEN_CHILD").is_some() {
+            return;
+        }
+        assert!(result.starts_with("Corrupt"), "expected Corrupt, got {result}");
+        assert!(peak_kb < 200 << 10, "peak RSS {peak_kb} kB: the 2 GiB allocation was touched");
+    }
+
+    /// The fuzz finding of 2026-12-04 (`fuzz/regressions/video_open-oom-f8d05054.h264`): 38
+    /// bytes of raw H.264 whose SPS says 1024x107296. Probing decoded it at that size (~300 MB
+    /// of frame buffers, as `ffprobe` still does); with the probing decoders' `max_pixels` the
+    /// source opens without allocating such a picture and reports its size, for the job's
+    /// limit check (`input_too_large`).
+    #[test]
+    fn a_tiny_stream_that_declares_a_huge_picture_is_probed_without_allocating_it() {
+        let test = "video::source::tests::a_tiny_stream_that_declares_a_huge_picture_is_probed_without_allocating_it";
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/video_open-oom-f8d05054.h264");
+        let (peak_kb, result) = peak_rss_of_streamed_open(test, file);
+        if std::env::var_os("KILN_OPEN_CHILD").is_some() {
+            return;
+        }
+        assert!(peak_kb < 200 << 10, "peak RSS {peak_kb} kB ({result}): the declared picture was allocated");
     }
 }
