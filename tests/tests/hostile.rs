@@ -228,6 +228,13 @@ fn hostile_and_truncated_videos() {
     let lying = w.file("lying.mkv", &lying);
     let r = w.expect(&transcode("lying-mkv", &lying), "input_too_large");
     assert!(r["error"]["message"].as_str().unwrap().contains("limit"), "{r}");
+    // Fuzz findings (fuzz/regressions): 38 bytes of H.264 whose SPS says 1024x107296 (reported
+    // too large, never decoded at that size) and a 3 KB MP4 naming a 2 GiB atom (corrupt).
+    let found = |name: &str| std::fs::read(workspace_root().join("fuzz/regressions").join(name)).unwrap();
+    let sps = w.file("huge-sps.h264", &found("video_open-oom-f8d05054.h264"));
+    w.expect(&transcode("huge-sps", &sps), "input_too_large");
+    let atom = w.file("huge-atom.mp4", &found("video_open-oom-945a04ef.mp4"));
+    w.expect(&transcode("huge-atom", &atom), "corrupt_input");
     w.assert_healthy(400, &transcode("after-video", &d.join("ok.mkv").display().to_string()));
 }
 
