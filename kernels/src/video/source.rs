@@ -111,6 +111,14 @@ pub fn open(src: SourceInput, max_pixels: u64) -> Result<OpenedSource, VideoErro
     Ok(OpenedSource { input, info, video_index, audio_index, max_pixels })
 }
 
+/// The `max_pixels` a decoder gets for a picture limit of `max_pixels`: FFmpeg checks the
+/// padded size (width rounded up to 64: 160x120 counts as 192x120) and the job checks the
+/// exact one, so the decoder's bound is looser — twice the limit plus a megapixel, within
+/// FFmpeg's `int` range — still far below what a hostile header can declare.
+pub fn decoder_max_pixels(max_pixels: u64) -> i64 {
+    max_pixels.saturating_mul(2).saturating_add(1 << 20).min(i32::MAX as u64) as i64
+}
+
 /// `avformat_open_input` + `avformat_find_stream_info` (what `ffmpeg_next::format::input` and
 /// `input_from_stream` do), with `max_pixels` for the probing decoders, and without their
 /// panic on a path that is not UTF-8.
@@ -125,7 +133,7 @@ fn open_input(src: SourceInput, max_pixels: u64) -> Result<Input, VideoError> {
         }
         SourceInput::Reader(r) => (None, Some(StreamIo::from_read(r).map_err(|e| VideoError::internal("stream reader", e))?)),
     };
-    let limit = CString::new(max_pixels.min(i32::MAX as u64).to_string()).map_err(|e| VideoError::internal("max_pixels", e))?;
+    let limit = CString::new(decoder_max_pixels(max_pixels).to_string()).map_err(|e| VideoError::internal("max_pixels", e))?;
     // SAFETY: the FFmpeg calls below follow ffmpeg-next's own `input_from_stream_impl`: the
     // context is allocated here; with custom I/O `pb` is the StreamIo's context, which outlives
     // the format context (the Input takes both, and closes the format context first); on a
