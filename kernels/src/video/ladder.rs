@@ -208,7 +208,7 @@ fn open_decoder(src: &OpenedSource, nvdec: bool) -> Result<(ff::decoder::Video, 
     ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Frame, count: 0, ..Default::default() });
     // SAFETY: a plain field of the context, set before the decoder opens. A stream that
     // switches to a larger picture mid-way is refused frame by frame instead of allocated.
-    unsafe { (*ctx.as_mut_ptr()).max_pixels = super::source::decoder_max_pixels(src.max_pixels) };
+    unsafe { (*ctx.as_mut_ptr()).max_pixels = src.decoder_max_pixels };
     let cuvid = if nvdec { super::probe::cuvid_decoder(id) } else { None };
     let codec = match cuvid {
         Some(c) => c,

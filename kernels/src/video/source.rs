@@ -49,8 +49,9 @@ pub struct OpenedSource {
     pub info: SourceInfo,
     pub video_index: usize,
     pub audio_index: Option<usize>,
-    /// The largest picture (width x height) a decoder of this source may allocate.
-    pub max_pixels: u64,
+    /// The `max_pixels` this source's decoders get ([`decoder_max_pixels`] of the caller's
+    /// picture limit): the transcoder's decoder refuses larger frames instead of allocating them.
+    pub decoder_max_pixels: i64,
 }
 
 /// Opens a source and reads its header. Unreadable or truncated containers are `Corrupt`;
@@ -61,11 +62,12 @@ pub struct OpenedSource {
 /// SPS says 1024x107296 made that probe allocate ~300 MB (fuzz/regressions/video_open-oom-f8d05054.h264).
 /// A larger picture is still opened and reported with its size, for the caller's limit check;
 /// it is never decoded at that size. The same bound goes to the transcoder's decoder
-/// ([`OpenedSource::max_pixels`]).
+/// ([`OpenedSource::decoder_max_pixels`]).
 pub fn open(src: SourceInput, max_pixels: u64) -> Result<OpenedSource, VideoError> {
     init();
     let seekable = matches!(src, SourceInput::Path(_));
-    let input = open_input(src, max_pixels)?;
+    let decoder_max_pixels = decoder_max_pixels(max_pixels);
+    let input = open_input(src, decoder_max_pixels)?;
     let video = input
         .streams()
         .best(Type::Video)
@@ -108,21 +110,21 @@ pub fn open(src: SourceInput, max_pixels: u64) -> Result<OpenedSource, VideoErro
         audio_codec,
         seekable,
     };
-    Ok(OpenedSource { input, info, video_index, audio_index, max_pixels })
+    Ok(OpenedSource { input, info, video_index, audio_index, decoder_max_pixels })
 }
 
 /// The `max_pixels` a decoder gets for a picture limit of `max_pixels`: FFmpeg checks the
 /// padded size (width rounded up to 64: 160x120 counts as 192x120) and the job checks the
 /// exact one, so the decoder's bound is looser — twice the limit plus a megapixel, within
 /// FFmpeg's `int` range — still far below what a hostile header can declare.
-pub fn decoder_max_pixels(max_pixels: u64) -> i64 {
+fn decoder_max_pixels(max_pixels: u64) -> i64 {
     max_pixels.saturating_mul(2).saturating_add(1 << 20).min(i32::MAX as u64) as i64
 }
 
 /// `avformat_open_input` + `avformat_find_stream_info` (what `ffmpeg_next::format::input` and
-/// `input_from_stream` do), with `max_pixels` for the probing decoders, and without their
-/// panic on a path that is not UTF-8.
-fn open_input(src: SourceInput, max_pixels: u64) -> Result<Input, VideoError> {
+/// `input_from_stream` do), with `decoder_max_pixels` for the probing decoders, and without
+/// their panic on a path that is not UTF-8.
+fn open_input(src: SourceInput, decoder_max_pixels: i64) -> Result<Input, VideoError> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::ptr;
@@ -133,7 +135,7 @@ fn open_input(src: SourceInput, max_pixels: u64) -> Result<Input, VideoError> {
         }
         SourceInput::Reader(r) => (None, Some(StreamIo::from_read(r).map_err(|e| VideoError::internal("stream reader", e))?)),
     };
-    let limit = CString::new(decoder_max_pixels(max_pixels).to_string()).map_err(|e| VideoError::internal("max_pixels", e))?;
+    let limit = CString::new(decoder_max_pixels.to_string()).map_err(|e| VideoError::internal("max_pixels", e))?;
     // SAFETY: the FFmpeg calls below follow ffmpeg-next's own `input_from_stream_impl`: the
     // context is allocated here; with custom I/O `pb` is the StreamIo's context, which outlives
     // the format context (the Input takes both, and closes the format context first); on a
@@ -253,11 +255,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Opens a regression input streamed (as from a store) in a child process running only
-    /// `test` (this test binary, `--exact`), and returns the child's peak RSS in kB, so that
-    /// other tests in this process do not count. `Ok` in the child means the open did not panic;
-    /// its result is returned as text.
-    fn peak_rss_of_streamed_open(test: &str, file: &str) -> (u64, String) {
+    /// Opens `fuzz/regressions/<input>` streamed (as from a store) in a child process that
+    /// runs only the test `name` of this module (this test binary, `--exact`), so that other
+    /// tests in this process do not count, and returns the child's peak RSS in kB and the
+    /// open's result as text. In the child it opens, prints both, and returns `None`.
+    fn peak_rss_of_streamed_open(name: &str, input: &str) -> Option<(u64, String)> {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions").join(input);
         if std::env::var_os("KILN_OPEN_CHILD").is_some() {
             let data = std::fs::read(file).expect("regression input");
             let r = open(SourceInput::Reader(Box::new(std::io::Cursor::new(data))), 3840 * 2160);
@@ -268,11 +271,12 @@ mod tests {
                 Err(e) => format!("{e:?}"),
             };
             println!("KILN_OPEN_RESULT peak={peak} result={what}");
-            return (0, String::new());
+            return None;
         }
+        let test = format!("video::source::tests::{name}");
         let exe = std::env::current_exe().expect("test binary");
         let out = std::process::Command::new(exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .args(["--exact", &test, "--nocapture", "--test-threads=1"])
             .env("KILN_OPEN_CHILD", "1")
             .output()
             .expect("child test");
@@ -281,7 +285,7 @@ mod tests {
         let line = text.lines().find_map(|l| l.split_once("KILN_OPEN_RESULT ").map(|(_, r)| r)).expect("the child's result line");
         let peak = line.strip_prefix("peak=").and_then(|r| r.split(" kB").next()).and_then(|v| v.trim().parse().ok()).expect("peak");
         let result = line.split_once("result=").map(|(_, r)| r.to_owned()).unwrap_or_default();
-        (peak, result)
+        Some((peak, result))
     }
 
     /// The fuzz finding of 2026-12-04 (`fuzz/regressions/video_open-oom-945a04ef.mp4`): a 3 KB
@@ -290,12 +294,8 @@ mod tests {
     /// allocations capped the source is refused as corrupt, in a few tens of MB.
     #[test]
     fn a_header_that_names_a_2_gib_atom_is_refused_without_touching_2_gib() {
-        let test = "video::source::tests::a_header_that_names_a_2_gib_atom_is_refused_without_touching_2_gib";
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/video_open-oom-945a04ef.mp4");
-        let (peak_kb, result) = peak_rss_of_streamed_open(test, file);
-        if std::env::var_os("KILN_OPEN_CHILD").is_some() {
-            return;
-        }
+        let name = "a_header_that_names_a_2_gib_atom_is_refused_without_touching_2_gib";
+        let Some((peak_kb, result)) = peak_rss_of_streamed_open(name, "video_open-oom-945a04ef.mp4") else { return };
         assert!(result.starts_with("Corrupt"), "expected Corrupt, got {result}");
         assert!(peak_kb < 200 << 10, "peak RSS {peak_kb} kB: the 2 GiB allocation was touched");
     }
@@ -307,12 +307,8 @@ mod tests {
     /// limit check (`input_too_large`).
     #[test]
     fn a_tiny_stream_that_declares_a_huge_picture_is_probed_without_allocating_it() {
-        let test = "video::source::tests::a_tiny_stream_that_declares_a_huge_picture_is_probed_without_allocating_it";
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/video_open-oom-f8d05054.h264");
-        let (peak_kb, result) = peak_rss_of_streamed_open(test, file);
-        if std::env::var_os("KILN_OPEN_CHILD").is_some() {
-            return;
-        }
+        let name = "a_tiny_stream_that_declares_a_huge_picture_is_probed_without_allocating_it";
+        let Some((peak_kb, result)) = peak_rss_of_streamed_open(name, "video_open-oom-f8d05054.h264") else { return };
         assert!(peak_kb < 200 << 10, "peak RSS {peak_kb} kB ({result}): the declared picture was allocated");
     }
 }
