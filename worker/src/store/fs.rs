@@ -61,13 +61,6 @@ fn tmp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!("{TMP_PREFIX}{}-{name}", ulid::Ulid::new()))
 }
 
-async fn ensure_parent(uri: &Url, path: &Path) -> Result<(), StoreError> {
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| StoreError::io(uri, e))?;
-    }
-    Ok(())
-}
-
 /// `create` (a file's creation at `path`), and once more after creating `path`'s directories
 /// when they are missing: most objects go into a directory that exists, so the common case
 /// costs no `mkdir` calls.
@@ -116,6 +109,25 @@ fn place(uri: &Url, dest: &Path, data: &[u8], link: bool) -> Result<bool, StoreE
     Ok(true)
 }
 
+/// Copies the local file `src` to a fresh temporary file beside `dest`, flushed to disk, then
+/// renames it to `dest`: [`place`] for a file (a transcode segment, a render's PDF) without
+/// reading it into memory. `std::io::copy` between files uses `copy_file_range(2)`.
+fn place_file(uri: &Url, src: &Path, dest: &Path) -> Result<(), StoreError> {
+    let mut from = std::fs::File::open(src).map_err(|e| StoreError::io(uri, e))?;
+    let tmp = tmp_path(dest);
+    let copied = (|| {
+        let mut to = in_dir(&tmp, || std::fs::File::create(&tmp))?;
+        std::io::copy(&mut from, &mut to)?;
+        to.sync_data()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::io(uri, e));
+    }
+    Ok(())
+}
+
 /// [`place`] on one blocking thread: one hand-off per object instead of one per file
 /// operation (and no copy through tokio's file buffer), which for a render job's 100 page
 /// parts was a tenth of its CPU time.
@@ -158,21 +170,11 @@ impl ObjectStore for FsStore {
     }
 
     async fn put_file(&self, uri: &Url, path: &Path, _content_type: &str) -> Result<(), StoreError> {
-        let dest = path_of(uri)?;
-        ensure_parent(uri, &dest).await?;
-        let tmp = tmp_path(&dest);
-        // tokio::fs::copy streams through a fixed buffer (or copy_file_range).
-        let copied = async {
-            tokio::fs::copy(path, &tmp).await?;
-            tokio::fs::File::open(&tmp).await?.sync_data().await?;
-            tokio::fs::rename(&tmp, &dest).await
-        }
-        .await;
-        if let Err(e) = copied {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(StoreError::io(uri, e));
-        }
-        Ok(())
+        // One hand-off to a blocking thread for the whole copy, as `put` has.
+        let (dest, src, u) = (path_of(uri)?, path.to_path_buf(), uri.clone());
+        tokio::task::spawn_blocking(move || place_file(&u, &src, &dest))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("copy task failed: {e}")))?
     }
 
     async fn put_if_absent(&self, uri: &Url, data: Bytes, _content_type: &str) -> Result<bool, StoreError> {
@@ -348,6 +350,16 @@ mod tests {
         let dst = url(d.path(), "dst/copy.bin");
         s.put_file(&dst, &src, "x").await.unwrap();
         assert_eq!(s.head(&dst).await.unwrap().unwrap().size, 3 << 20);
+        assert_eq!(std::fs::read(d.path().join("dst/copy.bin")).unwrap(), vec![7u8; 3 << 20]);
+        // Into the directory that now exists, over an object: replaced, no temporary left.
+        std::fs::write(&src, b"second").unwrap();
+        s.put_file(&dst, &src, "x").await.unwrap();
+        s.put_file(&url(d.path(), "dst/other.bin"), &src, "x").await.unwrap();
+        assert_eq!(std::fs::read(d.path().join("dst/copy.bin")).unwrap(), b"second");
+        let mut names: Vec<String> =
+            std::fs::read_dir(d.path().join("dst")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["copy.bin", "other.bin"]);
         let missing = s.put_file(&url(d.path(), "y"), &d.path().join("nope"), "x").await;
         assert!(matches!(missing, Err(StoreError::NotFound(_))));
     }
