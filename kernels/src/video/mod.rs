@@ -34,7 +34,8 @@ pub use rung::encoder_name as rung_encoder_name;
 pub use source::{open, read_packet, OpenedSource, SourceInfo, SourceInput};
 pub use types::{EncoderKind, RungConfig, SegmentFile, VideoCodec};
 
-use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
 
 /// What can go wrong in a video kernel, by what the caller should report.
 #[derive(Debug, thiserror::Error)]
@@ -69,25 +70,67 @@ impl VideoError {
 pub const MOST_UNREADABLE_IN_A_ROW: u32 = 100;
 
 /// The largest single allocation FFmpeg may make in this process (`av_max_alloc`; FFmpeg's
-/// own default is 2 GiB). A container header can name any size, and some demuxers allocate
-/// what it says and read into it: a 3 KB MP4 (fuzz/regressions/video_open-oom-945a04ef.mp4)
-/// made the mov demuxer allocate 2 GiB, and a streamed source's reader (ffmpeg-next's
-/// `StreamIo` stages every read in a buffer of the requested size, zero-filled) then touched
-/// all of it: 2.1 GB of RSS from one hostile upload. Under this cap such an allocation fails
-/// and the source is `Corrupt`. 128 MiB is far above what a legitimate video needs at once: a
-/// decoded plane of an 8K frame at 16 bits is 66 MB, a packet a few MB.
+/// own default is 2 GiB), whatever the picture limit. A container header can name any size,
+/// and some demuxers allocate what it says and read into it: a 3 KB MP4
+/// (fuzz/regressions/video_open-oom-945a04ef.mp4) made the mov demuxer allocate 2 GiB, and a
+/// streamed source's reader (ffmpeg-next's `StreamIo` stages every read in a buffer of the
+/// requested size, zero-filled) then touched all of it: 2.1 GB of RSS from one hostile upload.
+/// Under the cap such an allocation fails and the source is `Corrupt`.
 pub const MOST_FFMPEG_ALLOCATION: usize = 128 << 20;
 
-/// Initialises FFmpeg once per process, caps its allocations ([`MOST_FFMPEG_ALLOCATION`])
-/// and quiets its logging (errors only).
+/// The least cap, for small picture limits: room for packets, indexes and I/O buffers.
+pub const LEAST_FFMPEG_ALLOCATION: usize = 64 << 20;
+
+/// Bytes per pixel of the largest legitimate single buffer of a picture: a packed 16-bit RGBA
+/// frame (8 bytes a pixel) with FFmpeg's row and edge padding.
+const PICTURE_BYTES_PER_PIXEL: u64 = 10;
+
+/// The allocation cap for pictures of up to `max_pixels`: a picture buffer of that size fits,
+/// within [`LEAST_FFMPEG_ALLOCATION`]..=[`MOST_FFMPEG_ALLOCATION`]. At the default 4K limit it
+/// is 79 MiB, below a 1024x107296 luma plane (110 MB): a stream that declares such a picture
+/// where the probing decoder gets no `max_pixels` (a stream an MPEG-PS or NUT demuxer only
+/// creates while probing) can no longer allocate it (325 MB of RSS before, 104 MB after).
+pub fn allocation_cap_for(max_pixels: u64) -> usize {
+    let want = max_pixels.saturating_mul(PICTURE_BYTES_PER_PIXEL);
+    usize::try_from(want).unwrap_or(usize::MAX).clamp(LEAST_FFMPEG_ALLOCATION, MOST_FFMPEG_ALLOCATION)
+}
+
+/// The cap in force: 0 until a source is opened with a picture limit, then the largest cap any
+/// opened source's limit asked for (every job of the process must fit under it).
+static ALLOCATION_CAP: AtomicUsize = AtomicUsize::new(0);
+
+/// Initialises FFmpeg ([`init`]) with an allocation cap that fits pictures of up to
+/// `max_pixels`: the cap only grows from the first limit given.
+pub(crate) fn init_for_pictures_of(max_pixels: u64) {
+    init();
+    let want = allocation_cap_for(max_pixels);
+    if ALLOCATION_CAP.fetch_max(want, Ordering::SeqCst) < want {
+        apply_allocation_cap();
+    }
+}
+
+/// Hands the cap in force to FFmpeg; serialised, so the last one applied is the largest.
+fn apply_allocation_cap() {
+    static APPLYING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = APPLYING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cap = match ALLOCATION_CAP.load(Ordering::SeqCst) {
+        0 => MOST_FFMPEG_ALLOCATION,
+        cap => cap,
+    };
+    // SAFETY: av_max_alloc only stores the limit.
+    unsafe { ffmpeg_next::ffi::av_max_alloc(cap) };
+}
+
+/// Initialises FFmpeg once per process, caps its allocations ([`allocation_cap_for`] the
+/// largest picture limit seen so far, else [`MOST_FFMPEG_ALLOCATION`]) and quiets its logging
+/// (errors only).
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         if let Err(e) = ffmpeg_next::init() {
             tracing::warn!(error = %e, "FFmpeg init failed");
         }
-        // SAFETY: av_max_alloc only stores the limit (an atomic in libavutil).
-        unsafe { ffmpeg_next::ffi::av_max_alloc(MOST_FFMPEG_ALLOCATION) };
+        apply_allocation_cap();
         ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
     });
 }

@@ -2,7 +2,7 @@
 //! by FFmpeg directly, seekable) or any `Read` (an object-store stream, read as it is decoded:
 //! never loaded whole; not seekable, so a resume decodes and drops up to its first segment).
 
-use super::{init, VideoError};
+use super::VideoError;
 use ffmpeg_next as ff;
 use ff::format::context::{Input, StreamIo};
 use ff::media::Type;
@@ -62,9 +62,12 @@ pub struct OpenedSource {
 /// SPS says 1024x107296 made that probe allocate ~300 MB (fuzz/regressions/video_open-oom-f8d05054.h264).
 /// A larger picture is still opened and reported with its size, for the caller's limit check;
 /// it is never decoded at that size. The same bound goes to the transcoder's decoder
-/// ([`OpenedSource::decoder_max_pixels`]).
+/// ([`OpenedSource::decoder_max_pixels`]). A stream that a demuxer only creates while probing
+/// (MPEG-PS) gets no `max_pixels` (FFmpeg passes options only to the streams known at open);
+/// FFmpeg's allocation cap, sized from `max_pixels` ([`super::allocation_cap_for`]), bounds
+/// its pictures instead.
 pub fn open(src: SourceInput, max_pixels: u64) -> Result<OpenedSource, VideoError> {
-    init();
+    super::init_for_pictures_of(max_pixels);
     let seekable = matches!(src, SourceInput::Path(_));
     let decoder_max_pixels = decoder_max_pixels(max_pixels);
     let input = open_input(src, decoder_max_pixels)?;
@@ -310,5 +313,27 @@ mod tests {
         let name = "a_tiny_stream_that_declares_a_huge_picture_is_probed_without_allocating_it";
         let Some((peak_kb, result)) = peak_rss_of_streamed_open(name, "video_open-oom-f8d05054.h264") else { return };
         assert!(peak_kb < 200 << 10, "peak RSS {peak_kb} kB ({result}): the declared picture was allocated");
+    }
+
+    /// The same 38-byte stream copied into MPEG-PS (`ffmpeg -f h264 -i … -c copy -f mpeg`):
+    /// that demuxer creates its streams only while probing, where FFmpeg passes no options, so
+    /// the probing decoder had no `max_pixels` and allocated the picture (325 MB, as `ffprobe`
+    /// does). With the allocation cap sized from the picture limit (79 MiB at 4K, below the
+    /// 110 MB luma plane) it cannot.
+    #[test]
+    fn a_huge_picture_in_a_stream_found_only_while_probing_is_not_allocated() {
+        let name = "a_huge_picture_in_a_stream_found_only_while_probing_is_not_allocated";
+        let Some((peak_kb, result)) = peak_rss_of_streamed_open(name, "video_open-oom-f8d05054-in-mpeg-ps.mpg") else { return };
+        assert!(peak_kb < 200 << 10, "peak RSS {peak_kb} kB ({result}): the declared picture was allocated");
+    }
+
+    #[test]
+    fn the_allocation_cap_fits_the_picture_limit_within_its_bounds() {
+        use super::super::{allocation_cap_for, LEAST_FFMPEG_ALLOCATION, MOST_FFMPEG_ALLOCATION};
+        assert_eq!(allocation_cap_for(0), LEAST_FFMPEG_ALLOCATION);
+        assert_eq!(allocation_cap_for(3840 * 2160), 3840 * 2160 * 10, "a 4K packed 16-bit RGBA frame fits");
+        assert!(allocation_cap_for(3840 * 2160) < 1024 * 107296, "the fuzz finding's luma plane does not");
+        assert_eq!(allocation_cap_for(7680 * 4320), MOST_FFMPEG_ALLOCATION);
+        assert_eq!(allocation_cap_for(u64::MAX), MOST_FFMPEG_ALLOCATION);
     }
 }
