@@ -88,8 +88,8 @@ const PICTURE_BYTES_PER_PIXEL: u64 = 10;
 /// The allocation cap for pictures of up to `max_pixels`: a picture buffer of that size fits,
 /// within [`LEAST_FFMPEG_ALLOCATION`]..=[`MOST_FFMPEG_ALLOCATION`]. At the default 4K limit it
 /// is 79 MiB, below a 1024x107296 luma plane (110 MB): a stream that declares such a picture
-/// where the probing decoder gets no `max_pixels` (a stream an MPEG-PS or NUT demuxer only
-/// creates while probing) can no longer allocate it (325 MB of RSS before, 104 MB after).
+/// where the probing decoder gets no `max_pixels` (a stream the MPEG-PS demuxer only creates
+/// while probing) can no longer allocate it (325 MB of RSS before, 104 MB after).
 pub fn allocation_cap_for(max_pixels: u64) -> usize {
     let want = max_pixels.saturating_mul(PICTURE_BYTES_PER_PIXEL);
     usize::try_from(want).unwrap_or(usize::MAX).clamp(LEAST_FFMPEG_ALLOCATION, MOST_FFMPEG_ALLOCATION)

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use kiln_jobs::store::ByteStream;
 use kiln_jobs::{ObjectMeta, ObjectStore, StoreError, Version};
 use sha2::{Digest, Sha256};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use url::Url;
 
@@ -43,7 +44,7 @@ fn swap_locked(uri: &Url, dest: &Path, data: &[u8], expected: Option<&Version>) 
     if current.as_ref() != expected {
         return Err(StoreError::Conflict(uri.to_string()));
     }
-    place(uri, dest, data, false)?;
+    place(uri, dest, |f| f.write_all(data), false)?;
     Ok(version_of(data))
 }
 
@@ -76,16 +77,15 @@ fn in_dir<T>(path: &Path, create: impl Fn() -> std::io::Result<T>) -> std::io::R
     }
 }
 
-/// Writes `data` to a fresh temporary file beside `dest`, flushed to disk, then moves it to
-/// `dest` (`link`: only when `dest` does not exist yet; returns whether it was placed). A
-/// blocking call: the conditional write runs it under its lock, the async writes on one
-/// blocking thread ([`write_and_place`]).
-fn place(uri: &Url, dest: &Path, data: &[u8], link: bool) -> Result<bool, StoreError> {
-    use std::io::Write;
+/// Fills a fresh temporary file beside `dest` (`fill`: the bytes of a `put`, or a local file
+/// copied), flushes it to disk, then moves it to `dest` (`link`: only when `dest` does not
+/// exist yet; returns whether it was placed). A blocking call: the conditional write runs it
+/// under its lock, the async writes on one blocking thread ([`write_and_place`], `put_file`).
+fn place(uri: &Url, dest: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>, link: bool) -> Result<bool, StoreError> {
     let tmp = tmp_path(dest);
     let written = (|| {
         let mut f = in_dir(&tmp, || std::fs::File::create(&tmp))?;
-        f.write_all(data)?;
+        fill(&mut f)?;
         f.sync_data()
     })();
     if let Err(e) = written {
@@ -109,31 +109,12 @@ fn place(uri: &Url, dest: &Path, data: &[u8], link: bool) -> Result<bool, StoreE
     Ok(true)
 }
 
-/// Copies the local file `src` to a fresh temporary file beside `dest`, flushed to disk, then
-/// renames it to `dest`: [`place`] for a file (a transcode segment, a render's PDF) without
-/// reading it into memory. `std::io::copy` between files uses `copy_file_range(2)`.
-fn place_file(uri: &Url, src: &Path, dest: &Path) -> Result<(), StoreError> {
-    let mut from = std::fs::File::open(src).map_err(|e| StoreError::io(uri, e))?;
-    let tmp = tmp_path(dest);
-    let copied = (|| {
-        let mut to = in_dir(&tmp, || std::fs::File::create(&tmp))?;
-        std::io::copy(&mut from, &mut to)?;
-        to.sync_data()?;
-        std::fs::rename(&tmp, dest)
-    })();
-    if let Err(e) = copied {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(StoreError::io(uri, e));
-    }
-    Ok(())
-}
-
 /// [`place`] on one blocking thread: one hand-off per object instead of one per file
 /// operation (and no copy through tokio's file buffer), which for a render job's 100 page
 /// parts was a tenth of its CPU time.
 async fn write_and_place(uri: &Url, dest: PathBuf, data: Bytes, link: bool) -> Result<bool, StoreError> {
     let u = uri.clone();
-    tokio::task::spawn_blocking(move || place(&u, &dest, &data, link))
+    tokio::task::spawn_blocking(move || place(&u, &dest, |f| f.write_all(&data), link))
         .await
         .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
 }
@@ -170,9 +151,13 @@ impl ObjectStore for FsStore {
     }
 
     async fn put_file(&self, uri: &Url, path: &Path, _content_type: &str) -> Result<(), StoreError> {
-        // One hand-off to a blocking thread for the whole copy, as `put` has.
+        // One hand-off to a blocking thread for the whole copy, as `put` has; `std::io::copy`
+        // between files uses copy_file_range(2).
         let (dest, src, u) = (path_of(uri)?, path.to_path_buf(), uri.clone());
-        tokio::task::spawn_blocking(move || place_file(&u, &src, &dest))
+        tokio::task::spawn_blocking(move || {
+            let mut from = std::fs::File::open(&src).map_err(|e| StoreError::io(&u, e))?;
+            place(&u, &dest, |f| std::io::copy(&mut from, f).map(drop), false).map(drop)
+        })
             .await
             .map_err(|e| StoreError::Unavailable(format!("copy task failed: {e}")))?
     }
