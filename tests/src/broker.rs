@@ -37,6 +37,8 @@ pub struct Broker {
     proc: Option<Proc>,
     /// The S3 server holding a durable broker's storage (bucket `tansu`).
     store: Option<Moto>,
+    /// tansu's stderr, appended to by every start, quoted when a broker does not answer.
+    log: tempfile::NamedTempFile,
 }
 
 impl Broker {
@@ -53,12 +55,37 @@ impl Broker {
         Broker::start_on(partitions, Some(moto)).await
     }
 
+    /// Starts a broker and creates kiln's topics. A tansu that listens but never answers an
+    /// admin request was seen on loaded 2-core CI hosts (every request on that broker timed
+    /// out, for a minute); such a broker is killed, its stderr and state printed, and a fresh
+    /// one started on another port. Bounded: 3 brokers of 3 attempts of 10 s each.
     async fn start_on(partitions: i32, store: Option<Moto>) -> Broker {
-        let port = free_port();
-        let mut b = Broker { addr: format!("127.0.0.1:{port}"), port, partitions, proc: None, store };
-        b.spawn();
-        b.create_topics().await;
-        b
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut b = Broker { addr: String::new(), port: 0, partitions, proc: None, store, log };
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            b.port = free_port();
+            b.addr = format!("127.0.0.1:{}", b.port);
+            b.spawn();
+            match b.create_topics(3).await {
+                Ok(()) => return b,
+                Err(e) => {
+                    let state = match b.proc.as_mut().map(|p| p.child().try_wait()) {
+                        Some(Ok(Some(status))) => format!("exited: {status}"),
+                        Some(Ok(None)) => "still running".to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    let log = std::fs::read_to_string(b.log.path()).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                    let failure = format!("broker on {} ({state}) did not create kiln's topics: {e}; its stderr ends:\n{tail}", b.addr);
+                    eprintln!("{failure}");
+                    failures.push(failure);
+                    b.stop();
+                }
+            }
+        }
+        panic!("no broker answered:\n{}", failures.join("\n"));
     }
 
     /// Starts tansu on this broker's port and waits (bounded: 20 s) until it listens; the
@@ -83,7 +110,8 @@ impl Broker {
                         .env("AWS_ALLOW_HTTP", "true")
                         .env("AWS_DEFAULT_REGION", "us-east-1");
                 }
-                let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+                let stderr = std::fs::OpenOptions::new().append(true).open(self.log.path()).unwrap();
+                let child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
                 proc = Some(Proc::from_child(child));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -94,8 +122,8 @@ impl Broker {
     /// Creates kiln's topics. A broker that has just started listening may not answer its
     /// first admin request (seen on a loaded 2-core CI host: the request hung until the
     /// client's 60 s default), so each attempt has a 10 s limit and a fresh client, and a
-    /// topic an earlier attempt already created counts as created. Bounded: 6 attempts.
-    async fn create_topics(&self) {
+    /// topic an earlier attempt already created counts as created. Bounded: `attempts`.
+    async fn create_topics(&self, attempts: usize) -> Result<(), String> {
         let partitions = self.partitions;
         let topics = [
             NewTopic::new("kiln.jobs", partitions, TopicReplication::Fixed(1)),
@@ -107,7 +135,7 @@ impl Broker {
         ];
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
         let mut last = String::new();
-        for _ in 0..6 {
+        for _ in 0..attempts {
             let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
             match admin.create_topics(&topics, &opts).await {
                 Ok(results) => {
@@ -117,14 +145,14 @@ impl Broker {
                         .filter(|(_, code)| *code != RDKafkaErrorCode::TopicAlreadyExists)
                         .collect();
                     if failed.is_empty() {
-                        return;
+                        return Ok(());
                     }
                     last = format!("{failed:?}");
                 }
                 Err(e) => last = e.to_string(),
             }
         }
-        panic!("could not create kiln's topics on {}: {last}", self.addr);
+        Err(last)
     }
 
     /// Kills the broker (SIGKILL): everything it held is gone.
@@ -140,7 +168,9 @@ impl Broker {
         self.stop();
         self.spawn();
         if self.store.is_none() {
-            self.create_topics().await;
+            if let Err(e) = self.create_topics(6).await {
+                panic!("could not create kiln's topics again on {}: {e}", self.addr);
+            }
         }
     }
 
